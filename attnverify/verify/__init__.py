@@ -1,0 +1,1 @@
+"""Randomized verification of attention implementations against the float64 oracles."""
