@@ -1,0 +1,625 @@
+"""FP8 attention forward (Triton): the kernel behind `attnverify.kernels.fp8_attention`.
+
+Layouts as gqa: q (B, Hq, Lq, D); k, v (B, Hk, Lk, D), any strides, in an fp8 dtype the arch
+supports (`float8_e4m3fn`, `float8_e5m2`; `*_fnuz` on gfx94x); Hq = G * Hk, query head h reads
+kv head h // G. Descales float32 `()` or `(B, Hk)`: the real value of x is `x.float() * descale`.
+Head dims D in [16, 256] with D % 16 == 0. Forward only; out in `out_dtype` (bf16 | fp16), lse
+float32 natural log. Causal is bottom-right aligned; rows with no visible key give 0 and -inf.
+
+Numerics (as FlashAttention-3 fp8):
+- q_descale * k_descale * scale is folded into the softmax scale (log2 units, exp2);
+- the unnormalised probabilities P = exp(s - m) are rounded to V's fp8 dtype before P @ V
+  (an fp8 x fp8 tensor-core product with fp32 accumulation); the row sum uses unrounded P;
+- v_descale / row sum multiplies the output tile once, at the end.
+
+V layout: on arches whose fp8 tensor-core GEMM needs a K-major B operand (`Arch.fp8_v_k_major`:
+NVIDIA Ada/Hopper) V is made sequence-contiguous (`v.stride(-2) == 1`) before the launch, by
+`prepare_fp8_v`; elsewhere V keeps its own strides. The kernel reads every tensor through its
+strides, so the result does not depend on the layout V arrives in.
+
+Head dims that are not a power of two are split into two power-of-two column chunks, never
+padded to the next power of two: D = 80 -> 64 + 32 (16 lanes masked), 96 -> 64 + 32,
+144 -> 128 + 32. Chunks are at least 32 wide (the K minimum of an fp8 dot).
+
+Oracle: `attnverify.reference.fp8.fp8_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from attnverify.arch import Arch, current_arch, interpreter_active
+from attnverify.kernels._gate import enforce_verified
+from attnverify.validation import FP8_DTYPES, check_fp8_inputs, check_tensor
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+HEAD_DIM_MULTIPLE = 16
+MIN_DOT_K = 32
+# Not torch.finfo(dtype).eps: torch reports 2^-3 for float8_e5m2fnuz.
+FP8_MANTISSA_BITS = {
+    torch.float8_e4m3fn: 3,
+    torch.float8_e4m3fnuz: 3,
+    torch.float8_e5m2: 2,
+    torch.float8_e5m2fnuz: 2,
+}
+
+# The interpreter runs one small pinned config (CPU time grows with the tile size).
+INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
+
+GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bn in (64, 128)
+    for w in (4, 8)
+    for s in (3, 4)
+]
+# Tuned separately per head dim, causality and V layout (K-major V pipelines differently).
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "V_SEQ_CONTIG"]
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
+    """Padded head dims over 128 keep 8 warps, BLOCK_N 64 and <= 3 stages (registers, smem)."""
+    padded = kwargs["BLOCK_D0"] + (kwargs["BLOCK_D1"] if kwargs["HAS_D1"] else 0)
+    if padded <= 128:
+        return configs
+    kept = [
+        c for c in configs if c.kwargs["BLOCK_N"] == 64 and c.num_warps == 8 and c.num_stages <= 3
+    ]
+    return kept or configs[:1]
+
+
+def split_head_dim(head_dim: int) -> tuple[int, int]:
+    """Column chunks (BLOCK_D0, BLOCK_D1) covering D: powers of two >= 32, BLOCK_D1 = 0 if unused.
+
+    BLOCK_D0 is the largest power of two <= D (at least 32); the rest, if any, is rounded up to
+    a power of two >= 32. Waste is at most 23% (D = 208 -> 128 + 128), against up to 78% for
+    padding to the next power of two.
+    """
+    d0 = max(MIN_DOT_K, 1 << (head_dim.bit_length() - 1))
+    rest = head_dim - d0
+    d1 = 0 if rest <= 0 else max(MIN_DOT_K, triton.next_power_of_2(rest))
+    return d0, d1
+
+
+@triton.jit
+def _load_tile(
+    base,
+    offs_r,
+    offs_c,
+    stride_r,
+    stride_c,
+    n_rows,
+    n_cols,
+    MASK_R: tl.constexpr,
+    MASK_C: tl.constexpr,
+):
+    """Load the [R, C] tile base + r * stride_r + c * stride_c; masked-off lanes read 0."""
+    ptrs = base + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c
+    if MASK_R and MASK_C:
+        tile = tl.load(
+            ptrs, mask=(offs_r[:, None] < n_rows) & (offs_c[None, :] < n_cols), other=0.0
+        )
+    elif MASK_R:
+        tile = tl.load(ptrs, mask=offs_r[:, None] < n_rows, other=0.0)
+    elif MASK_C:
+        tile = tl.load(ptrs, mask=offs_c[None, :] < n_cols, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _round_to_fp8_grid(p, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr):
+    """Round p >= 0 (fp32) to nearest-even on the fp8 grid; the result stays fp32.
+
+    Exact arithmetic: adding 2^23 quanta rounds at the quantum (RTNE), subtracting is exact.
+    Used under the interpreter only, whose fp32 -> fp8 cast mis-rounds (triton #8322): there
+    the cast of an already representable value is exact, so the kernel then matches a GPU.
+    """
+    exp_bits = p.to(tl.int32, bitcast=True) & 0x7F800000
+    quantum = exp_bits.to(tl.float32, bitcast=True) * (2.0**-P_MANT)
+    quantum = tl.maximum(quantum, 2.0 ** (P_MIN_EXP - P_MANT))
+    magic = quantum * 8388608.0
+    return (p + magic) - magic
+
+
+@triton.jit
+def _attend_tiles(
+    acc0,
+    acc1,
+    l_i,
+    m_i,
+    q0,
+    q1,
+    k_ptr,
+    v_ptr,
+    start,
+    end,
+    offs_m,
+    Lk,
+    causal_offset,
+    qk_scale,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    MASKED: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D0: tl.constexpr,
+    BLOCK_D1: tl.constexpr,
+    HAS_D1: tl.constexpr,
+    EXACT_P_ROUNDING: tl.constexpr,
+    P_MANT: tl.constexpr,
+    P_MIN_EXP: tl.constexpr,
+):
+    """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`.
+
+    MASKED tiles mask keys >= Lk and (causal) keys j > i + causal_offset; unmasked tiles are
+    fully visible to every row of the block and load without a key mask.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = tl.arange(0, BLOCK_D1)
+    MASK_D0: tl.constexpr = BLOCK_D0 > HEAD_DIM
+    MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 > HEAD_DIM
+    p_dtype = v_ptr.dtype.element_ty
+    for start_n in tl.range(start, end, BLOCK_N):
+        n_left = Lk - start_n
+        # [BLOCK_D0, BLOCK_N] -> [BLOCK_M, BLOCK_N]
+        kt0 = _load_tile(
+            k_ptr, offs_d0, offs_n, stride_kd, stride_kn, HEAD_DIM, n_left, MASK_D0, MASKED
+        )
+        qk = tl.dot(q0, kt0)
+        if HAS_D1:
+            # [BLOCK_D1, BLOCK_N]
+            kt1 = _load_tile(
+                k_ptr + BLOCK_D0 * stride_kd,
+                offs_d1,
+                offs_n,
+                stride_kd,
+                stride_kn,
+                HEAD_DIM - BLOCK_D0,
+                n_left,
+                MASK_D1,
+                MASKED,
+            )
+            qk = tl.dot(q1, kt1, qk)
+        # [BLOCK_M, BLOCK_N] scores in log2 units
+        s = qk * qk_scale
+        if MASKED:
+            visible = offs_n[None, :] < n_left
+            if IS_CAUSAL:
+                visible = visible & (start_n + offs_n[None, :] <= offs_m[:, None] + causal_offset)
+            s = tl.where(visible, s, float("-inf"))
+        # [BLOCK_M]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_new)
+        # [BLOCK_M, BLOCK_N]
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if EXACT_P_ROUNDING:
+            p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
+        p8 = p.to(p_dtype)
+        # [BLOCK_N, BLOCK_D0] -> [BLOCK_M, BLOCK_D0]
+        v0 = _load_tile(
+            v_ptr, offs_n, offs_d0, stride_vn, stride_vd, n_left, HEAD_DIM, MASKED, MASK_D0
+        )
+        acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
+        if HAS_D1:
+            # [BLOCK_N, BLOCK_D1] -> [BLOCK_M, BLOCK_D1]
+            v1 = _load_tile(
+                v_ptr + BLOCK_D0 * stride_vd,
+                offs_n,
+                offs_d1,
+                stride_vn,
+                stride_vd,
+                n_left,
+                HEAD_DIM - BLOCK_D0,
+                MASKED,
+                MASK_D1,
+            )
+            acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
+        m_i = m_new
+        k_ptr += BLOCK_N * stride_kn
+        v_ptr += BLOCK_N * stride_vn
+    return acc0, acc1, l_i, m_i
+
+
+@triton.jit
+def _store_out(base, acc, offs_m, offs_d, stride_om, n_rows, n_cols, MASK_D: tl.constexpr):
+    ptrs = base + offs_m[:, None] * stride_om + offs_d[None, :]
+    if MASK_D:
+        tl.store(ptrs, acc, mask=(offs_m[:, None] < n_rows) & (offs_d[None, :] < n_cols))
+    else:
+        tl.store(ptrs, acc, mask=offs_m[:, None] < n_rows)
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk"])
+def _fp8_fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    QD,
+    KD,
+    VD,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_lb,
+    stride_lh,
+    stride_qdb,
+    stride_qdh,
+    stride_kdb,
+    stride_kdh,
+    stride_vdb,
+    stride_vdh,
+    Lq,
+    Lk,
+    GROUP,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D0: tl.constexpr,
+    BLOCK_D1: tl.constexpr,
+    HAS_D1: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    V_SEQ_CONTIG: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+    EXACT_P_ROUNDING: tl.constexpr,
+    P_MANT: tl.constexpr,
+    P_MIN_EXP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program: BLOCK_M query rows of one (batch, query head). Grid (m blocks, Hq, B)."""
+    # Heaviest (causal) query blocks first.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    off_h = tl.program_id(1)
+    off_b = tl.program_id(2)
+    off_hk = off_h // GROUP
+    start_m = pid_m * BLOCK_M
+    offs_mi = tl.arange(0, BLOCK_M)
+    offs_m = start_m + offs_mi
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = tl.arange(0, BLOCK_D1)
+    MASK_D0: tl.constexpr = BLOCK_D0 > HEAD_DIM
+    MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 > HEAD_DIM
+
+    off_b64 = off_b.to(tl.int64)
+    off_h64 = off_h.to(tl.int64)
+    off_hk64 = off_hk.to(tl.int64)
+    q_descale = tl.load(QD + off_b * stride_qdb + off_hk * stride_qdh)
+    k_descale = tl.load(KD + off_b * stride_kdb + off_hk * stride_kdh)
+    v_descale = tl.load(VD + off_b * stride_vdb + off_hk * stride_vdh)
+    qk_scale = sm_scale * q_descale * k_descale * LOG2E
+
+    q_ptr = Q + off_b64 * stride_qb + off_h64 * stride_qh + start_m.to(tl.int64) * stride_qm
+    # [BLOCK_M, BLOCK_D0]
+    q0 = _load_tile(
+        q_ptr, offs_mi, offs_d0, stride_qm, stride_qd, Lq - start_m, HEAD_DIM, True, MASK_D0
+    )
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
+    if HAS_D1:
+        # [BLOCK_M, BLOCK_D1]
+        q1 = _load_tile(
+            q_ptr + BLOCK_D0 * stride_qd,
+            offs_mi,
+            offs_d1,
+            stride_qm,
+            stride_qd,
+            Lq - start_m,
+            HEAD_DIM - BLOCK_D0,
+            True,
+            MASK_D1,
+        )
+        acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
+    else:
+        q1 = q0
+        acc1 = acc0
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # Keys [0, full_end) are visible to every row of the block; [full_end, hi) need masks.
+    causal_offset = Lk - Lq
+    if IS_CAUSAL:
+        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + causal_offset, 0), Lk)
+        full = tl.minimum(tl.maximum(start_m + causal_offset + 1, 0), hi)
+    else:
+        hi = Lk
+        full = Lk
+    full_end = (full // BLOCK_N) * BLOCK_N
+
+    k_ptr = K + off_b64 * stride_kb + off_hk64 * stride_kh
+    v_ptr = V + off_b64 * stride_vb + off_hk64 * stride_vh
+    acc0, acc1, l_i, m_i = _attend_tiles(
+        acc0,
+        acc1,
+        l_i,
+        m_i,
+        q0,
+        q1,
+        k_ptr,
+        v_ptr,
+        0,
+        full_end,
+        offs_m,
+        Lk,
+        causal_offset,
+        qk_scale,
+        stride_kn,
+        stride_kd,
+        stride_vn,
+        stride_vd,
+        False,
+        IS_CAUSAL,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D0,
+        BLOCK_D1,
+        HAS_D1,
+        EXACT_P_ROUNDING,
+        P_MANT,
+        P_MIN_EXP,
+    )
+    k_ptr += full_end.to(tl.int64) * stride_kn
+    v_ptr += full_end.to(tl.int64) * stride_vn
+    acc0, acc1, l_i, m_i = _attend_tiles(
+        acc0,
+        acc1,
+        l_i,
+        m_i,
+        q0,
+        q1,
+        k_ptr,
+        v_ptr,
+        full_end,
+        hi,
+        offs_m,
+        Lk,
+        causal_offset,
+        qk_scale,
+        stride_kn,
+        stride_kd,
+        stride_vn,
+        stride_vd,
+        True,
+        IS_CAUSAL,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D0,
+        BLOCK_D1,
+        HAS_D1,
+        EXACT_P_ROUNDING,
+        P_MANT,
+        P_MIN_EXP,
+    )
+
+    # Rows with no visible key: l = 0, acc = 0 -> out 0, lse -inf.
+    has_key = l_i > 0.0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out_scale = v_descale / l_safe
+    o_ptr = Out + off_b64 * stride_ob + off_h64 * stride_oh + start_m.to(tl.int64) * stride_om
+    out_ty = Out.dtype.element_ty
+    # [BLOCK_M, BLOCK_D0]
+    _store_out(
+        o_ptr,
+        (acc0 * out_scale[:, None]).to(out_ty),
+        offs_mi,
+        offs_d0,
+        stride_om,
+        Lq - start_m,
+        HEAD_DIM,
+        MASK_D0,
+    )
+    if HAS_D1:
+        # [BLOCK_M, BLOCK_D1]
+        _store_out(
+            o_ptr + BLOCK_D0,
+            (acc1 * out_scale[:, None]).to(out_ty),
+            offs_mi,
+            offs_d1,
+            stride_om,
+            Lq - start_m,
+            HEAD_DIM - BLOCK_D0,
+            MASK_D1,
+        )
+    if STORE_LSE:
+        lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+        lse_ptr = Lse + off_b64 * stride_lb + off_h64 * stride_lh
+        tl.store(lse_ptr + offs_m, lse, mask=offs_m < Lq)
+
+
+_fp8_fwd_tuned = triton.autotune(
+    configs=GPU_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs}
+)(_fp8_fwd_kernel)
+
+
+def _descale_strides(descale: torch.Tensor) -> tuple[int, int]:
+    return (descale.stride(0), descale.stride(1)) if descale.dim() == 2 else (0, 0)
+
+
+def _launch_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_descale: torch.Tensor,
+    k_descale: torch.Tensor,
+    v_descale: torch.Tensor,
+    scale: float,
+    causal: bool,
+    out_dtype: torch.dtype,
+    return_lse: bool,
+    config: triton.Config | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Allocate out (B, Hq, Lq, D) and lse (B, Hq, Lq), launch; `config` pins a config."""
+    b, hq, lq, d = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    out = torch.empty((b, hq, lq, d), dtype=out_dtype, device=q.device)
+    lse = torch.empty((b, hq, lq), dtype=torch.float32, device=q.device) if return_lse else None
+    if out.numel() == 0:
+        return out, lse
+    lse_arg = lse if lse is not None else out
+    lse_strides = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
+    d0, d1 = split_head_dim(d)
+    args = (
+        q, k, v, out, lse_arg, q_descale, k_descale, v_descale,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride()[:3], *lse_strides,
+        *_descale_strides(q_descale), *_descale_strides(k_descale), *_descale_strides(v_descale),
+        lq, lk, hq // hk, scale,
+    )  # fmt: skip
+    meta = {
+        "HEAD_DIM": d,
+        "BLOCK_D0": d0,
+        "BLOCK_D1": max(d1, MIN_DOT_K),
+        "HAS_D1": d1 > 0,
+        "IS_CAUSAL": causal,
+        "V_SEQ_CONTIG": v.stride(-2) == 1,
+        "STORE_LSE": return_lse,
+        # P's fp8 format (V's dtype): mantissa bits and the exponent of its smallest normal.
+        "EXACT_P_ROUNDING": interpreter_active(),
+        "P_MANT": FP8_MANTISSA_BITS[v.dtype],
+        "P_MIN_EXP": round(math.log2(torch.finfo(v.dtype).tiny)),
+    }
+    if config is None and interpreter_active():
+        config = INTERPRETER_CONFIG
+    if config is None:
+        grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), hq, b)
+        _fp8_fwd_tuned[grid](*args, **meta)
+    else:
+        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), hq, b)
+        _fp8_fwd_kernel[grid](
+            *args, **meta, **config.kwargs, num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )  # fmt: skip
+    return out, lse
+
+
+def _check_arch(arch: Arch, named: tuple[tuple[str, torch.Tensor], ...]) -> None:
+    """Raise TypeError unless `arch` has fp8 matrix units taking every tensor's dtype."""
+    if not arch.has_fp8:
+        raise TypeError(
+            f"fp8 attention is not supported on arch {arch.name}: it has no fp8 matrix units "
+            f"(supported fp8 dtypes: {arch.fp8_dtype_names()}); use gqa_attention with "
+            "float16/bfloat16 inputs"
+        )
+    for name, x in named:
+        if x.dtype not in arch.fp8_dtypes:
+            raise TypeError(
+                f"{name} has dtype {str(x.dtype).removeprefix('torch.')}, which arch {arch.name} "
+                f"does not support; supported fp8 dtypes on {arch.name}: {arch.fp8_dtype_names()}"
+            )
+
+
+def _v_for_arch(v: torch.Tensor, arch: Arch) -> torch.Tensor:
+    if not arch.fp8_v_k_major or v.stride(-2) == 1:
+        return v
+    # (B, Hk, D, Lk) in memory, returned as the (B, Hk, Lk, D) view: v.stride(-2) == 1.
+    return v.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def prepare_fp8_v(v: torch.Tensor) -> torch.Tensor:
+    """Return V in the memory layout the current arch's fp8 P @ V wants; pay the copy once.
+
+    On arches whose fp8 tensor-core GEMM needs a K-major B operand (`Arch.fp8_v_k_major`: NVIDIA
+    sm89 <= cc < sm100) that is sequence-contiguous V: the result is a (B, Hk, Lk, D) view of a
+    (B, Hk, D, Lk) contiguous tensor, `v.stride(-2) == 1`. Where V already has
+    `v.stride(-2) == 1`, or the arch needs no particular layout (sm100+, AMD, the interpreter),
+    `v` itself is returned (no copy). `fp8_attention` calls this on every V it gets, so a caller
+    holding a KV cache calls it once and passes the result.
+
+    Args:
+        v: (B, Hk, Lk, D) fp8 (a dtype the arch supports), any strides.
+
+    Returns:
+        (B, Hk, Lk, D) tensor with the values of `v`: `v` itself or a sequence-contiguous copy.
+
+    Raises:
+        TypeError: `v` is not a 4-D fp8 tensor, or the arch lacks fp8 / this fp8 dtype.
+    """
+    check_tensor("v", v, 4, FP8_DTYPES)
+    arch = current_arch(v.device)
+    _check_arch(arch, (("v", v),))
+    return _v_for_arch(v, arch)
+
+
+def fp8_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_descale: torch.Tensor,
+    k_descale: torch.Tensor,
+    v_descale: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention on fp8 inputs with descales: softmax(scale * (q dq)(k dk)^T) (v dv). Forward only.
+
+    Causal is bottom-right aligned: query i sees key j iff j <= i + Lk - Lq, e.g. Lq=2, Lk=4::
+
+        q0: x x x .
+        q1: x x x x
+
+    GQA: Hq = G * Hk; query head h reads kv head h // G, and a (B, Hk) q_descale is read by
+    query head h at [b, h // G]. The real value of an fp8 tensor is `x.float() * descale`.
+    q_descale * k_descale * scale is folded into the softmax scale; the probabilities are rounded
+    to V's fp8 dtype before the fp8 P @ V product (FlashAttention-3's numerics; the verifier's
+    fp8 baseline does the same); v_descale scales the output. On Ada/Hopper V is first made
+    sequence-contiguous (`prepare_fp8_v`; pass a prepared V to skip the copy); the result does
+    not depend on V's layout.
+
+    Args:
+        q: (B, Hq, Lq, D) float8_e4m3fn | float8_e5m2 (float8_e4m3fnuz | float8_e5m2fnuz on
+            gfx94x): a dtype of `current_arch().fp8_dtypes`. D in [16, 256], D % 16 == 0.
+        k, v: (B, Hk, Lk, D), fp8 dtypes of the arch (may differ from q's). Any strides.
+        q_descale, k_descale, v_descale: float32 of shape () or (B, Hk).
+        causal: bottom-right causal mask.
+        scale: multiplies the dequantized q.k; default 1 / sqrt(D).
+        out_dtype: bfloat16 | float16.
+        return_lse: also return the logsumexp of each row.
+
+    Returns:
+        out (B, Hq, Lq, D) in out_dtype; with return_lse also lse (B, Hq, Lq) float32, natural
+        log. Rows with no visible key (Lk = 0, or causal rows i < Lq - Lk) give out 0, lse -inf.
+
+    Raises:
+        TypeError, ValueError: bad shapes, dtypes, descales, head dim or out_dtype; an arch
+            without fp8 or without one of the input dtypes (the message lists the arch's dtypes).
+    """
+    scale = check_fp8_inputs(
+        q, k, v, q_descale, k_descale, v_descale, scale, out_dtype, HEAD_DIM_MULTIPLE
+    )
+    arch = current_arch(q.device)
+    _check_arch(arch, (("q", q), ("k", k), ("v", v)))
+    enforce_verified("fp8", q.device)
+    out, lse = _launch_fwd(
+        q, k, _v_for_arch(v, arch), q_descale, k_descale, v_descale, scale, causal, out_dtype,
+        return_lse,
+    )  # fmt: skip
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["fp8_attention", "prepare_fp8_v", "split_head_dim"]
