@@ -1,0 +1,573 @@
+"""Paged-KV attention (decode, speculative decode) with split-KV, and attention-state merging.
+
+`paged_attention`: the newest Lq query positions of each request attend over the request's
+paged KV cache, causal bottom-right (query i sees key j iff j <= i + seq_len - Lq; Lq = 1 sees
+the whole context). Caches are "NHD" (num_blocks, block_size, Hk, D) or "HND"
+(num_blocks, Hk, block_size, D), addressed through strides; block_size a power of two in
+[8, 256]; bfloat16 / float16 / float32 caches, or fp8 (e4m3 / e5m2) caches with float32
+descales () or (Hk,). Head dims: any D in [8, 256] with D % 8 == 0 (the tile is padded to the
+next power of two with masked lanes, which load no bytes). LSE: natural log, float32.
+
+One program serves one (request, kv head, split): all G = Hq / Hk query heads of the kv head
+and all Lq queries form the M rows of the tile (padded to >= 16 for `tl.dot`), so K and V are
+read once for the whole group. Beyond MAX_BLOCK_M rows (large G * Lq) the rows are cut into
+several tiles, each reading K/V again.
+
+Split-KV (flash-decoding): each request's KV range is cut into `num_splits` chunks (aligned to
+the KV tile); each chunk writes a float32 partial (out, lse) and `merge_attention_states`
+combines them. With one split the kernel writes the final output directly.
+
+Oracle: `attnverify.reference.paged`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from attnverify.arch import Arch, current_arch
+from attnverify.validation import check_merge_inputs, check_paged_inputs
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+MIN_BLOCK_M = 16  # tl.dot needs M >= 16
+MAX_BLOCK_M = 64  # rows (G * Lq) one program holds; more rows -> several row tiles
+MAX_SPLITS = 256
+WAVES = 4  # default splits aim at WAVES * num_sms programs ...
+MIN_TILES_PER_SPLIT = 4  # ... but never fewer than this many KV tiles per split
+MERGE_BLOCK_S = 32
+MERGE_BLOCK_D = 64
+
+
+@dataclass(frozen=True)
+class PagedConfig:
+    """Launch settings of the attention kernel: KV tile length, warps, pipeline stages."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def pick_config(block_size: int, head_dim: int, arch: Arch) -> PagedConfig:
+    """Launch settings for a cache geometry on `arch` (small tiles under the interpreter)."""
+    if arch.is_interpreter:
+        return PagedConfig(block_n=16, num_warps=1, num_stages=1)
+    block_n = 64 if head_dim <= 128 else 32
+    return PagedConfig(block_n=max(block_n, min(block_size, 64)), num_warps=4, num_stages=3)
+
+
+def default_num_splits(num_programs: int, max_seq_len: int, block_n: int, num_sms: int) -> int:
+    """Splits that give about WAVES * num_sms programs, each of >= MIN_TILES_PER_SPLIT tiles.
+
+    `num_programs` is the program count without splitting (B * Hk * row tiles).
+    """
+    tiles = triton.cdiv(max_seq_len, block_n)
+    want = triton.cdiv(WAVES * num_sms, max(num_programs, 1))
+    return max(1, min(want, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
+
+
+# ---------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _paged_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    k_descale_ptr,
+    v_descale_ptr,
+    out_ptr,
+    lse_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_vd,
+    stride_btb,
+    stride_btp,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_os,
+    stride_od,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    stride_ls,
+    stride_kds,
+    stride_vds,
+    qk_scale,
+    group_size,
+    num_queries,
+    head_dim,
+    num_row_tiles,
+    num_splits,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_K_DESCALE: tl.constexpr,
+    HAS_V_DESCALE: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    split = tl.program_id(0)
+    kv_head = tl.program_id(1) // num_row_tiles
+    row_tile = tl.program_id(1) % num_row_tiles
+    b = tl.program_id(2).to(tl.int64)
+
+    seq_len = tl.load(seq_lens_ptr + b)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+
+    # rows: query head g of this kv head's group, query position i
+    rows = row_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < group_size * num_queries
+    head = (kv_head * group_size + rows // num_queries).to(tl.int64)
+    query = rows % num_queries
+    last_key = query + seq_len - num_queries  # query i sees key j iff j <= last_key[i]
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_dim
+
+    # [BLOCK_M, BLOCK_D]
+    q = tl.load(
+        q_ptr
+        + b * stride_qb
+        + head[:, None] * stride_qh
+        + query[:, None] * stride_qm
+        + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if HAS_K_DESCALE:
+        qk_scale = qk_scale * tl.load(k_descale_ptr + kv_head * stride_kds)
+
+    k_head = k_ptr + kv_head.to(tl.int64) * stride_kh
+    v_head = v_ptr + kv_head.to(tl.int64) * stride_vh
+    table = block_tables_ptr + b * stride_btb
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
+        pos = start_n + tl.arange(0, BLOCK_N)
+        pos_ok = pos < end
+        # [BLOCK_N] physical block of each key; entries past the used pages are never loaded
+        block = tl.load(table + (pos // BLOCK_SIZE) * stride_btp, mask=pos_ok, other=0)
+        slot = (pos % BLOCK_SIZE).to(tl.int64)
+        block = block.to(tl.int64)
+        kv_mask = pos_ok[:, None] & d_ok[None, :]
+        # [BLOCK_N, BLOCK_D]
+        k = tl.load(
+            k_head
+            + block[:, None] * stride_kb
+            + slot[:, None] * stride_ks
+            + offs_d[None, :] * stride_kd,
+            mask=kv_mask,
+            other=0.0,
+        )
+        # [BLOCK_M, BLOCK_N] scores in log2 units
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * qk_scale
+        visible = pos_ok[None, :] & (pos[None, :] <= last_key[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # [BLOCK_N, BLOCK_D]
+        v = tl.load(
+            v_head
+            + block[:, None] * stride_vb
+            + slot[:, None] * stride_vs
+            + offs_d[None, :] * stride_vd,
+            mask=kv_mask,
+            other=0.0,
+        )
+        # [BLOCK_M, BLOCK_D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision="ieee")
+        m_i = m_new
+
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    if HAS_V_DESCALE:
+        out = out * tl.load(v_descale_ptr + kv_head * stride_vds)
+    lse = tl.where(
+        has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf")
+    )
+    o_rows = b * stride_ob + head * stride_oh + query * stride_om + split * stride_os
+    tl.store(
+        out_ptr + o_rows[:, None] + offs_d[None, :] * stride_od,
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+    l_rows = b * stride_lb + head * stride_lh + query * stride_lm + split * stride_ls
+    tl.store(lse_ptr + l_rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _merge_kernel(
+    out_ptr,
+    lse_ptr,
+    merged_ptr,
+    merged_lse_ptr,
+    stride_or,
+    stride_os,
+    stride_od,
+    stride_lr,
+    stride_ls,
+    stride_mr,
+    stride_md,
+    stride_mlr,
+    num_splits,
+    head_dim,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_dim
+    lse_row = lse_ptr + row * stride_lr
+    out_row = out_ptr + row * stride_or
+
+    m = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    for s0 in range(0, num_splits, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        lse = tl.load(lse_row + offs_s * stride_ls, mask=offs_s < num_splits, other=float("-inf"))
+        m = tl.maximum(m, lse.to(tl.float32))
+    m_max = tl.max(m, 0)
+    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+
+    total = tl.zeros([BLOCK_S], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for s0 in range(0, num_splits, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        lse = tl.load(lse_row + offs_s * stride_ls, mask=offs_s < num_splits, other=float("-inf"))
+        # [BLOCK_S] weights; a split with lse -inf weighs 0 and its out is never loaded
+        w = tl.exp(lse.to(tl.float32) - m_safe)
+        total += w
+        # [BLOCK_S, BLOCK_D]
+        part = tl.load(
+            out_row + offs_s[:, None] * stride_os + offs_d[None, :] * stride_od,
+            mask=(w > 0.0)[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        acc += tl.sum(tl.where((w > 0.0)[:, None], w[:, None] * part.to(tl.float32), 0.0), 0)
+    total_sum = tl.sum(total, 0)
+    has = total_sum > 0.0
+    merged = acc / tl.where(has, total_sum, 1.0)
+    tl.store(
+        merged_ptr + row * stride_mr + offs_d * stride_md,
+        merged.to(merged_ptr.dtype.element_ty),
+        mask=d_ok,
+    )
+    if tl.program_id(1) == 0:
+        merged_lse = tl.where(has, tl.log(tl.where(has, total_sum, 1.0)) + m_safe, float("-inf"))
+        tl.store(merged_lse_ptr + row * stride_mlr, merged_lse)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _cache_strides(cache: torch.Tensor, kv_layout: str) -> tuple[int, int, int, int]:
+    """(block, slot, head, d) strides of a cache in either layout."""
+    if kv_layout == "NHD":
+        return cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3)
+    return cache.stride(0), cache.stride(2), cache.stride(1), cache.stride(3)
+
+
+def launch_merge(
+    out: torch.Tensor, lse: torch.Tensor, merged: torch.Tensor, merged_lse: torch.Tensor
+) -> None:
+    """Merge out (R, S, D), lse (R, S) into merged (R, D) and merged_lse (R,) (any strides)."""
+    rows, num_splits, head_dim = out.shape
+    if rows == 0:
+        return
+    block_d = min(triton.next_power_of_2(head_dim), MERGE_BLOCK_D)
+    block_s = min(triton.next_power_of_2(num_splits), MERGE_BLOCK_S)
+    grid = (rows, triton.cdiv(head_dim, block_d))
+    _merge_kernel[grid](
+        out,
+        lse,
+        merged,
+        merged_lse,
+        *out.stride(),
+        *lse.stride(),
+        *merged.stride(),
+        merged_lse.stride(0),
+        num_splits,
+        head_dim,
+        BLOCK_S=block_s,
+        BLOCK_D=block_d,
+        num_warps=4 if block_s * block_d >= 1024 else 1,
+    )
+
+
+def launch_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    k_descale: torch.Tensor | None,
+    v_descale: torch.Tensor | None,
+    *,
+    scale: float,
+    num_splits: int,
+    kv_layout: str,
+    config: PagedConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocate, launch the attention kernel (and the merge when num_splits > 1); no host sync.
+
+    Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32.
+    """
+    b, hq, lq, head_dim = q.shape
+    block_size = k_cache.shape[1] if kv_layout == "NHD" else k_cache.shape[2]
+    hk = k_cache.shape[2] if kv_layout == "NHD" else k_cache.shape[1]
+    group = hq // hk
+    out = torch.empty(b, hq, lq, head_dim, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, hq, lq, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    block_m = max(MIN_BLOCK_M, min(triton.next_power_of_2(group * lq), MAX_BLOCK_M))
+    num_row_tiles = triton.cdiv(group * lq, block_m)
+    if num_splits == 1:
+        part, part_lse = out.unsqueeze(3), lse.unsqueeze(3)
+    else:
+        part = torch.empty(b, hq, lq, num_splits, head_dim, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(b, hq, lq, num_splits, dtype=torch.float32, device=q.device)
+    k_ds = k_descale if k_descale is not None else lse
+    v_ds = v_descale if v_descale is not None else lse
+    grid = (num_splits, hk * num_row_tiles, b)
+    _paged_fwd_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        k_ds,
+        v_ds,
+        part,
+        part_lse,
+        *q.stride(),
+        *_cache_strides(k_cache, kv_layout),
+        *_cache_strides(v_cache, kv_layout),
+        *block_tables.stride(),
+        *part.stride(),
+        *part_lse.stride(),
+        k_ds.stride(0) if k_ds.dim() else 0,
+        v_ds.stride(0) if v_ds.dim() else 0,
+        scale * LOG2E,
+        group,
+        lq,
+        head_dim,
+        num_row_tiles,
+        num_splits,
+        BLOCK_SIZE=block_size,
+        BLOCK_M=block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        HAS_K_DESCALE=k_descale is not None,
+        HAS_V_DESCALE=v_descale is not None,
+        NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps,
+    )
+    if num_splits > 1:
+        launch_merge(
+            part.view(-1, num_splits, head_dim),
+            part_lse.view(-1, num_splits),
+            out.view(-1, head_dim),
+            lse.view(-1),
+        )
+    return out, lse
+
+
+@dataclass(frozen=True)
+class PagedPlan:
+    """Everything `launch_paged` needs besides tensors, resolved once per call shape."""
+
+    scale: float
+    num_splits: int
+    config: PagedConfig
+
+
+def plan_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    kv_layout: str = "NHD",
+    config: PagedConfig | None = None,
+) -> PagedPlan:
+    """Validate inputs (reads seq_lens / block_tables on the host) and resolve the launch plan.
+
+    Engines that replay one shape (CUDA graphs, benchmarks) plan once and call `launch_paged`.
+    """
+    meta = check_paged_inputs(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        scale,
+        k_descale,
+        v_descale,
+        num_splits,
+        kv_layout,
+    )
+    arch = current_arch(q.device)
+    if config is None:
+        config = pick_config(meta.block_size, q.shape[-1], arch)
+    if num_splits is None:
+        group_rows = (q.shape[1] // meta.num_kv_heads) * q.shape[2]
+        programs = q.shape[0] * meta.num_kv_heads * triton.cdiv(group_rows, MAX_BLOCK_M)
+        num_splits = default_num_splits(
+            programs, max(meta.seq_lens, default=0), config.block_n, arch.num_sms
+        )
+    return PagedPlan(scale=meta.scale, num_splits=num_splits, config=config)
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    kv_layout: str = "NHD",
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of the newest Lq positions of each request over its paged KV cache.
+
+    Request b's context is its first seq_lens[b] cached tokens (the Lq new tokens included);
+    its queries are the last Lq positions, causal bottom-right: query i sees key j iff
+    j <= i + seq_len - Lq. For seq_len = 6, Lq = 2 (x = visible)::
+
+        key    0 1 2 3 4 5
+        q0     x x x x x .
+        q1     x x x x x x
+
+    Query head h reads kv head h // G (G = Hq / Hk); all G heads of a kv head share one read
+    of K and V. Scores are scale * <q, k * k_descale>; values are v * v_descale.
+
+    Args:
+        q: (B, Hq, Lq, D) float16 | bfloat16 | float32; Lq = 1 is decode.
+        k_cache, v_cache: (num_blocks, block_size, Hk, D) for "NHD" or
+            (num_blocks, Hk, block_size, D) for "HND"; q's dtype, or float8_e4m3fn /
+            float8_e5m2. block_size a power of two; any strides.
+        block_tables: (B, max_blocks) int32 physical block of each logical block; entries past
+            ceil(seq_len / block_size) are never read (may be -1 or junk).
+        seq_lens: (B,) int32 valid cached tokens per request; slots past it are never read
+            (may hold NaN).
+        scale: multiplies q.k; default 1 / sqrt(D).
+        k_descale, v_descale: float32 () or (Hk,), fp8 caches only (None: 1).
+        num_splits: KV chunks per request (>= 1; flash-decoding), or None to choose from B,
+            Hk, the longest seq_len and the SM count. Results agree for every value up to
+            float32 rounding of the partials.
+        kv_layout: "NHD" or "HND".
+        return_lse: also return the natural-log logsumexp of each row.
+
+    Returns:
+        out (B, Hq, Lq, D) in q's dtype, and with return_lse lse (B, Hq, Lq) float32. A row
+        with no visible key (seq_len == 0, or seq_len < Lq for the first rows) gives out 0 and
+        lse -inf.
+
+    Raises:
+        TypeError, ValueError: inputs outside the rules above (see `attnverify.validation`),
+            before any launch.
+    """
+    plan = plan_paged(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        scale=scale,
+        k_descale=k_descale,
+        v_descale=v_descale,
+        num_splits=num_splits,
+        kv_layout=kv_layout,
+    )
+    out, lse = launch_paged(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        k_descale,
+        v_descale,
+        scale=plan.scale,
+        num_splits=plan.num_splits,
+        kv_layout=kv_layout,
+        config=plan.config,
+    )
+    return (out, lse) if return_lse else out
+
+
+def merge_attention_states(
+    out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge S partial attention states (split-KV, or prefix/suffix cascades) into one.
+
+    `lse = logsumexp_s(lse_s)`, `out = sum_s exp(lse_s - lse) * out_s`, in float32. Splits with
+    lse -inf contribute nothing (their out is never read, so it may be NaN); all -inf gives
+    out 0 and lse -inf.
+
+    Args:
+        out: (..., S, D) float16 | bfloat16 | float32 partial outputs, S >= 1, any strides.
+        lse: (..., S) float32 natural-log partial lse.
+
+    Returns:
+        (out (..., D) in out's dtype, lse (...) float32).
+
+    Raises:
+        TypeError, ValueError: shapes or dtypes outside the rules above.
+    """
+    check_merge_inputs(out, lse)
+    *lead, num_splits, head_dim = out.shape
+    merged = torch.empty(*lead, head_dim, dtype=out.dtype, device=out.device)
+    merged_lse = torch.empty(lead, dtype=torch.float32, device=out.device)
+    launch_merge(
+        out.reshape(-1, num_splits, head_dim),
+        lse.reshape(-1, num_splits),
+        merged.view(-1, head_dim),
+        merged_lse.view(-1),
+    )
+    return merged, merged_lse
+
+
+__all__ = [
+    "PagedConfig",
+    "PagedPlan",
+    "default_num_splits",
+    "launch_merge",
+    "launch_paged",
+    "merge_attention_states",
+    "paged_attention",
+    "pick_config",
+    "plan_paged",
+]
