@@ -99,17 +99,21 @@ def quantize_fp8(
     check_tensor("x", x, 4, (torch.float16, torch.bfloat16, torch.float32, torch.float64))
     fmax = torch.finfo(dtype).max
     xf = x.detach().to(torch.float32)
+    b, h, length, d = x.shape
+    hk = h if kv_heads is None else kv_heads
+    if hk < 1 or h % hk:
+        raise ValueError(f"kv_heads must divide the head count H={h}; got {kv_heads}")
     if granularity == "tensor":
-        amax = xf.abs().amax()
-        descale = torch.where(amax > 0, amax / fmax, 1.0).to(torch.float32)
+        groups = xf.abs().reshape(1, xf.numel())
+    else:
+        groups = xf.abs().reshape(b, hk, (h // hk) * length * d)
+    # One appended zero keeps amax defined on empty groups (L = 0); |x| >= 0 leaves it unchanged.
+    amax = torch.nn.functional.pad(groups, (0, 1)).amax(dim=-1)
+    descale = torch.where(amax > 0, amax / fmax, 1.0).to(torch.float32)
+    if granularity == "tensor":
+        descale = descale.reshape(())
         full = descale
     else:
-        b, h = x.shape[:2]
-        hk = h if kv_heads is None else kv_heads
-        if hk < 1 or h % hk:
-            raise ValueError(f"kv_heads must divide the head count H={h}; got {kv_heads}")
-        amax = xf.abs().reshape(b, hk, -1).amax(dim=-1)
-        descale = torch.where(amax > 0, amax / fmax, 1.0).to(torch.float32)
         full = descale.repeat_interleave(h // hk, dim=1)[:, :, None, None]
     x_fp8 = (xf / full).clamp(-fmax, fmax).to(dtype)
     return x_fp8, descale
