@@ -1,0 +1,129 @@
+"""Host-side helpers shared by the kernel modules: head-dim tiling, work tables, block masks.
+
+Imports torch only (no Triton), so every function here is plain, testable host code. The
+Triton cores (`_flash.py`, ...) call these to decide tile shapes and to build the small index
+tensors their grids read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from attnverify.arch import interpreter_active
+
+MIN_DOT_TILE = 16
+WORK_FIELDS = 5  # start_q, len_q, start_k, len_k, block index within the sequence
+
+
+@dataclass(frozen=True)
+class HeadDimSplit:
+    """A head dim D covered by one power-of-two tile, plus an optional power-of-two remainder.
+
+    `d0 + d1 >= head_dim`; lanes past `head_dim` are masked on load (read as 0) and on store.
+    Examples: 72 = 64 + 16 (8 lanes valid), 80 = 64 + 16, 96 = 64 + 32, 128 = 128, 136 = 128 + 16,
+    8 = 16 (8 lanes valid). `d1 == 0` means a single tile.
+    """
+
+    head_dim: int
+    d0: int
+    d1: int
+
+    @property
+    def has_d1(self) -> bool:
+        return self.d1 > 0
+
+    @property
+    def padded(self) -> int:
+        return self.d0 + self.d1
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def split_head_dim(head_dim: int) -> HeadDimSplit:
+    """Split `head_dim` into a power-of-two tile `d0` (the largest <= D, >= 16) and a remainder.
+
+    The remainder, if any, gets the smallest power-of-two tile >= max(16, D - d0), so a non
+    power-of-two D costs at most one small extra tile instead of padding to the next power of 2.
+    """
+    d0 = max(MIN_DOT_TILE, 1 << (head_dim.bit_length() - 1))
+    rest = head_dim - d0
+    d1 = max(MIN_DOT_TILE, _pow2_at_least(rest)) if rest > 0 else 0
+    return HeadDimSplit(head_dim=head_dim, d0=d0, d1=d1)
+
+
+def use_interpreter(x: torch.Tensor) -> bool:
+    """True when kernels on `x` run through the Triton CPU interpreter."""
+    return interpreter_active() or x.device.type == "cpu"
+
+
+def varlen_work_table(
+    seqlens_rows: Sequence[int],
+    seqlens_cols: Sequence[int],
+    starts_rows: Sequence[int],
+    starts_cols: Sequence[int],
+    block: int,
+    *,
+    rows_are_queries: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """Flattened (sequence, block) work items for a varlen grid, the heaviest first.
+
+    One item per `block` rows of every sequence with rows (for the forward and dq passes the
+    rows are queries, for the dk/dv pass keys). Items are sorted by the length of the other
+    side (the work of one item), longest first, so skewed batches (one 8k image and many
+    256-token ones) do not leave the long sequence's blocks for last.
+
+    Returns:
+        (P, 5) int32 on `device`: start_q, len_q, start_k, len_k, block index.
+    """
+    items = []
+    for n, (rows, cols) in enumerate(zip(seqlens_rows, seqlens_cols, strict=True)):
+        for blk in range(-(-rows // block)):
+            items.append((cols, n, blk))
+    items.sort(key=lambda t: -t[0])
+    table = []
+    for _, n, blk in items:
+        if rows_are_queries:
+            lq, lk, sq, sk = seqlens_rows[n], seqlens_cols[n], starts_rows[n], starts_cols[n]
+        else:
+            lq, lk, sq, sk = seqlens_cols[n], seqlens_rows[n], starts_cols[n], starts_rows[n]
+        table.append((sq, lq, sk, lk, blk))
+    out = torch.tensor(table, dtype=torch.int32).reshape(-1, WORK_FIELDS)
+    return out.to(device, non_blocking=True)
+
+
+def block_any(mask: torch.Tensor, block: int) -> torch.Tensor:
+    """Tile-level summary of a boolean mask: 1 where a `block x block` tile has any True.
+
+    Args:
+        mask: (Bm, Hm, Lqm, Lkm) bool; a dim of size 1 (broadcast) stays size 1.
+        block: tile edge; the kernels' BLOCK_M and BLOCK_N must divide it.
+
+    Returns:
+        (Bm, Hm, ceil(Lqm / block) or 1, ceil(Lkm / block) or 1) uint8, contiguous.
+    """
+    bm, hm, lq, lk = mask.shape
+    nq = 1 if lq == 1 else -(-lq // block)
+    nk = 1 if lk == 1 else -(-lk // block)
+    tq = 1 if lq == 1 else block
+    tk = 1 if lk == 1 else block
+    padded = mask.new_zeros((bm, hm, nq * tq, nk * tk))
+    padded[:, :, :lq, :lk] = mask
+    tiles = padded.view(bm, hm, nq, tq, nk, tk).any(dim=5).any(dim=3)
+    return tiles.to(torch.uint8).contiguous()
+
+
+__all__ = [
+    "MIN_DOT_TILE",
+    "WORK_FIELDS",
+    "HeadDimSplit",
+    "block_any",
+    "split_head_dim",
+    "use_interpreter",
+    "varlen_work_table",
+]

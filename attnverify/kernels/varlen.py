@@ -1,0 +1,216 @@
+"""Variable-length (packed) flash attention in Triton, forward and backward.
+
+Layouts: q (Tq, Hq, D); k, v (Tk, Hk, D); sequences delimited by cu_seqlens (N+1,) int32, as in
+vision encoders (one sequence per image frame, see `cu_seqlens_from_grid_thw`). float16,
+bfloat16, float32 (IEEE, never TF32); any D in [8, 256] with D % 8 == 0 (non-powers of two as a
+power-of-two tile plus a small remainder tile). lse in natural log, float32.
+Oracle: `attnverify.reference.varlen`. Core: `attnverify.kernels._flash` (IS_VARLEN=True).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
+from attnverify.reference.varlen import cu_seqlens_from_grid_thw
+from attnverify.validation import check_varlen_inputs, resolve_scale
+
+# ------------------------------------------------------------------ launchers
+
+
+def _problem(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> FlashProblem:
+    """Validate (one host read of cu_seqlens) and describe the call for the flash core."""
+    meta = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None, None, scale)
+    return FlashProblem(
+        is_varlen=True,
+        batch=1,
+        num_q_heads=q.shape[1],
+        num_kv_heads=k.shape[1],
+        causal=causal,
+        scale=meta.scale,
+        starts_q=tuple(itertools.accumulate(meta.seqlens_q, initial=0))[:-1],
+        starts_k=tuple(itertools.accumulate(meta.seqlens_k, initial=0))[:-1],
+        seqlens_q=meta.seqlens_q,
+        seqlens_k=meta.seqlens_k,
+    )
+
+
+def varlen_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool,
+    scale: float,
+    *,
+    config: FlashConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out (Tq, Hq, D) in q's dtype and lse (Hq, Tq) float32; `config` pins the launch."""
+    problem = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    return flash_forward(q, k, v, problem, config=config)
+
+
+def varlen_backward(
+    dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool,
+    scale: float,
+    *,
+    config_dkdv: FlashConfig | None = None,
+    config_dq: FlashConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv in the input dtypes (dk, dv summed over each query-head group)."""
+    problem = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    dq, dk, dv, _ = flash_backward(
+        dout, q, k, v, out, lse, dlse, problem, config_dkdv=config_dkdv, config_dq=config_dq
+    )
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------ custom op
+
+
+@torch.library.custom_op("attnverify::varlen_fwd", mutates_args=())
+def _varlen_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+
+
+@_varlen_fwd_op.register_fake
+def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
+    lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return torch.empty_like(q, memory_format=torch.contiguous_format), lse
+
+
+@torch.library.custom_op("attnverify::varlen_bwd", mutates_args=())
+def _varlen_bwd_op(
+    dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return varlen_backward(
+        dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale
+    )
+
+
+@_varlen_bwd_op.register_fake
+def _varlen_bwd_fake(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    ctx.causal = causal
+    ctx.scale = scale
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+    dq, dk, dv = _varlen_bwd_op(
+        dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ctx.causal, ctx.scale
+    )
+    return dq, dk, dv, None, None, None, None
+
+
+_varlen_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ public function
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Flash attention within each packed sequence; no token attends across a boundary.
+
+    Sequence n holds query rows cu_seqlens_q[n]:cu_seqlens_q[n+1] and key rows
+    cu_seqlens_k[n]:cu_seqlens_k[n+1]; zero-length sequences are allowed. Scores are
+    `scale * <q_i, k_j>`. Query head h reads kv head h // G with G = Hq // Hk (GQA / MQA).
+    Causal is bottom-right aligned per sequence: query i sees key j iff j <= i + Lk_n - Lq_n::
+
+        Lq=2, Lk=4:  q0: x x x .      Lq=4, Lk=2:  q0: . .   (empty row)
+                     q1: x x x x                   q1: . .   (empty row)
+                                                   q2: x .
+                                                   q3: x x
+
+    Differentiable in q, k, v (a torch custom op `attnverify::varlen_fwd` with a fake
+    implementation, so `torch.compile` traces it without graph breaks). The backward is
+    deterministic: no atomics; dk, dv are summed over each query-head group.
+
+    Args:
+        q: (Tq, Hq, D) float16 | bfloat16 | float32; any strides. D in [8, 256], D % 8 == 0.
+        k: (Tk, Hk, D), q's dtype, Hq % Hk == 0; any strides.
+        v: (Tk, Hk, D), q's dtype; any strides.
+        cu_seqlens_q: (N+1,) int32 on q's device: starts at 0, non-decreasing, ends at Tq.
+        cu_seqlens_k: (N+1,) int32 on q's device: starts at 0, non-decreasing, ends at Tk.
+        max_seqlen_q, max_seqlen_k: upper bounds on the lengths, checked (None: computed).
+        causal: bottom-right causal per sequence.
+        scale: multiplies q.k; default 1 / sqrt(D) with the caller's D.
+        return_lse: also return the logsumexp of each row.
+
+    Returns:
+        out (Tq, Hq, D) in q's dtype; with return_lse also lse (Hq, Tq) float32 in natural log,
+        `lse[h, i] = log(sum_j exp(s[i, j]))`. Rows with no visible key (Lk_n = 0, or causally
+        hidden) give out exactly 0, lse -inf and zero gradients, never NaN.
+
+    Raises:
+        TypeError, ValueError: before any launch, from `attnverify.validation`, for inputs
+            outside the rules above (dtypes, ranks, head dim, Hq % Hk, cu_seqlens, maxima).
+    """
+    if torch.compiler.is_compiling():
+        scale = resolve_scale(scale, q.shape[-1])
+    else:
+        meta = check_varlen_inputs(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale
+        )
+        scale = meta.scale
+    out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["cu_seqlens_from_grid_thw", "varlen_attention", "varlen_backward", "varlen_forward"]
