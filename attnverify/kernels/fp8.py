@@ -32,6 +32,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # triton without host TMA descriptors: pointer loads only
+    TensorDescriptor = None
+
 from attnverify.arch import Arch, current_arch, interpreter_active
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import FP8_DTYPES, check_fp8_inputs, check_tensor
@@ -51,14 +56,30 @@ FP8_MANTISSA_BITS = {
 # The interpreter runs one small pinned config (CPU time grows with the tile size).
 INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
 
+
+def _set_block_shapes(nargs: dict) -> None:
+    """Config pre-hook: TMA block shapes [1, 1, BLOCK_N, BLOCK_D] (V K-major: BLOCK_D, BLOCK_N)."""
+    bn = nargs["BLOCK_N"]
+    for name, width in (("k_desc0", nargs["BLOCK_D0"]), ("k_desc1", nargs["BLOCK_D1"])):
+        if nargs[name] is not None:
+            nargs[name].block_shape = [1, 1, bn, width]
+    for name, width in (("v_desc0", nargs["BLOCK_D0"]), ("v_desc1", nargs["BLOCK_D1"])):
+        if nargs[name] is not None:
+            nargs[name].block_shape = (
+                [1, 1, width, bn] if nargs["V_SEQ_CONTIG"] else [1, 1, bn, width]
+            )
+
+
 GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    triton.Config(
+        {"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_block_shapes
+    )
     for bn in (64, 128)
     for w in (4, 8)
     for s in (3, 4)
 ]
 # Tuned separately per head dim, causality and V layout (K-major V pipelines differently).
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "V_SEQ_CONTIG"]
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG"]
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
@@ -127,68 +148,83 @@ def _round_to_fp8_grid(p, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr):
     return (p + magic) - magic
 
 
+# fmt: off
 @triton.jit
-def _attend_tiles(
-    acc0,
-    acc1,
-    l_i,
-    m_i,
-    q0,
-    q1,
-    k_ptr,
-    v_ptr,
-    start,
-    end,
-    offs_m,
-    Lk,
-    causal_offset,
-    qk_scale,
-    stride_kn,
-    stride_kd,
-    stride_vn,
-    stride_vd,
-    MASKED: tl.constexpr,
-    IS_CAUSAL: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D0: tl.constexpr,
-    BLOCK_D1: tl.constexpr,
-    HAS_D1: tl.constexpr,
-    EXACT_P_ROUNDING: tl.constexpr,
-    P_MANT: tl.constexpr,
-    P_MIN_EXP: tl.constexpr,
+def _kv_tiles(
+    k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk, start_n, n_left,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
 ):
-    """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`.
+    """Key tile start_n: K^T chunks [BLOCK_D, BLOCK_N] and V chunks [BLOCK_N, BLOCK_D].
 
-    MASKED tiles mask keys >= Lk and (causal) keys j > i + causal_offset; unmasked tiles are
-    fully visible to every row of the block and load without a key mask.
+    Pointer loads mask keys >= Lk (MASKED) and padded head-dim lanes; TMA loads zero-fill
+    whatever lies outside the (B, H, L, D) box. Unused chunk-1 tiles are returned as chunk 0.
     """
     offs_n = tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = tl.arange(0, BLOCK_D1)
     MASK_D0: tl.constexpr = BLOCK_D0 > HEAD_DIM
     MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 > HEAD_DIM
+    if USE_TMA:
+        kt0 = k_desc0.load([off_b, off_hk, start_n, 0]).reshape([BLOCK_N, BLOCK_D0]).T
+        if V_SEQ_CONTIG:
+            v0 = v_desc0.load([off_b, off_hk, 0, start_n]).reshape([BLOCK_D0, BLOCK_N]).T
+        else:
+            v0 = v_desc0.load([off_b, off_hk, start_n, 0]).reshape([BLOCK_N, BLOCK_D0])
+    else:
+        kt0 = _load_tile(k_ptr, offs_d0, offs_n, stride_kd, stride_kn, HEAD_DIM, n_left,
+                         MASK_D0, MASKED)
+        v0 = _load_tile(v_ptr, offs_n, offs_d0, stride_vn, stride_vd, n_left, HEAD_DIM,
+                        MASKED, MASK_D0)
+    kt1 = kt0
+    v1 = v0
+    if HAS_D1:
+        if USE_TMA:
+            kt1 = k_desc1.load([off_b, off_hk, start_n, BLOCK_D0]).reshape([BLOCK_N, BLOCK_D1]).T
+            if V_SEQ_CONTIG:
+                v1 = v_desc1.load([off_b, off_hk, BLOCK_D0, start_n])
+                v1 = v1.reshape([BLOCK_D1, BLOCK_N]).T
+            else:
+                v1 = v_desc1.load([off_b, off_hk, start_n, BLOCK_D0])
+                v1 = v1.reshape([BLOCK_N, BLOCK_D1])
+        else:
+            kt1 = _load_tile(k_ptr + BLOCK_D0 * stride_kd, offs_d1, offs_n, stride_kd, stride_kn,
+                             HEAD_DIM - BLOCK_D0, n_left, MASK_D1, MASKED)
+            v1 = _load_tile(v_ptr + BLOCK_D0 * stride_vd, offs_n, offs_d1, stride_vn, stride_vd,
+                            n_left, HEAD_DIM - BLOCK_D0, MASKED, MASK_D1)
+    return kt0, kt1, v0, v1
+
+
+@triton.jit
+def _attend_tiles(
+    acc0, acc1, l_i, m_i, q0, q1,
+    k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+    start, end, offs_m, Lk, causal_offset, qk_scale,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
+    EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
+):
+    """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`.
+
+    MASKED tiles mask keys >= Lk and (causal) keys j > i + causal_offset; unmasked tiles are
+    visible to every row of the block and need no key mask.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
     p_dtype = v_ptr.dtype.element_ty
     for start_n in tl.range(start, end, BLOCK_N):
         n_left = Lk - start_n
-        # [BLOCK_D0, BLOCK_N] -> [BLOCK_M, BLOCK_N]
-        kt0 = _load_tile(
-            k_ptr, offs_d0, offs_n, stride_kd, stride_kn, HEAD_DIM, n_left, MASK_D0, MASKED
+        kt0, kt1, v0, v1 = _kv_tiles(
+            k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk, start_n, n_left,
+            stride_kn, stride_kd, stride_vn, stride_vd,
+            MASKED, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
         )
+        # [BLOCK_M, BLOCK_D] x [BLOCK_D, BLOCK_N] -> [BLOCK_M, BLOCK_N]
         qk = tl.dot(q0, kt0)
         if HAS_D1:
-            # [BLOCK_D1, BLOCK_N]
-            kt1 = _load_tile(
-                k_ptr + BLOCK_D0 * stride_kd,
-                offs_d1,
-                offs_n,
-                stride_kd,
-                stride_kn,
-                HEAD_DIM - BLOCK_D0,
-                n_left,
-                MASK_D1,
-                MASKED,
-            )
             qk = tl.dot(q1, kt1, qk)
         # [BLOCK_M, BLOCK_N] scores in log2 units
         s = qk * qk_scale
@@ -200,6 +236,7 @@ def _attend_tiles(
         # [BLOCK_M]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         if MASKED:
+            # rows with nothing visible yet keep m = -inf; subtract 0 instead (no NaN)
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_new)
         # [BLOCK_M, BLOCK_N]
@@ -208,24 +245,9 @@ def _attend_tiles(
         if EXACT_P_ROUNDING:
             p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
         p8 = p.to(p_dtype)
-        # [BLOCK_N, BLOCK_D0] -> [BLOCK_M, BLOCK_D0]
-        v0 = _load_tile(
-            v_ptr, offs_n, offs_d0, stride_vn, stride_vd, n_left, HEAD_DIM, MASKED, MASK_D0
-        )
+        # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
         acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
         if HAS_D1:
-            # [BLOCK_N, BLOCK_D1] -> [BLOCK_M, BLOCK_D1]
-            v1 = _load_tile(
-                v_ptr + BLOCK_D0 * stride_vd,
-                offs_n,
-                offs_d1,
-                stride_vn,
-                stride_vd,
-                n_left,
-                HEAD_DIM - BLOCK_D0,
-                MASKED,
-                MASK_D1,
-            )
             acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
         m_i = m_new
         k_ptr += BLOCK_N * stride_kn
@@ -242,55 +264,24 @@ def _store_out(base, acc, offs_m, offs_d, stride_om, n_rows, n_cols, MASK_D: tl.
         tl.store(ptrs, acc, mask=offs_m[:, None] < n_rows)
 
 
-@triton.jit(do_not_specialize=["Lq", "Lk"])
+@triton.jit(do_not_specialize=[
+    "Lq", "Lk", "GROUP", "stride_qdb", "stride_qdh", "stride_kdb", "stride_kdh", "stride_vdb",
+    "stride_vdh",
+])
 def _fp8_fwd_kernel(
-    Q,
-    K,
-    V,
-    Out,
-    Lse,
-    QD,
-    KD,
-    VD,
-    stride_qb,
-    stride_qh,
-    stride_qm,
-    stride_qd,
-    stride_kb,
-    stride_kh,
-    stride_kn,
-    stride_kd,
-    stride_vb,
-    stride_vh,
-    stride_vn,
-    stride_vd,
-    stride_ob,
-    stride_oh,
-    stride_om,
-    stride_lb,
-    stride_lh,
-    stride_qdb,
-    stride_qdh,
-    stride_kdb,
-    stride_kdh,
-    stride_vdb,
-    stride_vdh,
-    Lq,
-    Lk,
-    GROUP,
-    sm_scale,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D0: tl.constexpr,
-    BLOCK_D1: tl.constexpr,
-    HAS_D1: tl.constexpr,
-    IS_CAUSAL: tl.constexpr,
-    V_SEQ_CONTIG: tl.constexpr,
-    STORE_LSE: tl.constexpr,
-    EXACT_P_ROUNDING: tl.constexpr,
-    P_MANT: tl.constexpr,
-    P_MIN_EXP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    Q, K, V, Out, Lse, QD, KD, VD, k_desc0, k_desc1, v_desc0, v_desc1,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om,
+    stride_lb, stride_lh,
+    stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
+    Lq, Lk, GROUP, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr,
+    HAS_D1: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_TMA: tl.constexpr,
+    V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
+    EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head). Grid (m blocks, Hq, B)."""
     # Heaviest (causal) query blocks first.
@@ -305,10 +296,10 @@ def _fp8_fwd_kernel(
     offs_d1 = tl.arange(0, BLOCK_D1)
     MASK_D0: tl.constexpr = BLOCK_D0 > HEAD_DIM
     MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 > HEAD_DIM
-
     off_b64 = off_b.to(tl.int64)
     off_h64 = off_h.to(tl.int64)
     off_hk64 = off_hk.to(tl.int64)
+
     q_descale = tl.load(QD + off_b * stride_qdb + off_hk * stride_qdh)
     k_descale = tl.load(KD + off_b * stride_kdb + off_hk * stride_kdh)
     v_descale = tl.load(VD + off_b * stride_vdb + off_hk * stride_vdh)
@@ -316,27 +307,16 @@ def _fp8_fwd_kernel(
 
     q_ptr = Q + off_b64 * stride_qb + off_h64 * stride_qh + start_m.to(tl.int64) * stride_qm
     # [BLOCK_M, BLOCK_D0]
-    q0 = _load_tile(
-        q_ptr, offs_mi, offs_d0, stride_qm, stride_qd, Lq - start_m, HEAD_DIM, True, MASK_D0
-    )
+    q0 = _load_tile(q_ptr, offs_mi, offs_d0, stride_qm, stride_qd, Lq - start_m, HEAD_DIM,
+                    True, MASK_D0)
     acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
+    q1 = q0
+    acc1 = acc0
     if HAS_D1:
         # [BLOCK_M, BLOCK_D1]
-        q1 = _load_tile(
-            q_ptr + BLOCK_D0 * stride_qd,
-            offs_mi,
-            offs_d1,
-            stride_qm,
-            stride_qd,
-            Lq - start_m,
-            HEAD_DIM - BLOCK_D0,
-            True,
-            MASK_D1,
-        )
+        q1 = _load_tile(q_ptr + BLOCK_D0 * stride_qd, offs_mi, offs_d1, stride_qm, stride_qd,
+                        Lq - start_m, HEAD_DIM - BLOCK_D0, True, MASK_D1)
         acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
-    else:
-        q1 = q0
-        acc1 = acc0
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
@@ -353,66 +333,22 @@ def _fp8_fwd_kernel(
     k_ptr = K + off_b64 * stride_kb + off_hk64 * stride_kh
     v_ptr = V + off_b64 * stride_vb + off_hk64 * stride_vh
     acc0, acc1, l_i, m_i = _attend_tiles(
-        acc0,
-        acc1,
-        l_i,
-        m_i,
-        q0,
-        q1,
-        k_ptr,
-        v_ptr,
-        0,
-        full_end,
-        offs_m,
-        Lk,
-        causal_offset,
-        qk_scale,
-        stride_kn,
-        stride_kd,
-        stride_vn,
-        stride_vd,
-        False,
-        IS_CAUSAL,
-        HEAD_DIM,
-        BLOCK_N,
-        BLOCK_D0,
-        BLOCK_D1,
-        HAS_D1,
-        EXACT_P_ROUNDING,
-        P_MANT,
-        P_MIN_EXP,
+        acc0, acc1, l_i, m_i, q0, q1,
+        k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+        0, full_end, offs_m, Lk, causal_offset, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP,
     )
     k_ptr += full_end.to(tl.int64) * stride_kn
     v_ptr += full_end.to(tl.int64) * stride_vn
     acc0, acc1, l_i, m_i = _attend_tiles(
-        acc0,
-        acc1,
-        l_i,
-        m_i,
-        q0,
-        q1,
-        k_ptr,
-        v_ptr,
-        full_end,
-        hi,
-        offs_m,
-        Lk,
-        causal_offset,
-        qk_scale,
-        stride_kn,
-        stride_kd,
-        stride_vn,
-        stride_vd,
-        True,
-        IS_CAUSAL,
-        HEAD_DIM,
-        BLOCK_N,
-        BLOCK_D0,
-        BLOCK_D1,
-        HAS_D1,
-        EXACT_P_ROUNDING,
-        P_MANT,
-        P_MIN_EXP,
+        acc0, acc1, l_i, m_i, q0, q1,
+        k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+        full_end, hi, offs_m, Lk, causal_offset, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        True, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP,
     )
 
     # Rows with no visible key: l = 0, acc = 0 -> out 0, lse -inf.
@@ -422,41 +358,69 @@ def _fp8_fwd_kernel(
     o_ptr = Out + off_b64 * stride_ob + off_h64 * stride_oh + start_m.to(tl.int64) * stride_om
     out_ty = Out.dtype.element_ty
     # [BLOCK_M, BLOCK_D0]
-    _store_out(
-        o_ptr,
-        (acc0 * out_scale[:, None]).to(out_ty),
-        offs_mi,
-        offs_d0,
-        stride_om,
-        Lq - start_m,
-        HEAD_DIM,
-        MASK_D0,
-    )
+    _store_out(o_ptr, (acc0 * out_scale[:, None]).to(out_ty), offs_mi, offs_d0, stride_om,
+               Lq - start_m, HEAD_DIM, MASK_D0)
     if HAS_D1:
         # [BLOCK_M, BLOCK_D1]
-        _store_out(
-            o_ptr + BLOCK_D0,
-            (acc1 * out_scale[:, None]).to(out_ty),
-            offs_mi,
-            offs_d1,
-            stride_om,
-            Lq - start_m,
-            HEAD_DIM - BLOCK_D0,
-            MASK_D1,
-        )
+        _store_out(o_ptr + BLOCK_D0, (acc1 * out_scale[:, None]).to(out_ty), offs_mi, offs_d1,
+                   stride_om, Lq - start_m, HEAD_DIM - BLOCK_D0, MASK_D1)
     if STORE_LSE:
         lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
         lse_ptr = Lse + off_b64 * stride_lb + off_h64 * stride_lh
         tl.store(lse_ptr + offs_m, lse, mask=offs_m < Lq)
+# fmt: on
 
 
 _fp8_fwd_tuned = triton.autotune(
-    configs=GPU_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs}
+    configs=GPU_CONFIGS,
+    key=AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
 )(_fp8_fwd_kernel)
 
 
 def _descale_strides(descale: torch.Tensor) -> tuple[int, int]:
     return (descale.stride(0), descale.stride(1)) if descale.dim() == 2 else (0, 0)
+
+
+def _tma_aligned(x: torch.Tensor, contiguous_dim: int) -> bool:
+    """TMA can address x: unit stride in `contiguous_dim`, other strides and base 16-byte aligned."""
+    others = [st for i, st in enumerate(x.stride()) if i != contiguous_dim % x.dim()]
+    return (
+        x.stride(contiguous_dim) == 1
+        and all(st % 16 == 0 for st in others)
+        and x.data_ptr() % 16 == 0
+        and min(x.shape) > 0
+    )
+
+
+def _tma_eligible(k: torch.Tensor, v: torch.Tensor, arch: Arch) -> bool:
+    """TMA loads for K and V: NVIDIA sm90+, aligned strides, and V K-major unless sm100+."""
+    if TensorDescriptor is None or interpreter_active() or arch.vendor != "nvidia":
+        return False
+    if arch.capability < (9, 0) or not _tma_aligned(k, -1):
+        return False
+    return _tma_aligned(v, -2) or (arch.capability >= (10, 0) and _tma_aligned(v, -1))
+
+
+def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, has_d1: bool) -> list:
+    """Host TMA descriptors over (B, Hk, Lk, D) K and V (V as (B, Hk, D, Lk) if K-major).
+
+    Block shapes are placeholders until `_set_block_shapes` runs for the chosen config.
+    """
+    if v.stride(-2) == 1:
+        v_shape = [*v.shape[:2], v.shape[3], v.shape[2]]
+        v_strides = [v.stride(0), v.stride(1), v.stride(3), 1]
+    else:
+        v_shape, v_strides = list(v.shape), list(v.stride())
+    descs = []
+    for chunk in (0, 1):
+        if chunk == 1 and not has_d1:
+            descs += [None, None]
+            continue
+        descs.append(TensorDescriptor(k, list(k.shape), list(k.stride()), [1, 1, 16, 16]))
+        descs.append(TensorDescriptor(v, v_shape, v_strides, [1, 1, 16, 16]))
+    k0, v0, k1, v1 = descs
+    return [k0, k1, v0, v1]
 
 
 def _launch_fwd(
@@ -470,20 +434,30 @@ def _launch_fwd(
     causal: bool,
     out_dtype: torch.dtype,
     return_lse: bool,
+    *,
+    arch: Arch | None = None,
     config: triton.Config | None = None,
+    use_tma: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Allocate out (B, Hq, Lq, D) and lse (B, Hq, Lq), launch; `config` pins a config."""
+    """Allocate out (B, Hq, Lq, D) and lse (B, Hq, Lq), launch.
+
+    `config` pins a config (default: autotuned on GPU, `INTERPRETER_CONFIG` under the
+    interpreter); `use_tma` forces TMA loads on or off (default: where `_tma_eligible`).
+    """
     b, hq, lq, d = q.shape
     hk, lk = k.shape[1], k.shape[2]
     out = torch.empty((b, hq, lq, d), dtype=out_dtype, device=q.device)
     lse = torch.empty((b, hq, lq), dtype=torch.float32, device=q.device) if return_lse else None
     if out.numel() == 0:
         return out, lse
+    if use_tma is None:
+        use_tma = _tma_eligible(k, v, arch if arch is not None else current_arch(q.device))
+    d0, d1 = split_head_dim(d)
+    descs = _kv_descriptors(k, v, d1 > 0) if use_tma else [None] * 4
     lse_arg = lse if lse is not None else out
     lse_strides = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
-    d0, d1 = split_head_dim(d)
     args = (
-        q, k, v, out, lse_arg, q_descale, k_descale, v_descale,
+        q, k, v, out, lse_arg, q_descale, k_descale, v_descale, *descs,
         *q.stride(), *k.stride(), *v.stride(), *out.stride()[:3], *lse_strides,
         *_descale_strides(q_descale), *_descale_strides(k_descale), *_descale_strides(v_descale),
         lq, lk, hq // hk, scale,
@@ -494,6 +468,7 @@ def _launch_fwd(
         "BLOCK_D1": max(d1, MIN_DOT_K),
         "HAS_D1": d1 > 0,
         "IS_CAUSAL": causal,
+        "USE_TMA": use_tma,
         "V_SEQ_CONTIG": v.stride(-2) == 1,
         "STORE_LSE": return_lse,
         # P's fp8 format (V's dtype): mantissa bits and the exponent of its smallest normal.
@@ -507,6 +482,8 @@ def _launch_fwd(
         grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), hq, b)
         _fp8_fwd_tuned[grid](*args, **meta)
     else:
+        names = ("k_desc0", "k_desc1", "v_desc0", "v_desc1")
+        _set_block_shapes({**dict(zip(names, descs, strict=True)), **meta, **config.kwargs})
         grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), hq, b)
         _fp8_fwd_kernel[grid](
             *args, **meta, **config.kwargs, num_warps=config.num_warps,
@@ -534,8 +511,13 @@ def _check_arch(arch: Arch, named: tuple[tuple[str, torch.Tensor], ...]) -> None
 def _v_for_arch(v: torch.Tensor, arch: Arch) -> torch.Tensor:
     if not arch.fp8_v_k_major or v.stride(-2) == 1:
         return v
-    # (B, Hk, D, Lk) in memory, returned as the (B, Hk, Lk, D) view: v.stride(-2) == 1.
-    return v.transpose(-1, -2).contiguous().transpose(-1, -2)
+    # (B, Hk, D, Lk_pitch) in memory, Lk_pitch = Lk rounded up to 16 (TMA-aligned rows),
+    # returned as the (B, Hk, Lk, D) view: v.stride(-2) == 1.
+    b, hk, lk, d = v.shape
+    buf = torch.empty((b, hk, d, -(-lk // 16) * 16), dtype=v.dtype, device=v.device)
+    vt = buf[..., :lk]
+    vt.copy_(v.transpose(-1, -2))
+    return vt.transpose(-1, -2)
 
 
 def prepare_fp8_v(v: torch.Tensor) -> torch.Tensor:
@@ -617,7 +599,7 @@ def fp8_attention(
     enforce_verified("fp8", q.device)
     out, lse = _launch_fwd(
         q, k, _v_for_arch(v, arch), q_descale, k_descale, v_descale, scale, causal, out_dtype,
-        return_lse,
+        return_lse, arch=arch,
     )  # fmt: skip
     return (out, lse) if return_lse else out
 
