@@ -1,0 +1,249 @@
+"""Verification spec of `gqa_attention`: q (B, Hq, Lq, D); k, v (B, Hk, Lk, D); broadcast
+mask/bias (Bm, Hm, Lqm, Lkm); causal bottom-right; gradients dq, dk, dv, dbias.
+
+Cases reach: G in {1, 2, 3, 4, 5, 8} with Hk in {1..4}; D powers of two and not; Lq, Lk on and
+off block edges, Lq = 1, Lq != Lk both ways; masks and biases of every broadcast shape
+(`hypothesis.extra.numpy.broadcastable_shapes` over (B, Hq, Lq, Lk), head dim 1 / Hk / Hq);
+masks with random holes, whole blank tiles, fully masked rows; bias in q's dtype or float32;
+normal, peaked and outlier values; contiguous, transposed, packed-qkv and offset layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import broadcastable_shapes
+
+from attnverify.reference import gqa_attention
+from attnverify.reference._common import causal_visible, expand_heads
+from attnverify.verify._common import VariantSpec, generator, place_qkv, resolve_device, values
+from attnverify.verify.case import DISTRIBUTIONS, LAYOUTS, Case
+from attnverify.verify.profiles import budget as profile_budget
+from attnverify.verify.strategies import TILE_SIZES, head_counts, head_dims, lengths, seeds
+
+MASK_KEEP = {"random": 0.5, "tiles": 0.8, "rows": 0.8}
+BLANK_TILE_P = 0.5
+BLANK_ROW_P = 0.3
+
+
+@st.composite
+def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("float16",)) -> Case:
+    """GQA cases within the profile's budget; shrinks towards B = 1, Hq = Hk = 1, D = 64,
+    Lq = Lk = 1, no mask, no bias, non-causal, normal values, contiguous memory."""
+    b = profile_budget(profile)
+    dtype = draw(st.sampled_from(list(dtypes)))
+    d = draw(head_dims(b))
+    lq = draw(lengths(min(b.max_len, max(1, b.max_work // d))))
+    lk = draw(lengths(min(b.max_len, max(1, b.max_work // (d * lq)))))
+    room = b.max_work // (d * lq * lk)
+    hq, hk = draw(head_counts(min(b.max_heads_q, room)))
+    batch = draw(st.integers(1, max(1, min(b.max_batch, room // hq))))
+    full = (batch, hq, lq, lk)
+    mask_shape = bias_shape = None
+    mask_kind, mask_tile, bias_dtype = "none", 0, None
+    if draw(st.booleans()):
+        mask_shape = _broadcast_shape(draw, full, hk)
+        mask_kind = draw(st.sampled_from(["random", "tiles", "rows"]))
+        mask_tile = draw(st.sampled_from(TILE_SIZES)) if mask_kind == "tiles" else 0
+    if draw(st.booleans()):
+        bias_shape = _broadcast_shape(draw, full, hk)
+        bias_dtype = draw(st.sampled_from([dtype, "float32"]))
+    return Case(
+        variant="gqa",
+        dtype=dtype,
+        seed=draw(seeds()),
+        batch=batch,
+        heads_q=hq,
+        heads_k=hk,
+        head_dim=d,
+        lq=lq,
+        lk=lk,
+        causal=draw(st.booleans()),
+        scale=draw(st.sampled_from([None, 0.5, 0.05])),
+        distribution=draw(st.sampled_from(DISTRIBUTIONS)),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        mask_shape=mask_shape,
+        mask_kind=mask_kind,
+        mask_tile=mask_tile,
+        bias_shape=bias_shape,
+        bias_dtype=bias_dtype,
+    )
+
+
+def _broadcast_shape(draw: st.DrawFn, full: tuple[int, int, int, int], hk: int) -> tuple[int, ...]:
+    """(Bm, Hm, Lqm, Lkm): each dim 1 or full (broadcastable_shapes), the head dim 1, Hk or Hq."""
+    drawn = draw(broadcastable_shapes(full, min_dims=4, max_dims=4, min_side=1))
+    # Where the full side is 1, broadcastable_shapes may draw any side; keep 1 there.
+    shape = [s if s == f else 1 for s, f in zip(drawn, full, strict=True)]
+    heads = draw(st.sampled_from(sorted({1, hk, full[1]}, reverse=True)))
+    return (shape[0], heads, shape[2], shape[3])
+
+
+def make_mask(case: Case, gen: torch.Generator) -> torch.Tensor:
+    """The case's bool mask (True = attend) of shape `case.mask_shape`, on the CPU.
+
+    "random": each element kept with probability MASK_KEEP. "tiles": aligned mask_tile x
+    mask_tile blocks blanked whole with probability BLANK_TILE_P (kernels skip those tiles),
+    random holes elsewhere. "rows": random holes plus whole rows blanked (empty rows).
+    """
+    shape = tuple(case.mask_shape or ())
+    keep = torch.rand(shape, generator=gen) < MASK_KEEP[case.mask_kind]
+    if case.mask_kind == "tiles":
+        t = case.mask_tile
+        tiles = (*shape[:2], -(-shape[2] // t), -(-shape[3] // t))
+        blank = torch.rand(tiles, generator=gen) < BLANK_TILE_P
+        blank = blank.repeat_interleave(t, 2).repeat_interleave(t, 3)[..., : shape[2], : shape[3]]
+        keep &= ~blank
+    elif case.mask_kind == "rows":
+        rows = torch.rand((*shape[:3], 1), generator=gen) < BLANK_ROW_P
+        keep &= ~rows
+    return keep
+
+
+class GqaSpec(VariantSpec):
+    """Spec of `gqa_attention` (see module docstring)."""
+
+    name = "gqa"
+    positional = ("q", "k", "v")
+    grad_inputs = ("q", "k", "v", "bias")
+
+    def strategy(
+        self, profile: str = "ci", dtypes: Sequence[str] | None = None
+    ) -> st.SearchStrategy[Case]:
+        return gqa_cases(profile, tuple(dtypes or ("float16", "float32")))
+
+    def oracle(self) -> Callable[..., Any]:
+        return gqa_attention
+
+    def make_inputs(self, case: Case, device: torch.device | str | None = None) -> dict[str, Any]:
+        """q, k, v, mask, bias, causal, scale for the case (values from the case seed)."""
+        dev = resolve_device(device)
+        gen = generator(case.seed)
+        dtype = case.torch_dtype
+        q = values((case.batch, case.heads_q, case.lq, case.head_dim), case.distribution, gen)
+        k = values((case.batch, case.heads_k, case.lk, case.head_dim), case.distribution, gen)
+        v = values(
+            (case.batch, case.heads_k, case.lk, case.head_dim), case.distribution, gen, peaked=False
+        )
+        q, k, v = place_qkv(q, k, v, case.layout, dtype, dev)
+        mask = make_mask(case, generator(case.seed, 1)).to(dev) if case.mask_shape else None
+        bias = None
+        if case.bias_shape:
+            bias = values(case.bias_shape, case.distribution, generator(case.seed, 2))
+            bias = bias.to(
+                device=dev, dtype=torch.float32 if case.bias_dtype == "float32" else dtype
+            )
+        return {
+            "q": q,
+            "k": k,
+            "v": v,
+            "mask": mask,
+            "bias": bias,
+            "causal": case.causal,
+            "scale": case.scale,
+        }
+
+    def structural_zeros(
+        self, case: Case, inputs: dict[str, Any], oracle: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Empty rows (out, dq), keys no query of the group sees (dk, dv), and bias entries
+        every broadcast partner of which is hidden (dbias)."""
+        zeros = super().structural_zeros(case, inputs, oracle)
+        seen = visibility(case, inputs)
+        b, hq, _, lk = seen.shape
+        hk = case.heads_k
+        keys = seen.any(dim=2).reshape(b, hk, hq // hk, lk).any(dim=2)
+        zeros["dk"] = zeros["dv"] = ~keys.unsqueeze(-1)
+        if case.bias_shape is not None:
+            zeros["dbias"] = ~reduce_to(seen, case.bias_shape, hk)
+        return zeros
+
+    def quantity_dtype(self, case: Case, quantity: str) -> torch.dtype:
+        if quantity == "lse":
+            return torch.float32
+        if quantity == "dbias" and case.bias_dtype == "float32":
+            return torch.float32
+        return case.torch_dtype
+
+    def flops(self, case: Case) -> float:
+        """4 * visible (query, key) pairs * Hq * D over the batch (mask holes not subtracted)."""
+        return (
+            4.0
+            * case.batch
+            * case.heads_q
+            * case.head_dim
+            * visible_pairs(case.lq, case.lk, case.causal)
+        )
+
+    def bytes_moved(self, case: Case) -> float:
+        """q, k, v read and out written once (plus the bias, if any)."""
+        size = torch.finfo(case.torch_dtype).bits // 8
+        qo = 2 * case.batch * case.heads_q * case.lq * case.head_dim
+        kv = 2 * case.batch * case.heads_k * case.lk * case.head_dim
+        bias = 0
+        if case.bias_shape:
+            bias_size = 4 if case.bias_dtype == "float32" else size
+            bias = bias_size * int(torch.Size(case.bias_shape).numel())
+        return float(size * (qo + kv) + bias)
+
+    def bench_cases(self) -> list[Case]:
+        """Decoder GQA shapes (D 128, B 1, Hq 16, Hk 16 / 4, L 8192), with and without a
+        (1, 1, L, L) bias, causal and not, bf16 and fp16."""
+        out = []
+        for dtype in ("bfloat16", "float16"):
+            for hk in (16, 4):
+                for bias in (None, (1, 1, 8192, 8192)):
+                    out.append(
+                        Case(
+                            variant="gqa",
+                            dtype=dtype,
+                            seed=0,
+                            heads_q=16,
+                            heads_k=hk,
+                            head_dim=128,
+                            lq=8192,
+                            lk=8192,
+                            causal=bias is None,
+                            bias_shape=bias,
+                            bias_dtype=dtype if bias else None,
+                        )
+                    )
+        return out
+
+
+def visibility(case: Case, inputs: dict[str, Any]) -> torch.Tensor:
+    """(B, Hq, Lq, Lk) bool on the CPU: which keys each query sees (mask and causal)."""
+    full = (case.batch, case.heads_q, case.lq, case.lk)
+    seen = torch.ones(full, dtype=torch.bool)
+    mask = inputs.get("mask")
+    if mask is not None:
+        seen = seen & expand_heads(mask.cpu(), case.heads_q, case.heads_k)
+    if case.causal:
+        seen = seen & causal_visible(case.lq, case.lk, torch.device("cpu"))
+    return seen
+
+
+def reduce_to(seen: torch.Tensor, shape: Sequence[int], hk: int) -> torch.Tensor:
+    """`seen` (B, Hq, Lq, Lk) reduced with any() to a broadcast shape (Bm, Hm, Lqm, Lkm)."""
+    b, hq = seen.shape[:2]
+    if shape[1] == hk and hk != hq:
+        seen = seen.reshape(b, hk, hq // hk, *seen.shape[2:]).any(dim=2)
+    for dim, size in enumerate(shape):
+        if size == 1 and seen.shape[dim] != 1:
+            seen = seen.any(dim=dim, keepdim=True)
+    return seen
+
+
+def visible_pairs(lq: int, lk: int, causal: bool) -> int:
+    """Number of (i, j) pairs a query sees: Lq * Lk, or the bottom-right causal count."""
+    if not causal:
+        return lq * lk
+    return sum(min(max(i + lk - lq + 1, 0), lk) for i in range(lq))
+
+
+SPEC = GqaSpec()
+
+__all__ = ["SPEC", "GqaSpec", "gqa_cases", "make_mask", "reduce_to", "visibility", "visible_pairs"]
