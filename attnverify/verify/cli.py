@@ -1,0 +1,674 @@
+"""The `attnverify` command (also `python -m attnverify`): verify, replay, status, bench.
+
+    attnverify verify [--variant V ...] [--target T] [--dtype D ...] [--examples N] [--seed S]
+                      [--profile ci|device|thorough] [--device cuda:0|cpu] [--devices all]
+                      [--report out.json] [--junit out.xml] [--markdown out.md]
+                      [--replay-dir DIR] [--no-grads]
+    attnverify replay FILE [--target T] [--device D] [--no-grads]
+    attnverify status [--variant V ...] [--device D]
+    attnverify bench [--variant V ...] [--device D] [--json out.json] [--plot out.png] [--allow-cpu]
+
+Exit status: 0 everything passed (status: every variant verified), 1 a failure (status: some
+variant stale or missing), 2 a usage error or nothing to run.
+
+On a CPU device (`--device cpu`, or no GPU) the kernels run through the Triton interpreter:
+`TRITON_INTERPRET=1` is set here, before anything imports a kernel module, and the default
+profile is `ci` (a budget that verifies every variant in a few minutes). The interpreter cannot
+multiply bfloat16 correctly (triton#11584), so bfloat16 is verified on GPUs only.
+
+Heavy imports (the harness, the kernels, triton) happen inside the commands, after the device,
+and so the interpreter setting, is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import queue as queue_module
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from attnverify import records
+from attnverify.verify.report import (
+    RunResult,
+    format_table,
+    summary_rows,
+    summary_table,
+    utc_now,
+    write_json_report,
+    write_junit,
+    write_markdown,
+)
+
+VARIANTS = records.VARIANTS
+PROFILES = ("ci", "device", "thorough")
+INTERPRET_ENV = "TRITON_INTERPRET"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+WORKER_POLL_S = 0.5
+
+
+class ProgressBar:
+    """A plain-text progress bar on stderr (no dependency).
+
+    On a TTY it redraws one line with "\\r" (at most every `redraw_s`); otherwise it prints a
+    line each time another tenth of the total is done or `interval_s` passed, and at the end.
+    Called as `bar(done, total, result)` (the harness's progress callback); it counts calls
+    itself, so `done` is informational.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        interval_s: float = 10.0,
+        redraw_s: float = 0.1,
+    ) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval_s = interval_s
+        self.redraw_s = redraw_s
+        self.count = 0
+        self.failures = 0
+        self.total: int | None = None
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.last_tenth = 0
+
+    def __call__(self, done: int, total: int | None, result: Any = None) -> None:
+        self.count += 1
+        self.total = total if total is not None else self.total
+        if result is not None and not getattr(result, "passed", True):
+            self.failures += 1
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_draw >= self.redraw_s:
+                self._draw(now)
+            return
+        tenth = (10 * self.count // self.total) if self.total else 0
+        if tenth > self.last_tenth or now - self.last_draw >= self.interval_s:
+            self.last_tenth = tenth
+            self._draw(now)
+
+    def line(self, now: float | None = None) -> str:
+        """The bar's text: "gqa [#####.....] 12/24 0 failed 3.2s"."""
+        elapsed = (now if now is not None else time.monotonic()) - self.start
+        if self.total:
+            filled = min(20, 20 * self.count // self.total)
+            bar = "[" + "#" * filled + "." * (20 - filled) + "]"
+            counts = f"{bar} {self.count}/{self.total}"
+        else:
+            counts = f"{self.count} cases"
+        return f"{self.label} {counts} {self.failures} failed {elapsed:.1f}s"
+
+    def _draw(self, now: float) -> None:
+        self.last_draw = now
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.line(now))
+        else:
+            self.stream.write(self.line(now) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.line(now) + "\n")
+        else:
+            self.stream.write(self.line(now) + " done\n")
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------- devices
+
+
+def select_device(name: str | None) -> torch.device:
+    """The device to run on (None: cuda:current if a GPU is visible, else cpu).
+
+    A CPU device turns the Triton interpreter on (`TRITON_INTERPRET=1`) unless the caller set
+    `TRITON_INTERPRET` already. Must run before any kernel module is imported.
+
+    Raises:
+        ValueError: a device string torch does not parse, or a CUDA device that is not there.
+    """
+    try:
+        device = records.normalize_device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device must be 'cpu' or 'cuda:N'; got {name!r} ({exc})") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index is None or device.index >= count:
+            raise ValueError(f"--device {name!r}: this machine has {count} visible CUDA devices")
+    elif device.type == "cpu":
+        os.environ.setdefault(INTERPRET_ENV, "1")
+    else:
+        raise ValueError(f"--device must be 'cpu' or 'cuda:N'; got {name!r}")
+    return device
+
+
+def _devices_list(spec: str) -> list[torch.device]:
+    """`--devices all` (every visible GPU) or a comma list "cuda:0,cuda:1"."""
+    if spec == "all":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError("--devices all needs CUDA devices; none is visible")
+        return [torch.device("cuda", i) for i in range(count)]
+    return [select_device(part.strip()) for part in spec.split(",") if part.strip()]
+
+
+# ---------------------------------------------------------------- verify
+
+
+def _resolve(target: str, variant: str) -> Any:
+    from attnverify.verify.targets import resolve_target
+
+    return resolve_target(target, variant)
+
+
+def draw_cases(
+    variant: str,
+    *,
+    profile: str,
+    dtypes: Sequence[str],
+    examples: int | None,
+    seed: int,
+) -> list[Any]:
+    """The cases `check` would draw (generation only, no shrinking), for sharding over devices.
+
+    Drawn per dtype with the same hypothesis seed and settings as `check`.
+    """
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    from attnverify.verify.profiles import register_profiles
+    from attnverify.verify.specs import get_spec
+
+    register_profiles()
+    spec = get_spec(variant)
+    count = examples if examples is not None else settings.get_profile(profile).max_examples
+    cases: list[Any] = []
+    for dtype in dtypes:
+
+        @settings(
+            parent=settings.get_profile(profile),
+            max_examples=count,
+            database=None,
+            deadline=None,
+            derandomize=False,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+            verbosity=Verbosity.quiet,
+        )
+        @hypothesis_seed(seed)
+        @given(spec.strategy(profile, [dtype]))
+        def collect(case: Any) -> None:
+            cases.append(case)
+
+        collect()
+    return cases
+
+
+def _dtype_names(args: argparse.Namespace, variant: str, device: torch.device) -> list[str]:
+    from attnverify.verify.specs import get_spec
+
+    if args.dtype:
+        return list(args.dtype)
+    return list(get_spec(variant).default_dtypes(device))
+
+
+def _verify_one_device(
+    args: argparse.Namespace, variants: Sequence[str], device: torch.device, profile: str
+) -> tuple[list[RunResult], list[str]]:
+    """Run `check` per variant on one device with a progress bar; returns runs and skips."""
+    from attnverify.verify.runner import check
+
+    runs: list[RunResult] = []
+    skipped: list[str] = []
+    for variant in variants:
+        try:
+            impl = _resolve(args.target, variant)
+        except ValueError as exc:
+            if args.target == "attnverify" or args.variant:
+                run = RunResult(variant, str(device), args.target, problems=[str(exc)])
+                runs.append(run)
+            else:
+                skipped.append(f"{variant}: {exc}")
+            continue
+        bar = ProgressBar(f"{variant} on {device}")
+        report = check(
+            variant,
+            impl,
+            examples=args.examples,
+            seed=args.seed,
+            device=device,
+            dtypes=args.dtype,
+            grads=args.grads,
+            profile=profile,
+            progress=bar,
+            replay_dir=args.replay_dir,
+            target=args.target,
+        )
+        bar.close()
+        runs.append(
+            RunResult(
+                variant,
+                str(device),
+                args.target,
+                results=list(report.results),
+                problems=list(report.errors),
+                seconds=report.seconds,
+            )
+        )
+    return runs, skipped
+
+
+def _worker(
+    device: str, jobs: list[tuple[str, list[Any]]], options: dict[str, Any], results: Any
+) -> None:
+    """One GPU's worker process: `check(cases=...)` per variant, results sent on the queue.
+
+    Messages: ("progress", device, passed), ("run", device, variant, results, errors, seconds),
+    ("skip", device, variant, why), ("done", device). Never raises (a crash shows as a dead
+    worker in the parent).
+    """
+    from attnverify.verify.runner import check
+
+    torch.cuda.set_device(torch.device(device))
+    for variant, cases in jobs:
+        try:
+            impl = _resolve(options["target"], variant)
+        except ValueError as exc:
+            results.put(("skip", device, variant, str(exc)))
+            continue
+        try:
+            report = check(
+                variant,
+                impl,
+                cases=cases,
+                device=device,
+                grads=options["grads"],
+                profile=options["profile"],
+                progress=lambda _d, _t, r: results.put(("progress", device, bool(r.passed))),
+                replay_dir=options["replay_dir"],
+                target=options["target"],
+            )
+            message = ("run", device, variant, report.results, report.errors, report.seconds)
+        except Exception:
+            message = ("run", device, variant, [], [traceback.format_exc(limit=6)], 0.0)
+        results.put(message)
+    results.put(("done", device))
+
+
+def _verify_sharded(
+    args: argparse.Namespace, variants: Sequence[str], devices: list[torch.device], profile: str
+) -> tuple[list[RunResult], list[str]]:
+    """Draw every variant's cases here, deal them round-robin to one worker per device (spawned
+    processes), merge what comes back; a worker that dies is reported with the cases it held."""
+    plan: dict[str, list[list[Any]]] = {}
+    for variant in variants:
+        cases = draw_cases(
+            variant,
+            profile=profile,
+            dtypes=_dtype_names(args, variant, devices[0]),
+            examples=args.examples,
+            seed=args.seed,
+        )
+        plan[variant] = [cases[i :: len(devices)] for i in range(len(devices))]
+    options = {
+        "target": args.target,
+        "grads": args.grads,
+        "profile": profile,
+        "replay_dir": args.replay_dir,
+    }
+    context = multiprocessing.get_context("spawn")
+    inbox = context.Queue()
+    workers = {}
+    for rank, device in enumerate(devices):
+        jobs = [(variant, shards[rank]) for variant, shards in plan.items()]
+        proc = context.Process(target=_worker, args=(str(device), jobs, options, inbox))
+        proc.start()
+        workers[str(device)] = proc
+    total = sum(len(c) for shards in plan.values() for c in shards)
+    bar = ProgressBar(f"{len(variants)} variants on {len(devices)} devices")
+    received: dict[tuple[str, str], RunResult] = {}
+    skipped: list[str] = []
+    finished: set[str] = set()
+    dead: dict[str, int | None] = {}
+    while len(finished) + len(dead) < len(workers):
+        try:
+            message = inbox.get(timeout=WORKER_POLL_S)
+        except queue_module.Empty:
+            for device, proc in workers.items():
+                if device not in finished and device not in dead and not proc.is_alive():
+                    dead[device] = proc.exitcode
+            continue
+        kind, device = message[0], message[1]
+        if kind == "progress":
+            bar(bar.count + 1, total, _Verdict(message[2]))
+        elif kind == "run":
+            _, _, variant, results, errors, seconds = message
+            received[(variant, device)] = RunResult(
+                variant, device, args.target, list(results), list(errors), seconds
+            )
+        elif kind == "skip":
+            skipped.append(f"{message[2]} on {device}: {message[3]}")
+        elif kind == "done":
+            finished.add(device)
+    bar.close()
+    for proc in workers.values():
+        proc.join()
+    runs = []
+    for variant in variants:
+        for rank, device in enumerate(map(str, devices)):
+            run = received.get((variant, device))
+            if run is None and device in dead:
+                held = plan[variant][rank]
+                listed = "; ".join(c.short() for c in held[:5]) + (" ..." if len(held) > 5 else "")
+                problem = (
+                    f"worker {device} died (exit code {dead[device]}) holding {len(held)} "
+                    f"{variant} cases: {listed}"
+                )
+                run = RunResult(variant, device, args.target, problems=[problem])
+            if run is not None:
+                runs.append(run)
+    return runs, skipped
+
+
+class _Verdict:
+    """A stand-in result for the progress bar (workers send only pass/fail)."""
+
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+
+
+def _run_meta(args: argparse.Namespace, devices: list[torch.device], profile: str) -> dict:
+    env = records.current_environment(devices[0])
+    return {
+        "command": "attnverify " + " ".join(args.argv),
+        "target": args.target,
+        "profile": profile,
+        "seed": args.seed,
+        "devices": ", ".join(map(str, devices)),
+        "arch": env.arch,
+        "device_name": env.device_name,
+        "torch": env.torch_version,
+        "triton": env.triton_version,
+        "git_sha": env.git_sha or "",
+        "interpreter": os.environ.get(INTERPRET_ENV, "0") not in ("", "0"),
+        "time": utc_now(),
+    }
+
+
+def _append_records(
+    runs: Sequence[RunResult], args: argparse.Namespace, profile: str, out: TextIO
+) -> None:
+    """One record per (variant, device) for variants that passed on every device."""
+    by_variant: dict[str, list[RunResult]] = {}
+    for run in runs:
+        by_variant.setdefault(run.variant, []).append(run)
+    for variant, group in by_variant.items():
+        if not all(run.passed and run.results for run in group):
+            continue
+        for run in group:
+            record = records.make_record(
+                variant,
+                records.current_environment(run.device),
+                cases=len(run.results),
+                seed=args.seed,
+                profile=profile,
+                target=args.target,
+                summary=[row.to_dict() for row in summary_rows([run])],
+            )
+            path = records.append_record(record)
+            out.write(f"record: {variant} verified on {run.device} -> {path}\n")
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    """`attnverify verify`: see the module docstring."""
+    try:
+        if args.devices:
+            devices = _devices_list(args.devices)
+        else:
+            devices = [select_device(args.device)]
+    except ValueError as exc:
+        out.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    interpreter = devices[0].type == "cpu"
+    profile = (
+        args.profile or os.environ.get("ATTNVERIFY_PROFILE") or ("ci" if interpreter else "device")
+    )
+    variants = list(dict.fromkeys(args.variant or VARIANTS))
+    if interpreter:
+        out.write(
+            "CPU: kernels run through the Triton interpreter (TRITON_INTERPRET=1), profile "
+            f"{profile!r}; bfloat16 is not verified here (triton#11584): run on a GPU for it.\n"
+        )
+    start = time.monotonic()
+    if len(devices) > 1:
+        runs, skipped = _verify_sharded(args, variants, devices, profile)
+    else:
+        runs, skipped = _verify_one_device(args, variants, devices[0], profile)
+    for line in skipped:
+        out.write(f"skipped {line}\n")
+    if not runs:
+        out.write(f"error: target {args.target!r} can run none of {', '.join(variants)}\n")
+        return EXIT_USAGE
+    out.write("\n" + summary_table(summary_rows(runs)) + "\n")
+    for run in runs:
+        for problem in run.problems:
+            out.write(f"\nFAILED {run.variant} on {run.device}: {problem}\n")
+        for result in run.failures:
+            out.write(f"\n{result}\n")
+    meta = _run_meta(args, devices, profile)
+    if args.report:
+        out.write(f"report: {write_json_report(args.report, runs, meta)}\n")
+    if args.junit:
+        out.write(f"junit: {write_junit(args.junit, runs)}\n")
+    if args.markdown:
+        out.write(f"markdown: {write_markdown(args.markdown, runs, meta)}\n")
+    if args.target == "attnverify":
+        _append_records(runs, args, profile, out)
+    passed = all(run.passed for run in runs)
+    cases = sum(len(run.results) for run in runs)
+    failed = sum(len(run.failures) + len(run.problems) for run in runs)
+    out.write(
+        f"\n{'PASSED' if passed else 'FAILED'}: {cases} cases, {failed} failures, "
+        f"{time.monotonic() - start:.1f}s\n"
+    )
+    return EXIT_OK if passed else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- replay
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    """`attnverify replay FILE`: re-run a saved case, print every comparison."""
+    import json
+
+    try:
+        device = select_device(args.device)
+        saved = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        out.write(f"error: cannot replay {args.file}: {exc}\n")
+        return EXIT_USAGE
+    from attnverify.verify.case import Case
+    from attnverify.verify.runner import replay
+
+    try:
+        case = Case.load(args.file)
+        target = args.target or saved.get("target") or "attnverify"
+        impl = _resolve(target, case.variant)
+    except ValueError as exc:
+        out.write(f"error: cannot replay {args.file}: {exc}\n")
+        return EXIT_USAGE
+    result = replay(args.file, impl, device=device, grads=False if not args.grads else None)
+    out.write(f"case: {case.short()}\ntarget: {target}, device: {device}\n")
+    if result.error:
+        out.write(f"error: {result.error}\n")
+    for comparison in result.comparisons:
+        out.write(f"{comparison}\n")
+    out.write(f"{'PASS' if result.passed else 'FAIL'} ({result.seconds:.2f}s)\n")
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- status
+
+
+def _status_details(status: records.RecordStatus, device: torch.device) -> str:
+    from attnverify.kernels._gate import verify_command
+
+    record = status.record
+    if status.state == "verified" and record is not None:
+        return f"{record.cases} cases, seed {record.seed}, {record.time}"
+    if status.state == "stale" and record is not None:
+        changes = []
+        for name in status.changed:
+            old, new = str(getattr(record, name)), status.current[name]
+            if name == "kernel_sha":
+                old, new = old[:12], new[:12]
+            changes.append(f"{name} {old} -> {new}")
+        return (
+            "; ".join(changes)
+            + f" (record of {record.time}); run: "
+            + verify_command(status.variant, device)
+        )
+    return "run: " + verify_command(status.variant, device)
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    """`attnverify status`: verified / stale (which fields changed) / missing, per variant."""
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        out.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    env = records.current_environment(device, git=False)
+    loaded, problems = records.load_records()
+    out.write(
+        f"device {device}: {env.device_name} ({env.arch}), torch {env.torch_version}, "
+        f"triton {env.triton_version or 'not installed'}\nrecords: {records.records_path()}\n"
+    )
+    for problem in problems:
+        out.write(f"warning: {problem}\n")
+    rows = []
+    all_verified = True
+    for variant in dict.fromkeys(args.variant or VARIANTS):
+        status = records.record_status(variant, device, records=loaded, env=env)
+        all_verified &= status.state == "verified"
+        rows.append((variant, status.state, _status_details(status, device)))
+    out.write(format_table(("variant", "state", "details"), rows) + "\n")
+    return EXIT_OK if all_verified else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    """`attnverify bench`: see `attnverify.verify.bench`."""
+    from attnverify.verify import bench
+
+    return bench.run(args, out)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="attnverify",
+        description="Verify attention kernels against float64 oracles; replay, status, bench.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    verify = sub.add_parser("verify", help="randomized verification of every variant")
+    _variant_option(verify)
+    verify.add_argument(
+        "--target",
+        default="attnverify",
+        help="attnverify (default), reference, torch-sdpa, torch-flex, torch-varlen, "
+        "or module:function",
+    )
+    verify.add_argument(
+        "--dtype", action="append", help="input dtype to draw, repeatable (default: per variant)"
+    )
+    verify.add_argument(
+        "--examples", type=int, help="cases per variant and dtype (default: profile)"
+    )
+    verify.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
+    verify.add_argument(
+        "--profile", choices=PROFILES, help="default: ci on the CPU, device on a GPU"
+    )
+    _device_option(verify)
+    verify.add_argument(
+        "--devices", help="'all' (one worker per visible GPU) or a list 'cuda:0,cuda:1'"
+    )
+    verify.add_argument("--report", type=Path, help="write a JSON report here")
+    verify.add_argument("--junit", type=Path, help="write JUnit XML here")
+    verify.add_argument("--markdown", type=Path, help="write a Markdown summary here")
+    verify.add_argument(
+        "--replay-dir",
+        type=Path,
+        help="where failing cases go (default $ATTNVERIFY_HOME/failures or ./attnverify-failures)",
+    )
+    verify.add_argument(
+        "--no-grads", dest="grads", action="store_false", help="forward quantities only"
+    )
+    verify.set_defaults(func=cmd_verify)
+
+    replay = sub.add_parser("replay", help="re-run one saved failing case")
+    replay.add_argument("file", type=Path, help="a replay JSON file written by verify")
+    replay.add_argument("--target", help="default: the target recorded in the file")
+    _device_option(replay)
+    replay.add_argument("--no-grads", dest="grads", action="store_false", help="forward only")
+    replay.set_defaults(func=cmd_replay)
+
+    status = sub.add_parser("status", help="which variants are verified on this device")
+    _variant_option(status)
+    _device_option(status)
+    status.set_defaults(func=cmd_status)
+
+    bench = sub.add_parser("bench", help="time our kernels and the torch baselines")
+    _variant_option(bench)
+    _device_option(bench)
+    bench.add_argument("--json", type=Path, help="write result rows as JSON here")
+    bench.add_argument("--plot", type=Path, help="draw TFLOP/s or GB/s vs length (matplotlib)")
+    bench.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run on the CPU anyway: a pipeline smoke test, the times mean nothing",
+    )
+    bench.add_argument(
+        "--max-shapes", type=int, help="time at most this many shapes per variant (smoke runs)"
+    )
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _variant_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--variant", action="append", choices=VARIANTS, help="repeatable; default: all variants"
+    )
+
+
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cuda:N or cpu (default: cuda if available, else cpu)")
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args, out if out is not None else sys.stdout)
+
+
+__all__ = ["ProgressBar", "build_parser", "draw_cases", "main", "select_device"]
