@@ -54,28 +54,34 @@ class FlashConfig:
     num_stages: int = 1
 
 
-def _configs(inner: tuple[int, ...]) -> list[triton.Config]:
+def _configs(gpu: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
+    """(BLOCK_INNER, num_warps, num_stages) candidates; one small config under the interpreter."""
     if interpreter_active():
         return [triton.Config({"BLOCK_INNER": INTERPRETER_BLOCK}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=s)
-        for b in inner
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
+    return [triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=s) for b, w, s in gpu]
+
+
+FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2))
+BWD_CONFIGS = ((32, 4, 5), (64, 8, 3), (32, 8, 3), (64, 4, 2))
+FALLBACK_CONFIGS = [
+    triton.Config({"BLOCK_INNER": b}, num_warps=4, num_stages=s)
+    for b, s in ((32, 2), (32, 1), (16, 1))
+]
+SMEM_BUDGET = 200 * 1024
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs that cannot fit: wide heads and float32 get smaller tiles and fewer stages."""
+    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory."""
     args = {**named_args, **kwargs}
     width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
-    is_fp32 = args["Q"].dtype == torch.float32
-    kept = [
-        c
-        for c in configs
-        if not (width > 128 or is_fp32) or (c.kwargs["BLOCK_INNER"] <= 64 and c.num_stages <= 2)
-    ]
-    kept = kept or configs[:1]
+    elem = args["Q"].element_size()
+
+    def smem(c: triton.Config) -> int:
+        return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
+
+    kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
+    if not kept:
+        kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
     return kept[:1] if os.environ.get(AUTOTUNE_ENV) == "0" else kept
 
 
@@ -85,6 +91,8 @@ AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "B
 def _outer_block(split: HeadDimSplit, dtype: torch.dtype, interpreter: bool) -> int:
     if interpreter:
         return INTERPRETER_BLOCK
+    if dtype == torch.float32 and split.padded > 128:
+        return 32
     return 64 if dtype == torch.float32 or split.padded > 128 else 128
 
 
@@ -690,15 +698,15 @@ def _flash_bwd_dq_kernel(
 
 
 _fwd = triton.autotune(
-    _configs((64, 128)), AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    _configs(FWD_CONFIGS), AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
 )(_flash_fwd_kernel)
 _dkdv = triton.autotune(
-    _configs((32, 64)),
+    _configs(BWD_CONFIGS),
     [*AUTOTUNE_KEY, "DBIAS_MODE"],
     prune_configs_by={"early_config_prune": _prune},
 )(_flash_bwd_dkdv_kernel)
 _dq = triton.autotune(
-    _configs((32, 64)), AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    _configs(BWD_CONFIGS), AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
 )(_flash_bwd_dq_kernel)
 
 

@@ -41,7 +41,9 @@ def gqa_forward(
     config: FlashConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32; `config` pins the launch."""
-    return flash_forward(q, k, v, _problem(q, k, causal, scale), mask=mask, bias=bias, config=config)
+    return flash_forward(
+        q, k, v, _problem(q, k, causal, scale), mask=mask, bias=bias, config=config
+    )
 
 
 def gqa_backward(

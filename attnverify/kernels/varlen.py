@@ -121,9 +121,7 @@ def _varlen_bwd_op(
     causal: bool,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return varlen_backward(
-        dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale
-    )
+    return varlen_backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale)
 
 
 @_varlen_bwd_op.register_fake

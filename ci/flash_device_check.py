@@ -1,0 +1,470 @@
+"""Device check of the flash core (varlen_attention, gqa_attention): correctness, opcheck, speed.
+
+Run from the repository root on a CUDA machine:
+
+    PYTHONPATH=. python3 ci/flash_device_check.py --out OUT_DIR [--sections correctness,op,bench]
+
+Sections:
+- correctness: the harness `check("gqa", ...)` (and `check("varlen", ...)` when its spec exists,
+  else a seeded sweep judged by the same tolerance rules) in float16 / bfloat16 / float32 with
+  gradients; every D in [8, 256]; a varlen call whose T * H * D passes 2^31 (64-bit offsets).
+  Runs with ATTNVERIFY_AUTOTUNE=0 (first config only) to keep compile time down.
+- op: torch.library.opcheck of both custom ops, and torch.compile(fullgraph=True) fwd + bwd.
+- bench: triton.testing.do_bench medians of ours and the baselines in this process; TFLOP/s on
+  useful FLOPs (4 * sum(Lq_i * Lk_i) * Hq * D forward, 2.5x that backward); each shape is
+  checked against the float64 oracle on a slice first.
+Writes OUT_DIR/flash_device_check.json and prints a table.
+"""
+
+# ruff: noqa: B023  (every benchmark lambda runs inside the loop iteration that made it)
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import torch
+import triton
+
+from attnverify.kernels.gqa import gqa_attention
+from attnverify.kernels.varlen import varlen_attention
+from attnverify.reference.gqa import gqa_attention as gqa_oracle
+from attnverify.reference.varlen import varlen_attention as varlen_oracle
+from attnverify.verify.compare import compare
+from attnverify.verify.tolerance import lookup
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+RESULTS: dict = {"device": "", "sections": {}}
+
+
+def log(*args: object) -> None:
+    print(*args, flush=True)
+
+
+def cu(lens: list[int], device: str = "cuda") -> torch.Tensor:
+    return torch.tensor([0, *itertools_accumulate(lens)], dtype=torch.int32, device=device)
+
+
+def itertools_accumulate(lens: list[int]) -> list[int]:
+    out, total = [], 0
+    for n in lens:
+        total += n
+        out.append(total)
+    return out
+
+
+# ------------------------------------------------------------------ correctness
+
+
+def judge_varlen(lens_q, lens_k, hq, hk, d, causal, dtype, seed) -> list[str]:
+    """Run one varlen case fwd + bwd against the float64 oracle; return failure messages."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    tq, tk = sum(lens_q), sum(lens_k)
+    q = torch.randn(tq, hq, d, device="cuda", generator=g).to(dtype).requires_grad_()
+    k = torch.randn(tk, hk, d, device="cuda", generator=g).to(dtype).requires_grad_()
+    v = torch.randn(tk, hk, d, device="cuda", generator=g).to(dtype).requires_grad_()
+    cq, ck = cu(lens_q), cu(lens_k)
+    out, lse = varlen_attention(q, k, v, cq, ck, causal=causal, return_lse=True)
+    do = torch.randn(out.shape, device="cuda", generator=g).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    results = {"out": out, "lse": lse, "dq": grads[0], "dk": grads[1], "dv": grads[2]}
+    refs, bases = {}, {}
+    for name, cdt in (("ref", torch.float64), ("base", dtype)):
+        o, lz = varlen_oracle(q, k, v, cq, ck, causal=causal, return_lse=True, compute_dtype=cdt)
+        gr = torch.autograd.grad(o, (q, k, v), do.to(cdt), allow_unused=True)
+        gr = [
+            x if x is not None else torch.zeros_like(y, dtype=cdt)
+            for x, y in zip(gr, (q, k, v), strict=True)
+        ]
+        (refs if name == "ref" else bases).update(out=o, lse=lz, dq=gr[0], dk=gr[1], dv=gr[2])
+    fails = []
+    dtn = str(dtype).removeprefix("torch.")
+    gmag = max(float(refs[n].abs().max()) if refs[n].numel() else 0.0 for n in ("dq", "dk", "dv"))
+    for name, val in results.items():
+        rule = lookup("varlen", dtn, name, "gpu")
+        qdt = torch.float32 if name == "lse" else dtype
+        zeros = None if name == "lse" else refs[name] == 0
+        mag = gmag if name in ("dq", "dk", "dv") else None
+        c = compare(f"varlen/{dtn}/{name}", name, val, refs[name], bases[name], rule, qdt,
+                    zeros=zeros, magnitude=mag)  # fmt: skip
+        if not c.passed:
+            fails.append(f"{lens_q} {lens_k} Hq={hq} Hk={hk} D={d} causal={causal}: {c}")
+    return fails
+
+
+def varlen_sweep(count: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    fails, n = [], 0
+    for dtype in DTYPES:
+        for i in range(count):
+            nseq = rng.randint(1, 5)
+            lens_q = [
+                rng.choice([0, 1, rng.randint(1, 300), rng.randint(100, 700)]) for _ in range(nseq)
+            ]
+            same = rng.random() < 0.5
+            lens_k = (
+                list(lens_q)
+                if same
+                else [rng.choice([0, rng.randint(1, 400)]) for _ in range(nseq)]
+            )
+            hk = rng.choice([1, 2, 4])
+            hq = hk * rng.choice([1, 2, 3])
+            d = rng.choice([8, 16, 24, 32, 40, 64, 72, 80, 96, 112, 128, 136, 160, 192, 256])
+            causal = rng.random() < 0.5
+            fails += judge_varlen(lens_q, lens_k, hq, hk, d, causal, dtype, seed * 1000 + i)
+            n += 1
+    return {"cases": n, "failures": fails}
+
+
+def head_dim_sweep() -> dict:
+    fails, n = [], 0
+    for d in range(8, 257, 8):
+        for dtype in (torch.bfloat16, torch.float32):
+            fails += judge_varlen([130, 0, 67], [130, 5, 200], 4, 2, d, d % 16 == 0, dtype, d)
+            n += 1
+    return {"cases": n, "failures": fails}
+
+
+def large_offsets() -> dict:
+    """T * Hq * D > 2^31: 1040 sequences of 1024 tokens, H=16, D=128; last sequence checked."""
+    n_seq, length, h, d = 1040, 1024, 16, 128
+    t = n_seq * length
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    c = cu([length] * n_seq)
+    out = varlen_attention(q, k, v, c, c)
+    tail = slice(t - length, t)
+    ref = gqa_oracle(*(x[tail].transpose(0, 1).unsqueeze(0) for x in (q, k, v)))[0].transpose(0, 1)
+    err = float((out[tail].double() - ref).abs().max())
+    del q, k, v, out
+    torch.cuda.empty_cache()
+    return {"elements": t * h * d, "max_abs_err_last_seq": err, "passed": err < 2e-2}
+
+
+def correctness(examples: int) -> dict:
+    from attnverify.verify import check
+    from attnverify.verify.specs import get_spec
+
+    os.environ["ATTNVERIFY_AUTOTUNE"] = "0"
+    res = {}
+    t = time.time()
+    rep = check("gqa", gqa_attention, device="cuda", examples=examples, dtypes=DTYPES)
+    res["gqa_check"] = {
+        "passed": rep.passed, "cases": rep.num_cases, "errors": rep.errors,
+        "failures": [str(f) for f in rep.failures][:5], "summary": rep.summary(),
+        "seconds": time.time() - t,
+    }  # fmt: skip
+    log("gqa check", rep.passed, rep.num_cases, f"{time.time() - t:.0f}s")
+    t = time.time()
+    try:
+        get_spec("varlen")
+        rep = check("varlen", varlen_attention, device="cuda", examples=examples, dtypes=DTYPES)
+        res["varlen_check"] = {
+            "passed": rep.passed, "cases": rep.num_cases, "errors": rep.errors,
+            "failures": [str(f) for f in rep.failures][:5], "summary": rep.summary(),
+        }  # fmt: skip
+        log("varlen check", rep.passed, rep.num_cases, f"{time.time() - t:.0f}s")
+    except (KeyError, ImportError, ModuleNotFoundError) as exc:
+        log("varlen spec unavailable:", exc)
+    t = time.time()
+    res["varlen_sweep"] = varlen_sweep(examples, seed=1)
+    log("varlen sweep", len(res["varlen_sweep"]["failures"]), "failures", f"{time.time() - t:.0f}s")
+    t = time.time()
+    res["head_dims"] = head_dim_sweep()
+    log("head dims", len(res["head_dims"]["failures"]), "failures", f"{time.time() - t:.0f}s")
+    res["large_offsets"] = large_offsets()
+    log("large offsets", res["large_offsets"])
+    os.environ.pop("ATTNVERIFY_AUTOTUNE")
+    return res
+
+
+# ------------------------------------------------------------------ op / compile
+
+
+def op_checks() -> dict:
+    res = {}
+    g = torch.Generator(device="cuda").manual_seed(3)
+    lens = [37, 0, 100]
+    q = torch.randn(137, 4, 72, device="cuda", generator=g, dtype=torch.float16)
+    k = torch.randn(137, 2, 72, device="cuda", generator=g, dtype=torch.float16)
+    v = torch.randn(137, 2, 72, device="cuda", generator=g, dtype=torch.float16)
+    c = cu(lens)
+    for x in (q, k, v):
+        x.requires_grad_()
+    scale = 1 / math.sqrt(72)
+    res["opcheck_varlen"] = str(
+        torch.library.opcheck(torch.ops.attnverify.varlen_fwd, (q, k, v, c, c, True, scale))
+    )
+    qb = torch.randn(2, 4, 50, 64, device="cuda", generator=g, dtype=torch.float16)
+    kb = torch.randn(2, 2, 70, 64, device="cuda", generator=g, dtype=torch.float16)
+    vb = torch.randn(2, 2, 70, 64, device="cuda", generator=g, dtype=torch.float16)
+    mask = torch.rand(1, 2, 50, 70, device="cuda", generator=g) < 0.7
+    bias = torch.randn(2, 1, 1, 70, device="cuda", generator=g, dtype=torch.float32)
+    for x in (qb, kb, vb, bias):
+        x.requires_grad_()
+    res["opcheck_gqa"] = str(
+        torch.library.opcheck(torch.ops.attnverify.gqa_fwd, (qb, kb, vb, mask, bias, False, 0.125))
+    )
+    log("opcheck", res["opcheck_varlen"], res["opcheck_gqa"])
+
+    def fv(q, k, v):
+        return varlen_attention(q, k, v, c, c, causal=True)
+
+    def fg(q, k, v, bias):
+        return gqa_attention(q, k, v, mask=mask, bias=bias, causal=True)
+
+    torch._dynamo.reset()
+    for name, fn, args in (("varlen", fv, (q, k, v)), ("gqa", fg, (qb, kb, vb, bias))):
+        compiled = torch.compile(fn, fullgraph=True)
+        out_c = compiled(*args)
+        out_e = fn(*args)
+        gc = torch.autograd.grad(out_c.float().square().sum(), args)
+        ge = torch.autograd.grad(out_e.float().square().sum(), args)
+        same = bool(torch.equal(out_c, out_e)) and all(
+            torch.equal(a, b) for a, b in zip(gc, ge, strict=True)
+        )
+        res[f"compile_{name}_fullgraph_equal_eager"] = same
+        log("compile", name, same)
+    return res
+
+
+# ------------------------------------------------------------------ bench
+
+
+def bench_ms(fn: Callable[[], object]) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def tflops(flops: float, ms: float) -> float:
+    return flops / ms * 1e-9
+
+
+def try_bench(name: str, fn: Callable[[], object]) -> float | None:
+    try:
+        fn()
+        torch.cuda.synchronize()
+        return bench_ms(fn)
+    except Exception as exc:  # a baseline missing on this torch/device is reported, not fatal
+        log(f"  baseline {name} unavailable: {type(exc).__name__}: {str(exc)[:200]}")
+        return None
+
+
+def varlen_bench(rows: list) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    lens = [1024, 8192, 2048, 4096, 1024, 3072]
+    h = 16
+    t = sum(lens)
+    c = cu(lens)
+    flops = 4 * sum(n * n for n in lens) * h
+    doc = torch.repeat_interleave(
+        torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda")
+    )
+    bm = create_block_mask(lambda b, hh, qi, ki: doc[qi] == doc[ki], 1, 1, t, t, device="cuda")
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        varlen_attn = None
+    for d in (72, 80, 128):
+        g = torch.Generator(device="cuda").manual_seed(d)
+        q, k, v = (
+            torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+            for _ in range(3)
+        )
+        out = varlen_attention(q, k, v, c, c)
+        sl = slice(lens[0], lens[0] + lens[1])
+        ref = varlen_oracle(q[sl], k[sl], v[sl], cu([lens[1]]), cu([lens[1]]))
+        err = float((out[sl].double() - ref).abs().max())
+        row = {"case": f"varlen bf16 H=16 D={d} T={t} lens={lens}", "check_max_abs_err": err}
+        f = flops * d
+        ms = bench_ms(lambda: varlen_attention(q, k, v, c, c))
+        row["ours_fwd_tflops"] = tflops(f, ms)
+        do = torch.randn_like(out)
+        out = varlen_attention(q, k, v, c, c)
+        ms_b = bench_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+        row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+        qf, kf, vf = (x.detach().transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+        ms_f = try_bench("flex", lambda: flex(qf, kf, vf, block_mask=bm))
+        if ms_f:
+            row["flex_doc_fwd_tflops"] = tflops(f, ms_f)
+        if varlen_attn is not None:
+            ms_v = try_bench(
+                "varlen_attn",
+                lambda: varlen_attn(q.detach(), k.detach(), v.detach(), c, c, max(lens), max(lens)),
+            )
+            if ms_v:
+                row["torch_varlen_attn_fwd_tflops"] = tflops(f, ms_v)
+        # dense equal-length batch with the same total tokens: overhead of varlen bookkeeping
+        eq = [t // 4] * 4
+        ce = cu(eq)
+        f_eq = 4 * sum(n * n for n in eq) * h * d
+        ms_eq = bench_ms(lambda: varlen_attention(q, k, v, ce, ce))
+        qd, kd, vd = (x.detach().view(4, t // 4, h, d).transpose(1, 2) for x in (q, k, v))
+        ms_dense = bench_ms(lambda: gqa_attention(qd, kd, vd))
+        row["ours_varlen_equal_fwd_tflops"] = tflops(f_eq, ms_eq)
+        row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            qs, ks, vs = (
+                x.detach().view(4, t // 4, h, d).transpose(1, 2).contiguous().requires_grad_()
+                for x in (q, k, v)
+            )
+            ms_s = try_bench(
+                "sdpa flash", lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
+            )
+            if ms_s:
+                row["sdpa_flash_dense_fwd_tflops"] = tflops(f_eq, ms_s)
+                os_ = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
+                dos = torch.randn_like(os_)
+                ms_sb = try_bench(
+                    "sdpa flash bwd",
+                    lambda: torch.autograd.grad(os_, (qs, ks, vs), dos, retain_graph=True),
+                )
+                if ms_sb:
+                    row["sdpa_flash_dense_bwd_tflops"] = tflops(2.5 * f_eq, ms_sb)
+        rows.append(row)
+        log(json.dumps(row))
+
+
+def gqa_bench(rows: list) -> None:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for hk in (16, 4):
+        rows.append(gqa_bench_one(hk, flex, sdpa))
+        torch.cuda.empty_cache()
+
+
+def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    L, hq, d = 8192, 16, 128
+    f = 4 * L * L * hq * d
+    g = torch.Generator(device="cuda").manual_seed(hk)
+    q = torch.randn(1, hq, L, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    bias = (
+        torch.randn(1, 1, L, L, device="cuda", dtype=torch.bfloat16, generator=g) * 0.5
+    ).requires_grad_()
+    out = gqa_attention(q, k, v, bias=bias)
+    rs = slice(0, 256)
+    ref = gqa_oracle(q[:, :, rs], k, v, bias=bias[:, :, rs])
+    row = {"case": f"gqa bf16 B=1 Hq=16 Hk={hk} D=128 L={L}",
+           "check_max_abs_err": float((out[:, :, rs].double() - ref).abs().max())}  # fmt: skip
+    ms = bench_ms(lambda: gqa_attention(q, k, v))
+    row["ours_fwd_tflops"] = tflops(f, ms)
+    ms_bias = bench_ms(lambda: gqa_attention(q, k, v, bias=bias))
+    row["ours_fwd_bias_tflops"] = tflops(f, ms_bias)
+    do = torch.randn_like(out)
+    ms_bb = bench_ms(lambda: torch.autograd.grad(out, (q, k, v, bias), do, retain_graph=True))
+    row["ours_bwd_bias_tflops"] = tflops(2.5 * f, ms_bb)
+    out_nb = gqa_attention(q, k, v)
+    ms_b = bench_ms(lambda: torch.autograd.grad(out_nb, (q, k, v), do, retain_graph=True))
+    row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+    # 90% of 128x128 tiles all False
+    gm = torch.Generator(device="cuda").manual_seed(1)
+    tiles = torch.rand(L // 128, L // 128, device="cuda", generator=gm) < 0.1
+    tiles[torch.arange(L // 128), torch.arange(L // 128)] = True
+    mask = tiles.repeat_interleave(128, 0).repeat_interleave(128, 1)[None, None]
+    ms_sparse = bench_ms(lambda: gqa_attention(q, k, v, mask=mask))
+    row["ours_sparse90_over_dense_time"] = ms_sparse / ms
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    ms_f = try_bench("flex", lambda: flex(qd, kd, vd, enable_gqa=hk != hq))
+    if ms_f:
+        row["flex_fwd_tflops"] = tflops(f, ms_f)
+    for name, backend in (
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
+        kk, vv = (
+            (kd, vd)
+            if hk == hq
+            else (kd.repeat_interleave(hq // hk, 1), vd.repeat_interleave(hq // hk, 1))
+        )
+        with sdpa_kernel([backend]):
+            ms_s = try_bench(f"sdpa {name}", lambda: sdpa(qd, kk, vv))
+            if ms_s:
+                row[f"sdpa_{name}_fwd_tflops"] = tflops(f, ms_s)
+            if name != "flash":
+                bd = bias.detach()
+                ms_sb = try_bench(f"sdpa {name} bias", lambda: sdpa(qd, kk, vv, attn_mask=bd))
+                if ms_sb:
+                    row[f"sdpa_{name}_fwd_bias_tflops"] = tflops(f, ms_sb)
+            if name == "flash":
+                qs, ks, vs = (x.clone().requires_grad_() for x in (qd, kk, vv))
+                try:
+                    os_ = sdpa(qs, ks, vs)
+                    ms_sbw = try_bench(
+                        "sdpa flash bwd",
+                        lambda: torch.autograd.grad(os_, (qs, ks, vs), do, retain_graph=True),
+                    )
+                    if ms_sbw:
+                        row["sdpa_flash_bwd_tflops"] = tflops(2.5 * f, ms_sbw)
+                except RuntimeError as exc:
+                    log("  sdpa flash bwd unavailable", exc)
+    log(json.dumps(row))
+    return row
+
+
+def guarded(fn: Callable, *args: object) -> object:
+    """Run one section; a crash is logged with its traceback and the next section still runs."""
+    try:
+        return fn(*args)
+    except Exception:
+        log(traceback.format_exc())
+        return {"error": traceback.format_exc()[-2000:]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--sections", default="correctness,op,bench")
+    ap.add_argument("--examples", type=int, default=40, help="cases per dtype per variant")
+    ap.add_argument("--bench", default="varlen,gqa")
+    args = ap.parse_args()
+    RESULTS["device"] = torch.cuda.get_device_name()
+    RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
+    log(RESULTS["device"], RESULTS["versions"])
+    sections = args.sections.split(",")
+    ok = True
+    path = os.path.join(args.out, "flash_device_check.json")
+    if "correctness" in sections:
+        res = correctness(args.examples)
+        RESULTS["sections"]["correctness"] = res
+        ok &= res["gqa_check"]["passed"] and not res["varlen_sweep"]["failures"]
+        ok &= not res["head_dims"]["failures"] and res["large_offsets"]["passed"]
+        for key in ("varlen_sweep", "head_dims"):
+            for fmsg in res[key]["failures"][:5]:
+                log("FAIL", fmsg)
+        with open(path, "w") as fh:
+            json.dump(RESULTS, fh, indent=1, default=str)
+    if "op" in sections:
+        RESULTS["sections"]["op"] = guarded(op_checks)
+    if "bench" in sections:
+        rows: list = []
+        RESULTS["sections"]["bench"] = rows
+        if "varlen" in args.bench:
+            guarded(varlen_bench, rows)
+        if "gqa" in args.bench:
+            guarded(gqa_bench, rows)
+    with open(path, "w") as fh:
+        json.dump(RESULTS, fh, indent=1, default=str)
+    log("overall correctness ok:", ok)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
