@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,6 +95,10 @@ def resolve_scale(scale: float | None, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1 or not scale.is_floating_point():
+            raise ValueError(
+                f"scale must be a finite float or None (1/sqrt(D)); got {_describe(scale)}"
+            )
         scale = float(scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite float or None (1/sqrt(D)); got {scale!r}")
@@ -156,13 +161,18 @@ def check_cu_seqlens(name: str, cu: object, total: int, device: torch.device) ->
 
 
 def _check_max_seqlen(name: str, given: int | None, real: int) -> int:
+    """`given` (any integer: int, numpy int, 0-d integer tensor) if >= `real`; None gives `real`."""
     if given is None:
         return real
-    if isinstance(given, bool) or not isinstance(given, int) or given < real:
+    try:
+        value = None if isinstance(given, bool) else operator.index(given)
+    except TypeError:
+        value = None
+    if value is None or value < real:
         raise ValueError(
             f"{name} must be an int >= the longest sequence ({real}) or None; got {given!r}"
         )
-    return given
+    return value
 
 
 def check_varlen_inputs(
@@ -429,8 +439,9 @@ def check_merge_inputs(
     out: torch.Tensor, lse: torch.Tensor, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES
 ) -> None:
     """Validate `merge_attention_states` inputs: out (..., S, D), lse (..., S) float32, S >= 1."""
-    if not isinstance(out, torch.Tensor) or not isinstance(lse, torch.Tensor):
-        raise TypeError("out and lse must be torch.Tensors")
+    for name, x in (("out", out), ("lse", lse)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     check_tensor("out", out, out.dim(), dtypes)
     if out.dim() < 2:
         raise ValueError(
