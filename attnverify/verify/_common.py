@@ -304,9 +304,12 @@ class VariantSpec:
         res = {"out": out.detach(), "lse": lse.detach()}
         if post is not None:
             res["out"] = post(res["out"])
-        if grads and leaves:
-            if not out.requires_grad:
+        if grads and leaves and not out.requires_grad:
+            if is_impl and out.numel() > 0:
                 raise ImplError("out does not require grad: no backward (pass grads=False)")
+            # An empty output (no query rows at all) may be a constant: every gradient is 0.
+            res.update({f"d{name}": torch.zeros_like(leaf) for name, leaf in leaves.items()})
+        elif grads and leaves:
             g_out = self.grad_output(case, out.shape, out.device).to(out.dtype)
             try:
                 got = torch.autograd.grad(out, list(leaves.values()), g_out, allow_unused=True)
