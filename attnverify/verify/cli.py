@@ -6,7 +6,8 @@
                       [--replay-dir DIR] [--no-grads]
     attnverify replay FILE [--target T] [--device D] [--no-grads]
     attnverify status [--variant V ...] [--device D]
-    attnverify bench [--variant V ...] [--device D] [--json out.json] [--plot out.png] [--allow-cpu]
+    attnverify bench [--variant V ...] [--device D] [--target T] [--max-shapes N]
+                     [--json out.json] [--plot out.png]
 
 Exit status: 0 everything passed (status: every variant verified), 1 a failure (status: some
 variant stale or missing), 2 a usage error or nothing to run.
@@ -23,6 +24,7 @@ and so the interpreter setting, is known.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import queue as queue_module
@@ -271,22 +273,28 @@ def _verify_one_device(
 
 
 def _worker(
-    device: str, jobs: list[tuple[str, list[Any]]], options: dict[str, Any], results: Any
+    rank: int,
+    device: str,
+    jobs: list[tuple[str, list[Any]]],
+    options: dict[str, Any],
+    results: Any,
 ) -> None:
-    """One GPU's worker process: `check(cases=...)` per variant, results sent on the queue.
+    """Worker `rank`'s process on `device`: `check(cases=...)` per variant, results on the queue.
 
-    Messages: ("progress", device, passed), ("run", device, variant, results, errors, seconds),
-    ("skip", device, variant, why), ("done", device). Never raises (a crash shows as a dead
-    worker in the parent).
+    Messages: ("progress", rank, passed), ("run", rank, variant, results, errors, seconds),
+    ("skip", rank, variant, why), ("done", rank). A crash shows as a dead worker in the parent.
     """
     from attnverify.verify.runner import check
 
-    torch.cuda.set_device(torch.device(device))
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+    else:
+        os.environ.setdefault(INTERPRET_ENV, "1")
     for variant, cases in jobs:
         try:
             impl = _resolve(options["target"], variant)
         except ValueError as exc:
-            results.put(("skip", device, variant, str(exc)))
+            results.put(("skip", rank, variant, str(exc)))
             continue
         try:
             report = check(
@@ -296,15 +304,15 @@ def _worker(
                 device=device,
                 grads=options["grads"],
                 profile=options["profile"],
-                progress=lambda _d, _t, r: results.put(("progress", device, bool(r.passed))),
+                progress=lambda _d, _t, r: results.put(("progress", rank, bool(r.passed))),
                 replay_dir=options["replay_dir"],
                 target=options["target"],
             )
-            message = ("run", device, variant, report.results, report.errors, report.seconds)
+            message = ("run", rank, variant, report.results, report.errors, report.seconds)
         except Exception:
-            message = ("run", device, variant, [], [traceback.format_exc(limit=6)], 0.0)
+            message = ("run", rank, variant, [], [traceback.format_exc(limit=6)], 0.0)
         results.put(message)
-    results.put(("done", device))
+    results.put(("done", rank))
 
 
 def _verify_sharded(
@@ -330,53 +338,58 @@ def _verify_sharded(
     }
     context = multiprocessing.get_context("spawn")
     inbox = context.Queue()
-    workers = {}
+    workers = []
     for rank, device in enumerate(devices):
         jobs = [(variant, shards[rank]) for variant, shards in plan.items()]
-        proc = context.Process(target=_worker, args=(str(device), jobs, options, inbox))
+        proc = context.Process(target=_worker, args=(rank, str(device), jobs, options, inbox))
         proc.start()
-        workers[str(device)] = proc
+        workers.append(proc)
     total = sum(len(c) for shards in plan.values() for c in shards)
     bar = ProgressBar(f"{len(variants)} variants on {len(devices)} devices")
-    received: dict[tuple[str, str], RunResult] = {}
+    received: dict[tuple[str, int], RunResult] = {}
     skipped: list[str] = []
-    finished: set[str] = set()
-    dead: dict[str, int | None] = {}
-    while len(finished) + len(dead) < len(workers):
-        try:
-            message = inbox.get(timeout=WORKER_POLL_S)
-        except queue_module.Empty:
-            for device, proc in workers.items():
-                if device not in finished and device not in dead and not proc.is_alive():
-                    dead[device] = proc.exitcode
-            continue
-        kind, device = message[0], message[1]
+    finished: set[int] = set()
+    dead: dict[int, int | None] = {}
+
+    def handle(message: tuple[Any, ...]) -> None:
+        kind, rank = message[0], message[1]
         if kind == "progress":
             bar(bar.count + 1, total, _Verdict(message[2]))
         elif kind == "run":
             _, _, variant, results, errors, seconds = message
-            received[(variant, device)] = RunResult(
-                variant, device, args.target, list(results), list(errors), seconds
+            received[(variant, rank)] = RunResult(
+                variant, str(devices[rank]), args.target, list(results), list(errors), seconds
             )
         elif kind == "skip":
-            skipped.append(f"{message[2]} on {device}: {message[3]}")
+            skipped.append(f"{message[2]} on {devices[rank]}: {message[3]}")
         elif kind == "done":
-            finished.add(device)
+            finished.add(rank)
+
+    while len(finished | set(dead)) < len(workers):
+        try:
+            handle(inbox.get(timeout=WORKER_POLL_S))
+        except queue_module.Empty:
+            for rank, proc in enumerate(workers):
+                if rank not in finished and rank not in dead and not proc.is_alive():
+                    dead[rank] = proc.exitcode
+    with contextlib.suppress(queue_module.Empty):
+        while True:
+            handle(inbox.get(timeout=WORKER_POLL_S))
     bar.close()
-    for proc in workers.values():
+    for proc in workers:
         proc.join()
     runs = []
     for variant in variants:
-        for rank, device in enumerate(map(str, devices)):
-            run = received.get((variant, device))
-            if run is None and device in dead:
+        for rank, device in enumerate(devices):
+            run = received.get((variant, rank))
+            if run is None and rank in dead:
                 held = plan[variant][rank]
                 listed = "; ".join(c.short() for c in held[:5]) + (" ..." if len(held) > 5 else "")
                 problem = (
-                    f"worker {device} died (exit code {dead[device]}) holding {len(held)} "
-                    f"{variant} cases: {listed}"
+                    f"worker {rank} on {device} died (exit code {dead[rank]}) holding "
+                    f"{len(held)} {variant} cases: {listed}"
                 )
-                run = RunResult(variant, device, args.target, problems=[problem])
+                run = RunResult(variant, str(device), args.target, problems=[problem])
             if run is not None:
                 runs.append(run)
     return runs, skipped
@@ -641,11 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(bench)
     bench.add_argument("--json", type=Path, help="write result rows as JSON here")
     bench.add_argument("--plot", type=Path, help="draw TFLOP/s or GB/s vs length (matplotlib)")
-    bench.add_argument(
-        "--allow-cpu",
-        action="store_true",
-        help="run on the CPU anyway: a pipeline smoke test, the times mean nothing",
-    )
+    bench.add_argument("--target", default="attnverify", help="what 'ours' is (default attnverify)")
     bench.add_argument(
         "--max-shapes", type=int, help="time at most this many shapes per variant (smoke runs)"
     )

@@ -90,7 +90,8 @@ def _worse(a: float | None, b: float | None) -> float | None:
 
 
 def summary_rows(runs: Iterable[RunResult]) -> list[SummaryRow]:
-    """One row per (variant, dtype, quantity) over all runs (devices merged), in first-seen order.
+    """One row per (variant, dtype, quantity) over all runs (devices merged): variants and
+    quantities in first-seen order, dtypes sorted.
 
     A case that raised (`CaseResult.error`) counts in the quantity "error"; a comparison's
     ratio is its `ratio` (impl error over baseline error; None when not applicable).
@@ -106,7 +107,10 @@ def summary_rows(runs: Iterable[RunResult]) -> list[SummaryRow]:
                 row[0] += 1
                 row[1] += 0 if passed else 1
                 row[2] = _worse(row[2], None if ratio is None else float(ratio))
-    return [SummaryRow(v, d, q, c, f, w) for (v, d, q), (c, f, w) in table.items()]
+    variants = {key[0]: i for i, key in reversed(list(enumerate(table)))}
+    quantities = {key[2]: i for i, key in reversed(list(enumerate(table)))}
+    order = sorted(table, key=lambda k: (variants[k[0]], k[1], quantities[k[2]]))
+    return [SummaryRow(v, d, q, *table[(v, d, q)]) for v, d, q in order]
 
 
 def _ratio_text(ratio: float | None) -> str:
@@ -119,12 +123,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        lines.append(
-            "  ".join(
-                c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)
-            )
-        )
-    return "\n".join(lines)
+        cells = zip(row, widths, strict=True)
+        lines.append("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in cells))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _numeric(text: str) -> bool:

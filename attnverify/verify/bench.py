@@ -1,0 +1,650 @@
+"""`attnverify bench`: time our kernels and the torch baselines at real model shapes.
+
+For each variant the shapes come from its spec (`VariantSpec.bench_cases()`: vision-encoder
+varlen, decoder GQA, decode batch x context grids). Every shape is verified once (one `check`
+case, forward quantities) before anything is timed: a shape whose verification fails gets no
+number. Then `triton.testing.do_bench` (median of repeated runs, same process) times our
+kernel and every baseline this torch and device offer:
+
+| variant | baselines |
+|---|---|
+| gqa | SDPA backends flash, cuDNN, efficient, math (when its scores fit `MATH_MAX_SCORES`), compiled FlexAttention |
+| varlen | SDPA per sequence (what models without a varlen kernel do), torch `varlen_attn`, compiled FlexAttention with a document mask |
+| fp8 | SDPA flash on the same tensors in bfloat16 (what fp8 replaces) |
+| merge | the same formula in eager torch (float32) |
+| paged | none in torch: the GB/s and % of copy bandwidth stand alone |
+
+Every call is made with `return_lse=False` (SDPA has no lse; asking an adapter for one would
+time an extra score matmul). FlexAttention's block mask is built once, outside the timing, as
+a model reuses it across layers.
+
+Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
+the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(case)`) for
+paged and merge, as % of the measured device copy bandwidth. `speedup` is time(baseline) /
+time(ours) at the same shape, measured in the same process.
+
+CPU: timing needs a GPU; `run` says so and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.nn.functional as F
+
+from attnverify import records
+from attnverify.verify.report import format_table, utc_now
+
+OURS = "attnverify"
+BYTES_VARIANTS = ("paged", "merge")
+MATH_MAX_SCORES = 2**30
+PEAK_MATMUL_N = 8192
+PEAK_COPY_BYTES = 2**30
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Timer = Callable[[Callable[[], Any]], float]
+
+
+def do_bench_timer(fn: Callable[[], Any]) -> float:
+    """Median milliseconds of `fn` by `triton.testing.do_bench` (warm-up, cache flush, reps)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Device ceilings measured at the start of a run.
+
+    Attributes:
+        matmul_tflops: bf16 (N x N) @ (N x N) matmul, TFLOP/s.
+        copy_gbps: device-to-device copy, GB/s counting the read and the write.
+    """
+
+    matmul_tflops: float
+    copy_gbps: float
+
+
+def measure_peaks(device: torch.device, timer: Timer = do_bench_timer) -> Peaks:
+    """Measure the bf16 matmul peak and the copy bandwidth of `device`."""
+    n = PEAK_MATMUL_N
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    ms = timer(lambda: torch.matmul(a, b))
+    matmul = 2.0 * n**3 / (ms * 1e-3) / 1e12
+    src = torch.empty(PEAK_COPY_BYTES, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    copy = 2.0 * PEAK_COPY_BYTES / (ms * 1e-3) / 1e9
+    return Peaks(matmul_tflops=matmul, copy_gbps=copy)
+
+
+@dataclass
+class Impl:
+    """One implementation to time at one shape.
+
+    Attributes:
+        name: "attnverify", "sdpa-flash", "flex-compiled", ...
+        fn: zero-argument callable running it on the shape's inputs (None: unavailable).
+        context: a context manager factory held around the timing (SDPA backend choice).
+        reason: why it is unavailable (when fn is None).
+    """
+
+    name: str
+    fn: Callable[[], Any] | None
+    context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    reason: str = ""
+
+
+@dataclass
+class BenchRow:
+    """One implementation at one shape.
+
+    Attributes:
+        variant, shape (short label), length (x of the plot), impl: what was timed.
+        ms: median time, None when not timed (status says why).
+        value, unit: TFLOP/s or GB/s; pct_peak: value over the measured peak, in %.
+        speedup: for a baseline row, time(baseline) / time(ours) (>1: ours is faster).
+        status: "ok", "failed verification: ...", "unavailable: ...", "error: ...".
+        case: the case's fields; meta: device, versions, git sha, time (JSON rows).
+    """
+
+    variant: str
+    shape: str
+    length: int
+    impl: str
+    ms: float | None
+    value: float | None
+    unit: str
+    pct_peak: float | None
+    speedup: float | None
+    status: str
+    case: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def shape_label(case: Any) -> str:
+    """A short shape label: "bf16 B1 H16/4 D128 L8192x8192 causal bias"."""
+    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(case.dtype, case.dtype)
+    heads = f"H{case.heads_q}/{case.heads_k} D{case.head_dim}"
+    if case.variant == "varlen":
+        lens = case.seqlens_k
+        size = f"N{len(lens)} L{min(lens, default=0)}-{max(lens, default=0)}"
+        return f"{dtype} {heads} {size}" + (" causal" if case.causal else "")
+    if case.variant == "paged":
+        ctx = max(case.seq_lens, default=0)
+        return f"{dtype} B{case.batch} {heads} Lq{case.lq} ctx{ctx} bs{case.block_size}"
+    if case.variant == "merge":
+        return f"{dtype} lead{list(case.lead_shape)} S{case.num_states} D{case.head_dim}"
+    flags = (" causal" if case.causal else "") + (" bias" if case.bias_shape else "")
+    flags += " mask" if case.mask_shape else ""
+    return f"{dtype} B{case.batch} {heads} L{case.lq}x{case.lk}{flags}"
+
+
+def shape_length(case: Any) -> int:
+    """The plot's x value: longest sequence (varlen), context (paged), Lk (gqa, fp8)."""
+    if case.variant == "varlen":
+        return max(case.seqlens_k, default=0)
+    if case.variant == "paged":
+        return max(case.seq_lens, default=0)
+    if case.variant == "merge":
+        return math.prod(case.lead_shape)
+    return case.lk
+
+
+def call_of(spec: Any, fn: Callable[..., Any], inputs: dict[str, Any]) -> Callable[[], Any]:
+    """A zero-argument call of `fn` on `inputs` in the spec's convention, without lse."""
+    args = [inputs[n] for n in spec.positional]
+    kwargs = {k: v for k, v in inputs.items() if k not in spec.positional}
+    if spec.returns_lse_flag:
+        kwargs["return_lse"] = False
+    return lambda: fn(*args, **kwargs)
+
+
+def _sdpa_backends() -> list[tuple[str, Any]]:
+    from torch.nn.attention import SDPBackend
+
+    names = [
+        ("sdpa-flash", "FLASH_ATTENTION"),
+        ("sdpa-cudnn", "CUDNN_ATTENTION"),
+        ("sdpa-efficient", "EFFICIENT_ATTENTION"),
+        ("sdpa-math", "MATH"),
+    ]
+    return [
+        (label, getattr(SDPBackend, attr)) for label, attr in names if hasattr(SDPBackend, attr)
+    ]
+
+
+def _in_backend(backend: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    from torch.nn.attention import sdpa_kernel
+
+    return lambda: sdpa_kernel([backend])
+
+
+def _gqa_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    from attnverify.verify.targets import sdpa_gqa_attention
+
+    call = call_of(spec, sdpa_gqa_attention, inputs)
+    scores = case.batch * case.heads_q * case.lq * case.lk
+    for label, backend in _sdpa_backends():
+        if label == "sdpa-math" and scores > MATH_MAX_SCORES:
+            yield Impl(label, None, reason=f"{scores} scores > {MATH_MAX_SCORES} (memory)")
+        else:
+            yield Impl(label, call, _in_backend(backend))
+    yield _flex_gqa(case, inputs)
+
+
+def _flex_module() -> Any:
+    from torch.nn.attention import flex_attention as flex
+
+    return flex
+
+
+def _flex_gqa(case: Any, inputs: dict[str, Any]) -> Impl:
+    """Compiled FlexAttention: bottom-right causal and the mask as a block mask built once,
+    the bias as a score_mod reading the (broadcast) bias tensor."""
+    try:
+        flex = _flex_module()
+    except ImportError as exc:
+        return Impl("flex-compiled", None, reason=str(exc))
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    b, hq, lq, _ = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    mask, bias, causal = inputs.get("mask"), inputs.get("bias"), inputs.get("causal", False)
+    shift = lk - lq
+    full_mask = None if mask is None else _heads_to_q(mask, hq, hk).expand(b, hq, lq, lk)
+
+    def mask_mod(bi: Any, h: Any, i: Any, j: Any) -> Any:
+        keep = j <= i + shift if causal else j >= 0
+        return keep & full_mask[bi, h, i, j] if full_mask is not None else keep
+
+    block_mask = None
+    if causal or full_mask is not None:
+        block_mask = flex.create_block_mask(mask_mod, b, hq, lq, lk, device=q.device)
+    score_mod = None
+    if bias is not None:
+        full_bias = _heads_to_q(bias, hq, hk).expand(b, hq, lq, lk)
+
+        def score_mod(score: Any, bi: Any, h: Any, i: Any, j: Any) -> Any:
+            return score + full_bias[bi, h, i, j].to(score.dtype)
+
+    compiled = torch.compile(flex.flex_attention, dynamic=False)
+    kwargs = {"score_mod": score_mod, "block_mask": block_mask, "scale": inputs.get("scale")}
+    kwargs["enable_gqa"] = hq != hk
+    return Impl("flex-compiled", lambda: compiled(q, k, v, **kwargs))
+
+
+def _heads_to_q(x: torch.Tensor, hq: int, hk: int) -> torch.Tensor:
+    """A (.., Hm, ..) mask/bias with Hm == Hk != Hq mapped to query heads (h reads h // G)."""
+    if x.shape[1] == hk and hk != hq:
+        return x.repeat_interleave(hq // hk, dim=1)
+    return x
+
+
+def _varlen_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    from attnverify.verify.targets import resolve_target, sdpa_varlen_attention
+
+    yield Impl("sdpa-per-sequence", call_of(spec, sdpa_varlen_attention, inputs))
+    try:
+        torch_varlen = resolve_target("torch-varlen", "varlen")
+    except ValueError as exc:
+        yield Impl("torch-varlen", None, reason=str(exc))
+    else:
+        yield Impl("torch-varlen", call_of(spec, torch_varlen, inputs))
+    yield _flex_varlen(case, inputs)
+
+
+def _flex_varlen(case: Any, inputs: dict[str, Any]) -> Impl:
+    """Compiled FlexAttention over the packed tokens with a document mask built once."""
+    try:
+        flex = _flex_module()
+    except ImportError as exc:
+        return Impl("flex-compiled", None, reason=str(exc))
+    q, k, v = (inputs[n].transpose(0, 1).unsqueeze(0) for n in ("q", "k", "v"))
+    device = q.device
+    doc_q = _documents(case.seqlens_q, device)
+    doc_k = _documents(case.seqlens_k, device)
+    causal = inputs.get("causal", False)
+    pos_q = torch.arange(doc_q.numel(), device=device) - _starts(case.seqlens_q, device)[doc_q]
+    pos_k = torch.arange(doc_k.numel(), device=device) - _starts(case.seqlens_k, device)[doc_k]
+    shift = torch.tensor(case.seqlens_k, device=device) - torch.tensor(
+        case.seqlens_q, device=device
+    )
+
+    def mask_mod(bi: Any, h: Any, i: Any, j: Any) -> Any:
+        same = doc_q[i] == doc_k[j]
+        return same & (pos_k[j] <= pos_q[i] + shift[doc_q[i]]) if causal else same
+
+    block_mask = flex.create_block_mask(
+        mask_mod, 1, q.shape[1], q.shape[2], k.shape[2], device=device
+    )
+    compiled = torch.compile(flex.flex_attention, dynamic=False)
+    kwargs = {"block_mask": block_mask, "scale": inputs.get("scale")}
+    kwargs["enable_gqa"] = q.shape[1] != k.shape[1]
+    return Impl("flex-compiled", lambda: compiled(q, k, v, **kwargs))
+
+
+def _documents(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.repeat_interleave(
+        torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
+    )
+
+
+def _starts(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor([0, *lengths], device=device).cumsum(0)[:-1]
+
+
+def _fp8_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    """SDPA flash in bfloat16 on the same (dequantized) tensors: what fp8 attention replaces."""
+    # Values do not change the timing; the descales are left out.
+    q, k, v = (inputs[n].to(torch.bfloat16).contiguous() for n in ("q", "k", "v"))
+    causal = bool(inputs.get("causal", False)) and q.shape[2] == k.shape[2]
+    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+
+    def run() -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=inputs.get("scale"), **gqa
+        )
+
+    for label, backend in _sdpa_backends():
+        if label == "sdpa-flash":
+            yield Impl("sdpa-flash-bf16", run, _in_backend(backend))
+
+
+def _merge_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    """The merge formula in eager torch, float32 (logsumexp, weights, weighted sum)."""
+    out, lse = inputs["out"], inputs["lse"]
+
+    def run() -> torch.Tensor:
+        total = torch.logsumexp(lse.float(), dim=-1, keepdim=True)
+        weights = torch.exp(lse.float() - total).nan_to_num(0.0)
+        return (weights.unsqueeze(-1) * out.float()).sum(dim=-2).to(out.dtype)
+
+    yield Impl("torch-eager", run)
+
+
+_BASELINES: dict[str, Callable[..., Iterator[Impl]]] = {
+    "gqa": _gqa_baselines,
+    "varlen": _varlen_baselines,
+    "fp8": _fp8_baselines,
+    "merge": _merge_baselines,
+}
+
+
+def baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> list[Impl]:
+    """The baselines of `case`'s variant available here; building one never raises (an
+    exception becomes an unavailable `Impl` with its message)."""
+    maker = _BASELINES.get(case.variant)
+    if maker is None:
+        return []
+    try:
+        return list(maker(spec, case, inputs))
+    except Exception as exc:
+        return [Impl("baselines", None, reason=f"{type(exc).__name__}: {exc}")]
+
+
+def _time(impl: Impl, timer: Timer) -> tuple[float | None, str]:
+    if impl.fn is None:
+        return None, f"unavailable: {impl.reason}"
+    try:
+        with impl.context():
+            impl.fn()
+            return timer(impl.fn), "ok"
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"error: {type(exc).__name__}: {first[:200]}"
+
+
+def _row(
+    spec: Any, case: Any, impl: str, ms: float | None, status: str, peaks: Peaks | None
+) -> BenchRow:
+    is_bytes = case.variant in BYTES_VARIANTS
+    unit = "GB/s" if is_bytes else "TFLOP/s"
+    value = pct = None
+    if ms is not None and ms > 0:
+        work = spec.bytes_moved(case) if is_bytes else spec.flops(case)
+        value = work / (ms * 1e-3) / (1e9 if is_bytes else 1e12)
+        if peaks is not None:
+            pct = 100.0 * value / (peaks.copy_gbps if is_bytes else peaks.matmul_tflops)
+    return BenchRow(
+        case.variant,
+        shape_label(case),
+        shape_length(case),
+        impl,
+        ms,
+        value,
+        unit,
+        pct,
+        None,
+        status,
+        case.to_dict(),
+    )
+
+
+def bench_shape(
+    spec: Any,
+    case: Any,
+    ours: Callable[..., Any] | None,
+    *,
+    device: torch.device,
+    timer: Timer,
+    peaks: Peaks | None,
+    ours_name: str = OURS,
+    ours_reason: str = "",
+    replay_dir: Path | None = None,
+) -> list[BenchRow]:
+    """Verify `ours` at `case` (one forward case), then time it and every baseline.
+
+    No number for ours when verification fails (status names the failing quantities and the
+    replay file); baselines are still timed for reference. `ours=None`: ours is skipped with
+    `ours_reason`.
+    """
+    from attnverify.verify.runner import check
+
+    inputs = spec.make_inputs(case, device)
+    rows = []
+    ours_ms = None
+    if ours is None:
+        rows.append(_row(spec, case, ours_name, None, f"unavailable: {ours_reason}", peaks))
+    else:
+        report = check(
+            case.variant,
+            ours,
+            cases=[case],
+            device=device,
+            grads=False,
+            replay_dir=replay_dir,
+            target=ours_name,
+        )
+        if report.passed:
+            ours_ms, status = _time(Impl(ours_name, call_of(spec, ours, inputs)), timer)
+        else:
+            status = "failed verification: " + "; ".join(
+                _failure_summary(r) for r in report.failures
+            )
+        rows.append(_row(spec, case, ours_name, ours_ms, status, peaks))
+    for impl in baselines(spec, case, inputs):
+        ms, status = _time(impl, timer)
+        row = _row(spec, case, impl.name, ms, status, peaks)
+        if ms is not None and ours_ms is not None:
+            row.speedup = ms / ours_ms
+        rows.append(row)
+    return rows
+
+
+def _failure_summary(result: Any) -> str:
+    bad = [c.path for c in result.comparisons if not c.passed]
+    what = result.error.splitlines()[0] if result.error else ", ".join(bad)
+    return f"{what} (replay: {result.replay_path})"
+
+
+def bench_variant(
+    variant: str,
+    *,
+    target: str,
+    device: torch.device,
+    timer: Timer,
+    peaks: Peaks | None,
+    out: TextIO,
+    cases: Sequence[Any] | None = None,
+    max_shapes: int | None = None,
+    replay_dir: Path | None = None,
+) -> list[BenchRow]:
+    """Every shape of `variant` (`cases`, default the spec's `bench_cases()`), table printed."""
+    from attnverify.verify.specs import get_spec
+    from attnverify.verify.targets import resolve_target
+
+    try:
+        spec = get_spec(variant)
+        shapes = list(cases) if cases is not None else spec.bench_cases()
+    except Exception as exc:
+        out.write(f"{variant}: skipped, no spec or bench shapes ({type(exc).__name__}: {exc})\n")
+        return []
+    shapes = shapes[:max_shapes] if max_shapes is not None else shapes
+    try:
+        ours, reason = resolve_target(target, variant), ""
+    except ValueError as exc:
+        ours, reason = None, str(exc)
+        out.write(f"{variant}: {target} skipped: {reason}\n")
+    rows: list[BenchRow] = []
+    for case in shapes:
+        rows.extend(
+            bench_shape(
+                spec,
+                case,
+                ours,
+                device=device,
+                timer=timer,
+                peaks=peaks,
+                ours_name=target,
+                ours_reason=reason,
+                replay_dir=replay_dir,
+            )
+        )
+    out.write(f"\n{variant}\n{bench_table(rows)}\n")
+    return rows
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def bench_table(rows: Sequence[BenchRow]) -> str:
+    """Shape, implementation, ms, TFLOP/s or GB/s, % of peak, ours' speedup, status."""
+    unit = rows[0].unit if rows else "TFLOP/s"
+    headers = ("shape", "impl", "ms", unit, "% peak", "ours speedup", "status")
+    body = [
+        (
+            r.shape,
+            r.impl,
+            _num(r.ms, ".3f"),
+            _num(r.value, ".1f"),
+            _num(r.pct_peak, ".1f"),
+            "-" if r.speedup is None else f"{r.speedup:.2f}x",
+            r.status,
+        )
+        for r in rows
+    ]
+    return format_table(headers, body) if body else "(no shapes)"
+
+
+def write_json(path: Path, rows: Sequence[BenchRow], meta: dict[str, Any], peaks: Peaks) -> Path:
+    """JSON: {"meta": ..., "peaks": ..., "rows": [...]} with meta copied into every row."""
+    for row in rows:
+        row.meta = meta
+    body = {"meta": meta, "peaks": asdict(peaks), "rows": [asdict(r) for r in rows]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return path
+
+
+def plot(path: Path, rows: Sequence[BenchRow]) -> Path:
+    """TFLOP/s (or GB/s) vs length, one panel per variant, one series per (impl, dtype).
+
+    Raises:
+        RuntimeError: matplotlib is not installed (`pip install 'attnverify[plot]'`).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError(
+            "--plot needs matplotlib: pip install 'attnverify[plot]' (or matplotlib)"
+        ) from exc
+    variants = list(dict.fromkeys(r.variant for r in rows))
+    fig, axes = plt.subplots(len(variants), 1, figsize=(8, 3.5 * max(1, len(variants))))
+    axes = [axes] if len(variants) == 1 else list(axes)
+    for ax, variant in zip(axes, variants, strict=True):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            if r.variant == variant and r.value is not None:
+                key = f"{r.impl} {r.shape.split()[0]}"
+                series.setdefault(key, []).append((r.length, r.value))
+        for key, points in series.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+        unit = next((r.unit for r in rows if r.variant == variant), "")
+        ax.set_title(variant)
+        ax.set_xlabel("length")
+        ax.set_ylabel(unit)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def bench_meta(device: torch.device) -> dict[str, Any]:
+    """Device, versions, git sha and time for the JSON rows."""
+    env = records.current_environment(device)
+    return {
+        "device": env.device,
+        "device_name": env.device_name,
+        "arch": env.arch,
+        "torch": env.torch_version,
+        "triton": env.triton_version,
+        "git_sha": env.git_sha,
+        "time": utc_now(),
+    }
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """The `bench` subcommand (see the module docstring); returns the exit status."""
+    from attnverify.verify.cli import select_device
+
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        out.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        out.write("error: --plot needs matplotlib: pip install 'attnverify[plot]'\n")
+        return EXIT_USAGE
+    if device.type != "cuda":
+        out.write(
+            "bench needs a GPU: timings under the Triton CPU interpreter mean nothing. "
+            "Run it on a CUDA device (attnverify bench --device cuda:0); to check the "
+            "kernels on this machine run attnverify verify.\n"
+        )
+        return EXIT_USAGE
+    torch.cuda.set_device(device)
+    peaks = measure_peaks(device)
+    meta = bench_meta(device)
+    out.write(
+        f"{meta['device_name']} ({meta['arch']}), torch {meta['torch']}, triton {meta['triton']}\n"
+        f"measured peaks: bf16 matmul {peaks.matmul_tflops:.0f} TFLOP/s, "
+        f"copy {peaks.copy_gbps:.0f} GB/s\n"
+    )
+    rows: list[BenchRow] = []
+    for variant in dict.fromkeys(args.variant or records.VARIANTS):
+        rows.extend(
+            bench_variant(
+                variant,
+                target=args.target,
+                device=device,
+                timer=do_bench_timer,
+                peaks=peaks,
+                out=out,
+                max_shapes=args.max_shapes,
+            )
+        )
+    if args.json:
+        out.write(f"json: {write_json(args.json, rows, meta, peaks)}\n")
+    if args.plot:
+        try:
+            out.write(f"plot: {plot(args.plot, rows)}\n")
+        except RuntimeError as exc:
+            out.write(f"error: {exc}\n")
+            return EXIT_USAGE
+    failed = any(r.status.startswith("failed verification") for r in rows)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+__all__ = [
+    "BenchRow",
+    "Impl",
+    "Peaks",
+    "baselines",
+    "bench_shape",
+    "bench_table",
+    "bench_variant",
+    "do_bench_timer",
+    "measure_peaks",
+    "plot",
+    "run",
+    "shape_label",
+    "shape_length",
+    "write_json",
+]
