@@ -264,9 +264,11 @@ def _store_out(base, acc, offs_m, offs_d, stride_om, n_rows, n_cols, MASK_D: tl.
         tl.store(ptrs, acc, mask=offs_m[:, None] < n_rows)
 
 
+# Lengths, group size and the strides of descales / lse vary per call and gain nothing from
+# specialisation: one compile serves them all.
 @triton.jit(do_not_specialize=[
-    "Lq", "Lk", "GROUP", "stride_qdb", "stride_qdh", "stride_kdb", "stride_kdh", "stride_vdb",
-    "stride_vdh",
+    "Lq", "Lk", "GROUP", "stride_lb", "stride_lh", "stride_qdb", "stride_qdh", "stride_kdb",
+    "stride_kdh", "stride_vdb", "stride_vdh",
 ])
 def _fp8_fwd_kernel(
     Q, K, V, Out, Lse, QD, KD, VD, k_desc0, k_desc1, v_desc0, v_desc1,

@@ -1,0 +1,412 @@
+"""Device check of the fp8 attention kernel: randomized correctness, then timings, one process.
+
+Correctness: random shapes (causal, GQA, Lq != Lk, per-head descales, e4m3 / e5m2 / mixed,
+bf16 / fp16 out, D from 16 to 256 incl. 80 / 96 / 144, row-major / prepared / strided V and
+q/k views) against the float64 oracle, with the tolerance rule of `attnverify.verify.tolerance`
+relative to the fp8 baseline (fp32 on dequantized inputs, P rounded through V's fp8 dtype).
+Every case also runs with a second V layout and must give bitwise the same out and lse.
+
+Timings (triton.testing.do_bench, median, same process): e4m3, B=1, H=16, D=128, L=8192 --
+ours with prepared V, ours with row-major V (the enforced transpose timed in), the same kernel
+without the enforcement, causal, compiled FlexAttention fp8 and bf16 baselines where present.
+A speed is printed only after one verification case at that shape passed.
+
+    PYTHONPATH=. python ci/fp8_device_check.py --out DIR [--seconds 200] [--per-key 10]
+
+Writes DIR/fp8_device_check.json and prints a summary; exit status 1 if a case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from attnverify.arch import current_arch
+from attnverify.kernels import fp8 as kfp8
+from attnverify.reference._common import attend
+from attnverify.reference.fp8 import dequantize, quantize_fp8
+from attnverify.reference.fp8 import fp8_attention as oracle
+from attnverify.validation import check_fp8_inputs
+from attnverify.verify.compare import compare
+from attnverify.verify.tolerance import lookup
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+SPECIAL_LENGTHS = (1, 15, 63, 64, 65, 111, 127, 128, 129, 255, 257, 1000)
+V_LAYOUTS = ("row", "prepared", "strided")
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _pinned_config(index: int, d: int) -> triton.Config | None:
+    """The index-th config of the autotune list as pruned for head dim d."""
+    d0, d1 = kfp8.split_head_dim(d)
+    meta = {"BLOCK_D0": d0, "BLOCK_D1": max(d1, kfp8.MIN_DOT_K), "HAS_D1": d1 > 0}
+    configs = kfp8._prune_configs(kfp8.GPU_CONFIGS, {}, **meta)
+    return configs[index % len(configs)]
+
+
+def _keys() -> list[dict[str, Any]]:
+    """Compile keys (one kernel specialisation each): head dim, causal, dtypes, out dtype."""
+    keys = []
+    for d in (16, 48, 64, 80, 96, 128, 144, 192, 256):
+        for causal in (False, True):
+            keys.append({"D": d, "causal": causal, "qk": E4M3, "v": E4M3, "out": torch.bfloat16})
+    for d in (64, 80, 128):
+        for causal in (False, True):
+            keys.append({"D": d, "causal": causal, "qk": E5M2, "v": E5M2, "out": torch.bfloat16})
+    for causal in (False, True):
+        keys.append({"D": 128, "causal": causal, "qk": E4M3, "v": E4M3, "out": torch.float16})
+        keys.append({"D": 128, "causal": causal, "qk": E4M3, "v": E5M2, "out": torch.bfloat16})
+    gpu = torch.cuda.is_available()
+    for i, key in enumerate(keys):
+        autotuned = not gpu or (key["D"] == 128 and key["qk"] == key["v"] == E4M3
+                                and key["out"] == torch.bfloat16)  # fmt: skip
+        key["config"] = None if autotuned else _pinned_config(i, key["D"])
+    return keys
+
+
+def _length(rng: random.Random) -> int:
+    return rng.choice(SPECIAL_LENGTHS) if rng.random() < 0.5 else rng.randint(1, 1200)
+
+
+def _view(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x (B, H, L, D) as a view with the given memory layout (same values)."""
+    if layout == "bshd":
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "strided":
+        b, h, length, d = x.shape
+        big = torch.zeros((b, length, h, d + 32), dtype=x.dtype, device=x.device)
+        big[..., 16 : 16 + d] = x.transpose(1, 2)
+        return big[..., 16 : 16 + d].transpose(1, 2)
+    if layout == "prepared":
+        return kfp8.prepare_fp8_v(x)
+    return x.contiguous()
+
+
+def make_case(rng: random.Random, key: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Draw a shape for `key`; values from a torch generator seeded with `seed`."""
+    hk = rng.choice((1, 2, 3))
+    g = rng.choice((1, 1, 2, 4, 5))
+    b = rng.choice((1, 1, 2, 3))
+    lq, lk = _length(rng), _length(rng)
+    if rng.random() < 0.1:
+        lk = 0
+    return {
+        "B": b,
+        "Hq": hk * g,
+        "Hk": hk,
+        "Lq": lq,
+        "Lk": lk,
+        "granularity": rng.choice(("tensor", "head")),
+        "peaked": rng.random() < 0.2,
+        "qk_layout": rng.choice(("contig", "bshd")),
+        "v_layouts": rng.sample(V_LAYOUTS, 2),
+        "seed": seed,
+        **key,
+    }
+
+
+def build_inputs(case: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(case["seed"])
+    b, hq, hk, lq, lk, d = (case[n] for n in ("B", "Hq", "Hk", "Lq", "Lk", "D"))
+
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=device)
+
+    q, k, v = normal(b, hq, lq, d), normal(b, hk, lk, d), normal(b, hk, lk, d)
+    if case["peaked"]:
+        q = q * 4.0
+    gran = case["granularity"]
+    q8, qd = quantize_fp8(q, case["qk"], gran, kv_heads=hk)
+    if lk == 0:  # quantize_fp8 cannot reduce an empty tensor: unit descales
+        k8, v8 = k.to(case["qk"]), v.to(case["v"])
+        kd = torch.ones((b, hk) if gran == "head" else (), device=device)
+        vd = kd.clone()
+    else:
+        k8, kd = quantize_fp8(k, case["qk"], gran)
+        v8, vd = quantize_fp8(v, case["v"], gran)
+    return {
+        "q": _view(q8, case["qk_layout"]),
+        "k": _view(k8, case["qk_layout"]),
+        "v": v8,
+        "q_descale": qd,
+        "k_descale": kd,
+        "v_descale": vd,
+    }
+
+
+def call_kernel(
+    x: dict[str, torch.Tensor], v: torch.Tensor, case: dict[str, Any], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public fp8_attention for autotuned keys; else its steps with the key's pinned config.
+
+    Pinned configs (one compile per key instead of one per config) cycle through the pruned
+    autotune list, so every GPU config runs on some keys.
+    """
+    kwargs = {"causal": case["causal"], "out_dtype": case["out"], "return_lse": True}
+    args = (x["q"], x["k"], v, x["q_descale"], x["k_descale"], x["v_descale"])
+    if case["config"] is None:
+        return kfp8.fp8_attention(*args, **kwargs)
+    arch = current_arch(v.device)
+    check_fp8_inputs(*args, scale, case["out"], kfp8.HEAD_DIM_MULTIPLE)
+    kfp8._check_arch(arch, (("q", args[0]), ("k", args[1]), ("v", v)))
+    v = kfp8._v_for_arch(v, arch)
+    return kfp8._launch_fwd(
+        *args[:2], v, *args[3:], scale, case["causal"], case["out"], True, arch=arch,
+        config=case["config"],
+    )  # fmt: skip
+
+
+def run_case(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Kernel vs oracle vs baseline for one case; second V layout must match bitwise."""
+    x = build_inputs(case, device)
+    scale = 1.0 / math.sqrt(case["D"])
+    results = []
+    for layout in case["v_layouts"]:
+        results.append(call_kernel(x, _view(x["v"], layout), case, scale))
+    ref_out, ref_lse = oracle(
+        x["q"], x["k"], x["v"], x["q_descale"], x["k_descale"], x["v_descale"],
+        causal=case["causal"], return_lse=True,
+    )  # fmt: skip
+    deq = [
+        dequantize(t, d, torch.float32)
+        for t, d in ((x["q"], x["q_descale"]), (x["k"], x["k_descale"]), (x["v"], x["v_descale"]))
+    ]
+    base_out, base_lse = attend(
+        *deq, scale=scale, causal=case["causal"], compute_dtype=torch.float32, p_dtype=case["v"]
+    )
+    dtype_name = _name(case["qk"])
+    path = f"fp8/{dtype_name}"
+    out, lse = results[0]
+    empty_rows = (ref_lse == float("-inf"))[..., None]
+    comps = [
+        compare(f"{path}/out", "out", out, ref_out, base_out, lookup("fp8", dtype_name, "out"),
+                case["out"], zeros=empty_rows),
+        compare(f"{path}/lse", "lse", lse, ref_lse, base_lse, lookup("fp8", dtype_name, "lse"),
+                torch.float32),
+    ]  # fmt: skip
+    out2, lse2 = results[1]
+    bitwise = torch.equal(out, out2) and torch.equal(lse, lse2)
+    return {
+        "passed": all(c.passed for c in comps) and bitwise,
+        "bitwise_v_layouts": bitwise,
+        "ratios": {c.quantity: c.ratio for c in comps},
+        "failures": [str(c) for c in comps if not c.passed],
+    }
+
+
+def describe(case: dict[str, Any]) -> str:
+    return (
+        f"B={case['B']} Hq={case['Hq']} Hk={case['Hk']} Lq={case['Lq']} Lk={case['Lk']} "
+        f"D={case['D']} causal={case['causal']} qk={_name(case['qk'])} v={_name(case['v'])} "
+        f"out={_name(case['out'])} {case['granularity']} peaked={case['peaked']} "
+        f"qk_layout={case['qk_layout']} v_layouts={case['v_layouts']} seed={case['seed']} "
+        f"config={case['config']}"
+    )
+
+
+def correctness(device: torch.device, per_key: int, deadline: float, log: Callable) -> dict:
+    rng = random.Random(0)
+    cases = [make_case(rng, key, 1000 + i * 97 + j) for i, key in enumerate(_keys()) for j in
+             range(per_key)]  # fmt: skip
+    rng.shuffle(cases)
+    summary: dict[str, Any] = {"run": 0, "failed": 0, "not_bitwise": 0, "errors": 0,
+                               "worst_ratio": {}, "failures": []}  # fmt: skip
+    for case in cases:
+        if time.monotonic() > deadline:
+            summary["stopped_at_deadline"] = True
+            break
+        summary["run"] += 1
+        try:
+            res = run_case(case, device)
+        except Exception:
+            summary["errors"] += 1
+            summary["failures"].append({"case": describe(case), "error": traceback.format_exc()})
+            log(f"ERROR {describe(case)}\n{traceback.format_exc()}")
+            continue
+        key = f"D={case['D']} causal={case['causal']} {_name(case['qk'])}/{_name(case['v'])}"
+        for q, r in res["ratios"].items():
+            worst = summary["worst_ratio"].setdefault(q, [0.0, ""])
+            if r > worst[0]:
+                worst[:] = [r, key]
+        if not res["bitwise_v_layouts"]:
+            summary["not_bitwise"] += 1
+        if not res["passed"]:
+            summary["failed"] += 1
+            summary["failures"].append({"case": describe(case), "why": res["failures"]})
+            log(f"FAIL {describe(case)} bitwise={res['bitwise_v_layouts']}")
+            for f in res["failures"]:
+                log("  " + f)
+    summary["total_planned"] = len(cases)
+    return summary
+
+
+def _bench(fn: Callable[[], Any]) -> float:
+    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def bench(device: torch.device, log: Callable) -> dict[str, Any]:
+    """Timings at B=1, H=16, L=8192, D=128 (see module docstring); TFLOP/s from visible pairs."""
+    b, h, length, d = 1, 16, 8192, 128
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn((b, h, length, d), generator=gen, device=device) for _ in range(3))
+    q8, qd = quantize_fp8(q, E4M3)
+    k8, kd = quantize_fp8(k, E4M3)
+    v8, vd = quantize_fp8(v, E4M3)
+    v_prep = kfp8.prepare_fp8_v(v8)
+    flops = 4.0 * length * length * h * d
+    causal_flops = 4.0 * (length * (length + 1) / 2) * h * d
+    scale = 1.0 / math.sqrt(d)
+
+    def ours(vv: torch.Tensor, causal: bool = False) -> Callable[[], Any]:
+        return lambda: kfp8.fp8_attention(q8, k8, vv, qd, kd, vd, causal=causal)
+
+    def raw(vv: torch.Tensor, use_tma: bool) -> Callable[[], Any]:
+        return lambda: kfp8._launch_fwd(
+            q8, k8, vv, qd, kd, vd, scale, False, torch.bfloat16, False, use_tma=use_tma
+        )
+
+    rows: dict[str, Any] = {}
+
+    def timed(name: str, fn: Callable[[], Any], work: float) -> None:
+        try:
+            fn()
+            torch.cuda.synchronize()
+            ms = _bench(fn)
+            rows[name] = {"ms": ms, "tflops": work / ms * 1e-9}
+            log(f"  {name:44s} {ms:8.3f} ms {work / ms * 1e-9:8.1f} TFLOP/s")
+        except Exception as exc:
+            rows[name] = {"error": repr(exc)[:800]}
+            log(f"  {name:44s} unavailable: {repr(exc)[:300]}")
+
+    # Verification at the bench shape before any speed (Lq = Lk = 8192 oracle in float64 is
+    # too big: check the first 512 query rows against attention over all keys).
+    sub = slice(length - 512, length)
+    for causal in (False, True):
+        out = kfp8.fp8_attention(q8, k8, v_prep, qd, kd, vd, causal=causal)[:, :, sub]
+        q_sub = q8[:, :, sub]
+        ref = oracle(q_sub, k8, v8, qd, kd, vd, causal=causal)
+        deq = [dequantize(t, s, torch.float32) for t, s in ((q_sub, qd), (k8, kd), (v8, vd))]
+        base, _ = attend(*deq, scale=scale, causal=causal, compute_dtype=torch.float32,
+                         p_dtype=E4M3)  # fmt: skip
+        c = compare("fp8/bench/out", "out", out, ref, base, lookup("fp8", "float8_e4m3fn", "out"),
+                    torch.bfloat16)  # fmt: skip
+        log(f"  bench-shape verification causal={causal}: passed={c.passed} ratio={c.ratio:.3f}")
+        if not c.passed:
+            log(str(c))
+            return {"verification_failed": str(c)}
+
+    timed("fp8 ours, V prepared (K-major)", ours(v_prep), flops)
+    timed("fp8 ours, V row-major (transpose timed in)", ours(v8), flops)
+    timed("fp8 ours, V row-major, no enforcement (ptr)", raw(v8, False), flops)
+    timed("fp8 ours, V row-major, no enforcement (TMA)", raw(v8, True), flops)
+    timed("fp8 ours, V prepared, pointer loads", raw(v_prep, False), flops)
+    timed("fp8 ours, V prepared, TMA loads", raw(v_prep, True), flops)
+    timed("fp8 ours, causal, V prepared", ours(v_prep, True), causal_flops)
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+        timed("FlexAttention fp8 (compiled), V row-major", lambda: flex(q8, k8, v8), flops)
+        timed("FlexAttention fp8 (compiled), V prepared", lambda: flex(q8, k8, v_prep), flops)
+    except Exception as exc:
+        rows["flex"] = {"error": repr(exc)[:800]}
+    qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+    try:
+        from attnverify.kernels import gqa_attention
+
+        timed("bf16 ours (gqa_attention)", lambda: gqa_attention(qb, kb, vb), flops)
+    except Exception as exc:
+        rows["bf16 ours (gqa_attention)"] = {"error": repr(exc)[:800]}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa() -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(qb, kb, vb)
+
+    timed("bf16 torch SDPA (flash)", sdpa, flops)
+    tuned = {str(key): str(cfg) for key, cfg in kfp8._fp8_fwd_tuned.cache.items()}
+    return {"rows": rows, "autotuned": tuned}
+
+
+def ratios(rows: dict[str, Any]) -> dict[str, float]:
+    def tf(name: str) -> float | None:
+        return rows.get(name, {}).get("tflops")
+
+    best = tf("fp8 ours, V prepared (K-major)")
+    pairs = {
+        "ours / flex fp8": (best, tf("FlexAttention fp8 (compiled), V row-major")),
+        "ours / bf16 ours": (best, tf("bf16 ours (gqa_attention)")),
+        "ours / bf16 SDPA flash": (best, tf("bf16 torch SDPA (flash)")),
+        "row-major enforced / no enforcement (ptr)": (
+            tf("fp8 ours, V row-major (transpose timed in)"),
+            tf("fp8 ours, V row-major, no enforcement (ptr)"),
+        ),
+        "prepared / row-major enforced": (best, tf("fp8 ours, V row-major (transpose timed in)")),
+        "causal / non-causal (per visible FLOP)": (tf("fp8 ours, causal, V prepared"), best),
+        "TMA / pointer loads (V prepared)": (
+            tf("fp8 ours, V prepared, TMA loads"),
+            tf("fp8 ours, V prepared, pointer loads"),
+        ),
+    }
+    return {k: a / b for k, (a, b) in pairs.items() if a and b}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--seconds", type=float, default=200.0, help="correctness time budget")
+    parser.add_argument("--per-key", type=int, default=10, help="random shapes per compile key")
+    parser.add_argument("--skip-bench", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    arch = current_arch(device)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "arch": arch.name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
+    log(f"{report['device']} ({arch.name}), torch {torch.__version__}, triton {triton.__version__}")
+    start = time.monotonic()
+    log("correctness:")
+    report["correctness"] = correctness(device, args.per_key, start + args.seconds, log)
+    c = report["correctness"]
+    log(f"  {c['run']}/{c['total_planned']} cases, {c['failed']} failed, {c['errors']} errors, "
+        f"{c['not_bitwise']} not bitwise across V layouts, worst ratios {c['worst_ratio']}, "
+        f"{time.monotonic() - start:.0f} s")  # fmt: skip
+    (args.out / "fp8_device_check.json").write_text(json.dumps(report, indent=2, default=str))
+    if not args.skip_bench:
+        log("timings (e4m3, B=1, H=16, L=8192, D=128):")
+        report["bench"] = bench(device, log)
+        report["ratios"] = ratios(report["bench"].get("rows", {}))
+        for name, r in report["ratios"].items():
+            log(f"  {name:44s} {r:6.2f}x")
+    (args.out / "fp8_device_check.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / "fp8_device_check.log").write_text("\n".join(lines) + "\n")
+    return 0 if c["failed"] == 0 and c["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
