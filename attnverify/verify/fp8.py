@@ -25,6 +25,7 @@ from attnverify.verify._common import VariantSpec, generator, place_qkv, resolve
 from attnverify.verify.case import DISTRIBUTIONS, LAYOUTS, Case, dtype_from_name
 from attnverify.verify.gqa import visible_pairs
 from attnverify.verify.profiles import budget as profile_budget
+from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import head_counts, head_dims, lengths, seeds
 
 FP8_LAYOUTS = (*LAYOUTS, "v_seq_contiguous")
@@ -43,7 +44,7 @@ def fp8_cases(
     d = draw(head_dims(b))
     lq = draw(lengths(min(b.max_len, max(1, b.max_work // d))))
     lk = draw(lengths(min(b.max_len, max(1, b.max_work // (d * lq)))))
-    room = b.max_work // (d * lq * lk)
+    room = heads_room(b, d, lq * lk, tiles(lq, lk))
     hq, hk = draw(head_counts(min(b.max_heads_q, room)))
     batch = draw(st.integers(1, max(1, min(b.max_batch, room // hq))))
     out_dtypes = ["float16"] if profile == "ci" else ["bfloat16", "float16"]

@@ -22,6 +22,7 @@ from attnverify.reference._common import causal_visible, expand_heads
 from attnverify.verify._common import VariantSpec, generator, place_qkv, resolve_device, values
 from attnverify.verify.case import DISTRIBUTIONS, LAYOUTS, Case
 from attnverify.verify.profiles import budget as profile_budget
+from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import TILE_SIZES, head_counts, head_dims, lengths, seeds
 
 MASK_KEEP = {"random": 0.5, "tiles": 0.8, "rows": 0.8}
@@ -38,7 +39,7 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
     d = draw(head_dims(b))
     lq = draw(lengths(min(b.max_len, max(1, b.max_work // d))))
     lk = draw(lengths(min(b.max_len, max(1, b.max_work // (d * lq)))))
-    room = b.max_work // (d * lq * lk)
+    room = heads_room(b, d, lq * lk, tiles(lq, lk))
     hq, hk = draw(head_counts(min(b.max_heads_q, room)))
     batch = draw(st.integers(1, max(1, min(b.max_batch, room // hq))))
     full = (batch, hq, lq, lk)

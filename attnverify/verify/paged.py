@@ -27,6 +27,7 @@ from attnverify.verify._common import NAN, VariantSpec, generator, physical, res
 from attnverify.verify.case import DISTRIBUTIONS, Case, dtype_from_name
 from attnverify.verify.gqa import visible_pairs
 from attnverify.verify.profiles import budget as profile_budget
+from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import head_counts, head_dims, lengths, seeds
 
 BLOCK_SIZES = (16, 8, 32, 1, 64)
@@ -72,7 +73,8 @@ def paged_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("
         for j in range(n, max_blocks):
             row.append(_junk(junk, num_blocks, pool, i + j))
         tables.append(tuple(row))
-    room = b.max_work // max(1, d * lq * max(1, sum(seq_lens)))
+    num_tiles = sum(tiles(lq, n) for n in seq_lens)
+    room = heads_room(b, d, lq * max(1, sum(seq_lens)), num_tiles)
     hq, hk = draw(head_counts(min(b.max_heads_q, room)))
     cache_dtype = draw(st.sampled_from([None, "float8_e4m3fn"]))
     return Case(

@@ -39,6 +39,8 @@ class Budget:
         max_heads_q: most query heads Hq.
         max_batch: most batch entries / varlen sequences / paged requests.
         max_work: bound on sum over batch and heads of Lq * Lk * D (the attention MACs).
+        max_tiles: bound on batch x Hq x (64 x 64 score tiles): the Triton interpreter's cost
+            grows with the number of tiles it steps through, not with MACs.
         max_blocks: most physical blocks in a paged cache.
         shrink_calls: most case runs spent shrinking one failure to a minimal case.
     """
@@ -48,6 +50,7 @@ class Budget:
     max_heads_q: int
     max_batch: int
     max_work: int
+    max_tiles: int
     max_blocks: int
     shrink_calls: int
 
@@ -59,6 +62,7 @@ BUDGETS = {
         max_heads_q=8,
         max_batch=3,
         max_work=3_000_000,
+        max_tiles=24,
         max_blocks=48,
         shrink_calls=60,
     ),
@@ -68,6 +72,7 @@ BUDGETS = {
         max_heads_q=16,
         max_batch=4,
         max_work=400_000_000,
+        max_tiles=200_000,
         max_blocks=512,
         shrink_calls=200,
     ),
@@ -77,6 +82,7 @@ BUDGETS = {
         max_heads_q=32,
         max_batch=6,
         max_work=1_500_000_000,
+        max_tiles=1_000_000,
         max_blocks=2048,
         shrink_calls=500,
     ),
@@ -102,4 +108,17 @@ def budget(profile: str) -> Budget:
     return BUDGETS[profile]
 
 
-__all__ = ["BUDGETS", "PROFILES", "Budget", "budget", "register_profiles"]
+def heads_room(b: Budget, head_dim: int, pairs: int, tiles: int) -> int:
+    """How many (batch x Hq) attention heads fit the budget, given one head's Lq * Lk pairs
+    and 64 x 64 tiles (at least 1)."""
+    by_work = b.max_work // max(1, head_dim * pairs)
+    by_tiles = b.max_tiles // max(1, tiles)
+    return max(1, min(by_work, by_tiles))
+
+
+def tiles(lq: int, lk: int) -> int:
+    """Number of 64 x 64 score tiles of one head (at least 1)."""
+    return max(1, -(-lq // 64)) * max(1, -(-lk // 64))
+
+
+__all__ = ["BUDGETS", "PROFILES", "Budget", "budget", "heads_room", "register_profiles", "tiles"]

@@ -20,6 +20,7 @@ from attnverify.verify._common import VariantSpec, generator, place_qkv, resolve
 from attnverify.verify.case import DISTRIBUTIONS, LAYOUTS, Case
 from attnverify.verify.gqa import visible_pairs
 from attnverify.verify.profiles import budget as profile_budget
+from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import head_counts, head_dims, lengths, seeds
 
 
@@ -47,7 +48,8 @@ def varlen_cases(
         seqlens_q.append(lq)
         seqlens_k.append(lk)
         work += lq * lk
-    room = b.max_work // max(1, d * work)
+    num_tiles = sum(tiles(lq, lk) for lq, lk in zip(seqlens_q, seqlens_k, strict=True))
+    room = heads_room(b, d, work, num_tiles)
     hq, hk = draw(head_counts(min(b.max_heads_q, room)))
     return Case(
         variant="varlen",
