@@ -97,8 +97,9 @@ def split_head_dim(head_dim: int) -> tuple[int, int]:
     """Column chunks (BLOCK_D0, BLOCK_D1) covering D: powers of two >= 32, BLOCK_D1 = 0 if unused.
 
     BLOCK_D0 is the largest power of two <= D (at least 32); the rest, if any, is rounded up to
-    a power of two >= 32. Waste is at most 23% (D = 208 -> 128 + 128), against up to 78% for
-    padding to the next power of two.
+    a power of two >= 32. From D = 64 up the waste is at most 23% (D = 208 -> 128 + 128),
+    against up to 78% for padding to the next power of two; D = 16 and 48 pad to 32 and 64
+    (the fp8 dot's minimum K is 32).
     """
     d0 = max(MIN_DOT_K, 1 << (head_dim.bit_length() - 1))
     rest = head_dim - d0
