@@ -454,6 +454,11 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         out.write(f"error: {exc}\n")
         return EXIT_USAGE
+    from attnverify.verify.targets import TARGET_NAMES
+
+    if args.target not in TARGET_NAMES and ":" not in args.target:
+        out.write(f"error: unknown --target {args.target!r}; valid: {', '.join(TARGET_NAMES)}\n")
+        return EXIT_USAGE
     interpreter = devices[0].type == "cpu"
     profile = (
         args.profile or os.environ.get("ATTNVERIFY_PROFILE") or ("ci" if interpreter else "device")
