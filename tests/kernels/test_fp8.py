@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,7 @@ from attnverify.verify.fp8 import FP8_LAYOUTS
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+REPLAY_DIR = Path(tempfile.gettempdir()) / "attnverify-test-fp8-failures"
 # Interpreter-sized draws: each case stays well under a second on one CPU core.
 HEAD_DIMS = (16, 32, 48, 64, 80, 96, 144)
 
@@ -101,7 +104,9 @@ def _describe(report: object) -> str:
 
 
 def _assert_passes(case: Case) -> None:
-    report = check("fp8", fp8_attention, cases=[case], device=DEVICE, grads=False)
+    report = check(
+        "fp8", fp8_attention, cases=[case], device=DEVICE, grads=False, replay_dir=REPLAY_DIR
+    )
     assert report.passed, _describe(report)
 
 
