@@ -1,0 +1,129 @@
+"""`attnverify bench` plumbing on the CPU: verification before timing, rows, JSON, plot.
+
+Times here come from a stand-in timer (the real one, triton's do_bench, needs a GPU); the
+numbers are meaningless, the pipeline is what is tested.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from attnverify.verify import bench
+from attnverify.verify.case import Case
+
+CPU = torch.device("cpu")
+PEAKS = bench.Peaks(matmul_tflops=1.0, copy_gbps=1.0)
+GQA = Case(variant="gqa", dtype="float32", seed=1, heads_q=4, heads_k=2, head_dim=16, lq=24, lk=40)
+MERGE = Case(variant="merge", dtype="float32", seed=2, head_dim=16, lead_shape=(2, 3), num_states=4)
+
+
+def wall_timer(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+@pytest.fixture(autouse=True)
+def no_flex_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile needs a C++ toolchain and minutes on the CPU: flex is 'unavailable'."""
+
+    def missing() -> None:
+        raise ImportError("flex_attention disabled in CPU tests")
+
+    monkeypatch.setattr(bench, "_flex_module", missing)
+
+
+def test_bench_verified_shape_gets_numbers_and_speedups(home: Path) -> None:
+    out = io.StringIO()
+    rows = bench.bench_variant(
+        "gqa",
+        target="reference",
+        device=CPU,
+        timer=wall_timer,
+        peaks=PEAKS,
+        out=out,
+        cases=[GQA],
+    )
+    by_impl = {r.impl: r for r in rows}
+    ours = by_impl["reference"]
+    assert ours.status == "ok" and ours.ms is not None and ours.ms > 0
+    assert ours.unit == "TFLOP/s" and ours.value is not None and ours.pct_peak is not None
+    assert {"sdpa-math", "flex-compiled"} <= set(by_impl)
+    assert by_impl["flex-compiled"].status.startswith("unavailable: flex_attention disabled")
+    math_row = by_impl["sdpa-math"]
+    assert math_row.status == "ok" and math_row.speedup is not None and math_row.speedup > 0
+    assert ours.shape == "fp32 B1 H4/2 D16 L24x40" and ours.length == 40
+    assert "sdpa-math" in out.getvalue() and "ours speedup" in out.getvalue()
+
+
+def test_bench_failing_shape_gets_no_number(home: Path, tmp_path: Path) -> None:
+    def wrong_merge(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from attnverify.verify.targets import resolve_target
+
+        merged, merged_lse = resolve_target("reference", "merge")(out, lse)
+        return merged + 1, merged_lse
+
+    from attnverify.verify.specs import get_spec
+
+    spec = get_spec("merge")
+    rows = bench.bench_shape(
+        spec,
+        MERGE,
+        wrong_merge,
+        device=CPU,
+        timer=wall_timer,
+        peaks=PEAKS,
+        ours_name="wrong",
+        replay_dir=tmp_path,
+    )
+    ours = rows[0]
+    assert (ours.impl, ours.ms, ours.value) == ("wrong", None, None)
+    assert ours.status.startswith("failed verification: merge/float32/out")
+    assert str(tmp_path) in ours.status
+    eager = next(r for r in rows if r.impl == "torch-eager")
+    assert eager.status == "ok" and eager.unit == "GB/s" and eager.speedup is None
+
+
+def test_bench_missing_implementation_is_skipped_with_a_message(home: Path) -> None:
+    out = io.StringIO()
+    rows = bench.bench_variant(
+        "merge",
+        target="no_such_module_xyz:attention",
+        device=CPU,
+        timer=wall_timer,
+        peaks=PEAKS,
+        out=out,
+        cases=[MERGE],
+    )
+    assert "skipped: target 'no_such_module_xyz:attention': cannot import" in out.getvalue()
+    assert rows[0].status.startswith("unavailable: ") and rows[0].ms is None
+    assert any(r.impl == "torch-eager" and r.ms is not None for r in rows)
+
+
+def test_bench_json_rows_carry_device_versions_and_time(home: Path, tmp_path: Path) -> None:
+    rows = bench.bench_variant(
+        "merge",
+        target="reference",
+        device=CPU,
+        timer=wall_timer,
+        peaks=PEAKS,
+        out=io.StringIO(),
+        cases=[MERGE],
+    )
+    meta = bench.bench_meta(CPU)
+    body = json.loads(bench.write_json(tmp_path / "b.json", rows, meta, PEAKS).read_text())
+    assert body["peaks"] == {"matmul_tflops": 1.0, "copy_gbps": 1.0}
+    for row in body["rows"]:
+        assert {"device", "device_name", "torch", "triton", "git_sha", "time"} <= set(row["meta"])
+        assert row["case"]["variant"] == "merge"
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) not installed")
+    png = bench.plot(tmp_path / "b.png", rows)
+    assert png.read_bytes().startswith(b"\x89PNG")
