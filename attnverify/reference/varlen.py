@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from attnverify.reference._common import NEG_INF, attend
+from attnverify.reference._common import attend
 from attnverify.validation import ORACLE_DTYPES, check_grid_thw, check_varlen_inputs
 
 
@@ -58,23 +58,18 @@ def varlen_attention(
     )
     outs, lses = [], []
     start_q = start_k = 0
-    for lq, lk in zip(meta.seqlens_q, meta.seqlens_k, strict=True):
+    # N = 0 (cu_seqlens == [0]) means Tq = Tk = 0: one empty sequence keeps out in the graph.
+    lengths = list(zip(meta.seqlens_q, meta.seqlens_k, strict=True)) or [(0, 0)]
+    for lq, lk in lengths:
         qs = q[start_q : start_q + lq].transpose(0, 1).unsqueeze(0)
         ks = k[start_k : start_k + lk].transpose(0, 1).unsqueeze(0)
         vs = v[start_k : start_k + lk].transpose(0, 1).unsqueeze(0)
         start_q, start_k = start_q + lq, start_k + lk
-        if lq == 0:
-            continue
         o, lse = attend(qs, ks, vs, scale=meta.scale, causal=causal, compute_dtype=compute_dtype)
         outs.append(o[0].transpose(0, 1))
         lses.append(lse[0])
-    hq, d = q.shape[1], q.shape[2]
-    if outs:
-        out = torch.cat(outs, dim=0)
-        lse = torch.cat(lses, dim=1)
-    else:
-        out = q.new_zeros((0, hq, d), dtype=compute_dtype)
-        lse = q.new_full((hq, 0), NEG_INF, dtype=compute_dtype)
+    out = torch.cat(outs, dim=0)
+    lse = torch.cat(lses, dim=1)
     return (out, lse) if return_lse else out
 
 

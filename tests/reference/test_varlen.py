@@ -90,6 +90,22 @@ def test_varlen_empty_rows_exact_zero_and_zero_grads(causal: bool) -> None:
         assert (t.grad == 0).all(), f"d{name} through empty rows: {t.grad.abs().max():.3e}"
 
 
+@pytest.mark.parametrize(
+    ("seqlens_q", "seqlens_k"), [((0, 0), (3, 2)), ((), ())], ids=["no-queries", "no-sequences"]
+)
+def test_varlen_without_queries_is_differentiable(
+    seqlens_q: tuple[int, ...], seqlens_k: tuple[int, ...]
+) -> None:
+    """Tq = 0 (every sequence empty, or N = 0) still gives outputs in the autograd graph, with
+    zero gradients, so a harness can run backward on any drawn case."""
+    x = varlen_inputs(VarlenCase(seqlens_q=seqlens_q, seqlens_k=seqlens_k, hq=2, hk=1))
+    q, k, v = (x[n].requires_grad_() for n in "qkv")
+    out, lse = varlen_attention(q, k, v, x["cu_seqlens_q"], x["cu_seqlens_k"], return_lse=True)
+    assert out.shape == (0, 2, 8) and lse.shape == (2, 0)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all((g == 0).all() and g.shape == t.shape for g, t in zip(grads, (q, k, v), strict=True))
+
+
 def grid_thw_seqlens(grid: list[tuple[int, int, int]]) -> list[int]:
     """cu_seqlens by hand: every temporal frame of every image is one sequence of h * w."""
     cu = [0]
