@@ -1,0 +1,1 @@
+"""Tests of the float64 oracles (attnverify.reference) and their cross-oracle."""

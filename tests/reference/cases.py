@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from attnverify.reference import quantize_fp8
+
 AGREEMENT = 1e-12
 
 HEAD_DIMS = (8, 16, 24, 72)
@@ -274,6 +276,28 @@ def fp8_raw_near_max(gen: torch.Generator, dtype: torch.dtype, *shape: int) -> t
     magnitude = (0.5 + 0.5 * torch.rand(*shape, generator=gen, dtype=torch.float64)) * fmax
     sign = torch.where(torch.rand(*shape, generator=gen) < 0.5, -1.0, 1.0)
     return (sign * magnitude).to(torch.float32).clamp(-fmax, fmax).to(dtype)
+
+
+def fp8_case_inputs(case: Fp8Case) -> dict[str, torch.Tensor]:
+    """fp8 q, k, v and float32 descales for `case` (quantized normal values, or raw near max)."""
+    gen = generator(case.seed)
+    dtype = getattr(torch, case.dtype)
+    shapes = {
+        "q": (case.b, case.hq, case.lq, case.d),
+        "k": (case.b, case.hk, case.lk, case.d),
+        "v": (case.b, case.hk, case.lk, case.d),
+    }
+    descale_shape = () if case.granularity == "tensor" else (case.b, case.hk)
+    x = {}
+    for name, shape in shapes.items():
+        if case.near_max:
+            x[name] = fp8_raw_near_max(gen, dtype, *shape)
+            x[f"{name}_descale"] = torch.ones(descale_shape, dtype=torch.float32)
+        else:
+            x[name], x[f"{name}_descale"] = quantize_fp8(
+                randn(gen, *shape), dtype, case.granularity, kv_heads=case.hk
+            )
+    return x
 
 
 # ---------------------------------------------------------------- paged

@@ -13,7 +13,6 @@ from attnverify.reference import (
     gqa_attention,
     merge_attention_states,
     paged_attention,
-    quantize_fp8,
     varlen_attention,
 )
 
@@ -25,8 +24,8 @@ from .cases import (
     PagedCase,
     VarlenCase,
     assert_agree,
+    fp8_case_inputs,
     fp8_cases,
-    fp8_raw_near_max,
     generator,
     gqa_cases,
     gqa_inputs,
@@ -89,28 +88,6 @@ def test_crossoracle_gqa(case: GqaCase) -> None:
     )
     assert_agree("gqa/out", out, want_out)
     assert_agree("gqa/lse", lse, want_lse)
-
-
-def fp8_case_inputs(case: Fp8Case) -> dict[str, torch.Tensor]:
-    """fp8 q, k, v and float32 descales for `case` (quantized normal values, or raw near max)."""
-    gen = generator(case.seed)
-    dtype = getattr(torch, case.dtype)
-    shapes = {
-        "q": (case.b, case.hq, case.lq, case.d),
-        "k": (case.b, case.hk, case.lk, case.d),
-        "v": (case.b, case.hk, case.lk, case.d),
-    }
-    descale_shape = () if case.granularity == "tensor" else (case.b, case.hk)
-    x = {}
-    for name, shape in shapes.items():
-        if case.near_max:
-            x[name] = fp8_raw_near_max(gen, dtype, *shape)
-            x[f"{name}_descale"] = torch.ones(descale_shape, dtype=torch.float32)
-        else:
-            x[name], x[f"{name}_descale"] = quantize_fp8(
-                randn(gen, *shape), dtype, case.granularity, kv_heads=case.hk
-            )
-    return x
 
 
 def dequantize_np(x: torch.Tensor, descale: torch.Tensor, name: str, hk: int) -> np.ndarray:

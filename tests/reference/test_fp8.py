@@ -9,10 +9,9 @@ from hypothesis import strategies as st
 
 from attnverify.reference import fp8_attention, gqa_attention, quantize_fp8
 
-from .cases import FP8_NAMES, Fp8Case, assert_agree, fp8_cases, generator, randn
+from .cases import FP8_NAMES, Fp8Case, assert_agree, fp8_case_inputs, fp8_cases, generator, randn
 from .crossoracle import FP8_FORMATS
 from .fixtures import fixture_examples
-from .test_crossoracle import fp8_case_inputs
 
 
 def dequantized(x: torch.Tensor, descale: torch.Tensor, hk: int) -> torch.Tensor:
