@@ -33,6 +33,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -442,8 +443,13 @@ def bench_shape(
 
 
 def _failure_summary(result: Any) -> str:
-    bad = [c.path for c in result.comparisons if not c.passed]
-    what = result.error.splitlines()[0] if result.error else ", ".join(bad)
+    """Failing quantities, or the error's first and last lines (a compile error's cause is
+    last), and the replay file."""
+    if result.error:
+        lines = [line.strip() for line in result.error.strip().splitlines() if line.strip()]
+        what = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1][:300]}"
+    else:
+        what = ", ".join(c.path for c in result.comparisons if not c.passed)
     return f"{what} (replay: {result.replay_path})"
 
 
@@ -528,7 +534,8 @@ def write_json(path: Path, rows: Sequence[BenchRow], meta: dict[str, Any], peaks
 
 
 def plot(path: Path, rows: Sequence[BenchRow]) -> Path:
-    """TFLOP/s (or GB/s) vs length, one panel per variant, one series per (impl, dtype).
+    """TFLOP/s (or GB/s) vs length, one panel per variant, one series per implementation and
+    shape family (the shape label without its lengths).
 
     Raises:
         RuntimeError: matplotlib is not installed (`pip install 'attnverify[plot]'`).
@@ -549,13 +556,13 @@ def plot(path: Path, rows: Sequence[BenchRow]) -> Path:
         series: dict[str, list[tuple[int, float]]] = {}
         for r in rows:
             if r.variant == variant and r.value is not None:
-                key = f"{r.impl} {r.shape.split()[0]}"
-                series.setdefault(key, []).append((r.length, r.value))
+                series.setdefault(_series(r), []).append((r.length, r.value))
         for key, points in series.items():
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
         unit = next((r.unit for r in rows if r.variant == variant), "")
         ax.set_title(variant)
+        ax.set_xscale("log", base=2)
         ax.set_xlabel("length")
         ax.set_ylabel(unit)
         ax.legend(fontsize="small")
@@ -564,6 +571,12 @@ def plot(path: Path, rows: Sequence[BenchRow]) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _series(row: BenchRow) -> str:
+    """A plot series: the implementation and the shape without its length tokens."""
+    kept = [t for t in row.shape.split() if not re.match(r"(L\d|N\d|ctx|lead)", t)]
+    return " ".join([row.impl, *kept])
 
 
 def bench_meta(device: torch.device) -> dict[str, Any]:
