@@ -3,6 +3,7 @@ empty rows, and the NaN traps the oracle avoids."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import example, given
 
@@ -294,3 +295,20 @@ def test_gqa_strides_do_not_matter(case: GqaCase) -> None:
     out = gqa_attention(**{**x, **views}, causal=case.causal)
     want = gqa_attention(**x, causal=case.causal)
     assert_agree("gqa/strided", out, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gqa_same_precision_baseline_keeps_empty_rows_exact(dtype: torch.dtype) -> None:
+    """compute_dtype = the input dtype (the tolerance rule's baseline) returns that dtype and
+    keeps the empty-row rules: out 0, lse -inf, finite gradients, no NaN anywhere."""
+    _, x = empty_row_case()
+    leaves = [x[n].to(dtype).requires_grad_() for n in ("q", "k", "v", "bias")]
+    out, lse = gqa_attention(
+        *leaves[:3], mask=x["mask"], bias=leaves[3], return_lse=True, compute_dtype=dtype
+    )
+    assert out.dtype == lse.dtype == dtype
+    assert (out[:, :, 0] == 0).all() and (lse[:, :, 0] == NEG_INF).all()
+    assert torch.isfinite(out).all() and torch.isfinite(lse[:, :, 1:]).all()
+    grads = torch.autograd.grad(out.float().sum() + finite_lse(lse).float().sum(), leaves)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][:, :, 0] == 0).all() and (grads[3][:, :, 0] == 0).all()

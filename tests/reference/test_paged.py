@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -149,3 +150,26 @@ def test_merge_empty_splits_contribute_nothing() -> None:
     assert_agree("merge/single-lse", merged_lse[2], lse[2, 2])
     assert torch.isfinite(merged).all()
     assert_agree("merge/lse", merged_lse[0], torch.logsumexp(lse[0, [0, 2]], dim=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_paged_same_precision_baseline_keeps_empty_rows_exact(dtype: torch.dtype) -> None:
+    """compute_dtype = the input dtype: seq_len 0 and causally hidden rows give out 0 and lse
+    -inf, and the NaN in unused cache slots reaches nothing, with any number of splits."""
+    case = PagedCase(seq_lens=(0, 6, 2), lq=3, block_size=4, hq=4, hk=2, num_splits=3)
+    x = paged_inputs(case)
+    q, k_cache, v_cache = (t.to(dtype) for t in (x.q, x.k_cache, x.v_cache))
+    out, lse = paged_attention(
+        q,
+        k_cache,
+        v_cache,
+        x.block_tables,
+        x.seq_lens,
+        num_splits=3,
+        return_lse=True,
+        compute_dtype=dtype,
+    )
+    assert out.dtype == lse.dtype == dtype
+    assert (out[0] == 0).all() and (lse[0] == NEG_INF).all()
+    assert (out[2, :, 0] == 0).all() and (lse[2, :, 0] == NEG_INF).all()
+    assert torch.isfinite(out).all() and torch.isfinite(lse[1]).all()

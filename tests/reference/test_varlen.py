@@ -61,15 +61,25 @@ def test_varlen_gradcheck(case: VarlenCase) -> None:
     assert torch.autograd.gradcheck(fn, (q, k, v))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("causal", [False, True])
-def test_varlen_empty_rows_exact_zero_and_zero_grads(causal: bool) -> None:
-    """Rows with no key (Lk_n = 0, or hidden by causal Lq_n > Lk_n): out 0, lse -inf, zero grads."""
+def test_varlen_empty_rows_exact_zero_and_zero_grads(causal: bool, dtype: torch.dtype) -> None:
+    """Rows with no key (Lk_n = 0, or hidden by causal Lq_n > Lk_n): out 0, lse -inf, zero grads;
+    also in the same-precision baseline (inputs and compute_dtype = dtype)."""
     case = VarlenCase(seqlens_q=(3, 4, 2), seqlens_k=(0, 2, 5), hq=4, hk=2, d=8, causal=causal)
     x = varlen_inputs(case)
-    q, k, v = (x[n].requires_grad_() for n in "qkv")
+    q, k, v = (x[n].to(dtype).requires_grad_() for n in "qkv")
     out, lse = varlen_attention(
-        q, k, v, x["cu_seqlens_q"], x["cu_seqlens_k"], causal=causal, return_lse=True
+        q,
+        k,
+        v,
+        x["cu_seqlens_q"],
+        x["cu_seqlens_k"],
+        causal=causal,
+        return_lse=True,
+        compute_dtype=dtype,
     )
+    assert out.dtype == lse.dtype == dtype
     empty = torch.zeros(sum(case.seqlens_q), dtype=torch.bool)
     empty[0:3] = True
     if causal:
@@ -77,9 +87,7 @@ def test_varlen_empty_rows_exact_zero_and_zero_grads(causal: bool) -> None:
     assert (out[empty] == 0).all(), f"out of empty rows: {out[empty].abs().max():.3e}"
     assert (lse[:, empty] == float("-inf")).all()
     assert torch.isfinite(out).all() and torch.isfinite(lse[:, ~empty]).all()
-    weights = torch.randn(
-        out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
-    )
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
     (out * weights).sum().backward(retain_graph=True)
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
     assert (q.grad[empty] == 0).all()
