@@ -33,7 +33,8 @@ from attnverify.validation import check_merge_inputs, check_paged_inputs
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-MIN_BLOCK_M = 16  # tl.dot needs M >= 16
+MIN_BLOCK_M = 16  # tl.dot needs M >= 16 ...
+MIN_BLOCK_D = 16  # ... and K >= 16 (D = 8 is padded)
 MAX_BLOCK_M = 64  # rows (G * Lq) one program holds; more rows -> several row tiles
 MAX_SPLITS = 256
 WAVES = 4  # default splits aim at WAVES * num_sms programs ...
@@ -111,9 +112,9 @@ def _paged_fwd_kernel(
     qk_scale,
     group_size,
     num_queries,
-    head_dim,
     num_row_tiles,
     num_splits,
+    HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -121,6 +122,7 @@ def _paged_fwd_kernel(
     HAS_K_DESCALE: tl.constexpr,
     HAS_V_DESCALE: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     kv_head = tl.program_id(1) // num_row_tiles
@@ -139,7 +141,7 @@ def _paged_fwd_kernel(
     query = rows % num_queries
     last_key = query + seq_len - num_queries  # query i sees key j iff j <= last_key[i]
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < head_dim
+    d_ok = offs_d < HEAD_DIM
 
     # [BLOCK_M, BLOCK_D]
     q = tl.load(
@@ -163,22 +165,23 @@ def _paged_fwd_kernel(
     for start_n in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
         pos = start_n + tl.arange(0, BLOCK_N)
         pos_ok = pos < end
-        # [BLOCK_N] physical block of each key; entries past the used pages are never loaded
-        block = tl.load(table + (pos // BLOCK_SIZE) * stride_btp, mask=pos_ok, other=0)
         slot = (pos % BLOCK_SIZE).to(tl.int64)
-        block = block.to(tl.int64)
+        if BLOCK_SIZE >= BLOCK_N:
+            # the tile lies in one page: one block-table entry (tiles never pass end)
+            block = tl.load(table + (start_n // BLOCK_SIZE) * stride_btp).to(tl.int64)
+        else:
+            # [BLOCK_N] the page of each key; entries past the used pages are never loaded
+            block = tl.load(table + (pos // BLOCK_SIZE) * stride_btp, mask=pos_ok, other=0)
+            block = block.to(tl.int64)[:, None]
         kv_mask = pos_ok[:, None] & d_ok[None, :]
         # [BLOCK_N, BLOCK_D]
         k = tl.load(
-            k_head
-            + block[:, None] * stride_kb
-            + slot[:, None] * stride_ks
-            + offs_d[None, :] * stride_kd,
+            k_head + block * stride_kb + slot[:, None] * stride_ks + offs_d[None, :] * stride_kd,
             mask=kv_mask,
             other=0.0,
         )
         # [BLOCK_M, BLOCK_N] scores in log2 units
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * qk_scale
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         visible = pos_ok[None, :] & (pos[None, :] <= last_key[:, None])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -188,15 +191,14 @@ def _paged_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         # [BLOCK_N, BLOCK_D]
         v = tl.load(
-            v_head
-            + block[:, None] * stride_vb
-            + slot[:, None] * stride_vs
-            + offs_d[None, :] * stride_vd,
+            v_head + block * stride_vb + slot[:, None] * stride_vs + offs_d[None, :] * stride_vd,
             mask=kv_mask,
             other=0.0,
         )
         # [BLOCK_M, BLOCK_D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(
+            p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION
+        )
         m_i = m_new
 
     has_key = l_i > 0.0
@@ -371,16 +373,17 @@ def launch_paged(
         scale * LOG2E,
         group,
         lq,
-        head_dim,
         num_row_tiles,
         num_splits,
+        HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size,
         BLOCK_M=block_m,
         BLOCK_N=config.block_n,
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=max(MIN_BLOCK_D, triton.next_power_of_2(head_dim)),
         HAS_K_DESCALE=k_descale is not None,
         HAS_V_DESCALE=v_descale is not None,
         NUM_STAGES=config.num_stages,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
         num_warps=config.num_warps,
     )
     if num_splits > 1:
