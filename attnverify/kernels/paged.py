@@ -4,7 +4,7 @@
 paged KV cache, causal bottom-right (query i sees key j iff j <= i + seq_len - Lq; Lq = 1 sees
 the whole context). Caches are "NHD" (num_blocks, block_size, Hk, D) or "HND"
 (num_blocks, Hk, block_size, D), addressed through strides; block_size a power of two in
-[8, 256]; bfloat16 / float16 / float32 caches, or fp8 (e4m3 / e5m2) caches with float32
+[8, 256] (any block_size >= 1 works); bfloat16 / float16 / float32 caches, or fp8 (e4m3 / e5m2) caches with float32
 descales () or (Hk,). Head dims: any D in [8, 256] with D % 8 == 0 (the tile is padded to the
 next power of two with masked lanes, which load no bytes). LSE: natural log, float32.
 
@@ -166,8 +166,8 @@ def _paged_fwd_kernel(
         pos = start_n + tl.arange(0, BLOCK_N)
         pos_ok = pos < end
         slot = (pos % BLOCK_SIZE).to(tl.int64)
-        if BLOCK_SIZE >= BLOCK_N:
-            # the tile lies in one page: one block-table entry (tiles never pass end)
+        if BLOCK_SIZE % BLOCK_N == 0:
+            # the tile lies in one page: one block-table entry (start_n < end <= seq_len)
             block = tl.load(table + (start_n // BLOCK_SIZE) * stride_btp).to(tl.int64)
         else:
             # [BLOCK_N] the page of each key; entries past the used pages are never loaded
