@@ -219,6 +219,13 @@ class VariantSpec:
         empty = torch.isneginf(oracle["lse"]).unsqueeze(-1)
         return {"out": empty, "dq": empty}
 
+    def magnitudes(
+        self, case: Case, inputs: dict[str, Any], oracle: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Per quantity, the largest absolute summand behind it (the scale its rounding error
+        is relative to; see `compare`'s `magnitude`). Default: none (max|ref| is used)."""
+        return {}
+
     # ---- shared behaviour
     def quantities(self, case: Case, grads: bool) -> tuple[str, ...]:
         """Quantities compared for the case: out, lse, and with grads "d" + each grad input."""

@@ -120,6 +120,7 @@ def compare(
     *,
     zeros: torch.Tensor | None = None,
     magnitude: float | None = None,
+    logit_scale: float = 0.0,
 ) -> Comparison:
     """Judge `impl` against the float64 oracle `ref`, relative to `baseline`'s error.
 
@@ -137,12 +138,15 @@ def compare(
         magnitude: the scale floor and cap are relative to (None: max|ref|). Specs pass the
             largest magnitude over a family (e.g. all gradients) so that a quantity which is
             mathematically 0 but not structurally (dq with one key) gets a non-zero floor.
+        logit_scale: max|lse| of the case (scales the rule's logit_ulps).
 
     Returns:
         A `Comparison`; never raises.
     """
     try:
-        return _compare(path, quantity, impl, ref, baseline, rule, dtype, zeros, magnitude)
+        return _compare(
+            path, quantity, impl, ref, baseline, rule, dtype, zeros, magnitude, logit_scale
+        )
     except Exception as exc:  # a comparison never raises; the failure carries the error
         return Comparison(path, quantity, False, f"comparison failed: {exc!r}")
 
@@ -157,6 +161,7 @@ def _compare(
     dtype: torch.dtype,
     zeros: torch.Tensor | None,
     magnitude: float | None,
+    logit_scale: float,
 ) -> Comparison:
     if not isinstance(impl, torch.Tensor):
         return Comparison(
@@ -194,8 +199,9 @@ def _compare(
         ref_rms = ref_rms * magnitude / ref_max if ref_max > 0 else magnitude
         ref_max = magnitude
     e = eps(dtype)
-    floor = rule.floor_ulps * e * ref_max
-    rms_floor = rule.floor_ulps * e * ref_rms
+    ulps = rule.floor_ulps + rule.logit_ulps * logit_scale
+    floor = ulps * e * ref_max
+    rms_floor = ulps * e * ref_rms
     max_abs = float(err.max()) if numel else 0.0
     base_max = float(base_err.max()) if numel else 0.0
     rms, base_rms = _rms(err), _rms(base_err)

@@ -162,6 +162,27 @@ class GqaSpec(VariantSpec):
             zeros["dbias"] = ~reduce_to(seen, case.bias_shape, hk)
         return zeros
 
+    def magnitudes(
+        self, case: Case, inputs: dict[str, Any], oracle: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Largest summands of out and of each gradient (see `term_magnitudes`)."""
+        f64 = torch.float64
+        q, k, v = (inputs[n].detach().to(f64) for n in ("q", "k", "v"))
+        bias = inputs["bias"]
+        dout = self.grad_output(case, oracle["out"].shape, q.device).to(f64)
+        scale = case.scale if case.scale is not None else case.head_dim**-0.5
+        return term_magnitudes(
+            q,
+            k,
+            v,
+            dout,
+            oracle["out"],
+            oracle["lse"],
+            visibility(case, inputs).to(q.device),
+            None if bias is None else bias.detach().to(f64),
+            scale,
+        )
+
     def quantity_dtype(self, case: Case, quantity: str) -> torch.dtype:
         if quantity == "lse":
             return torch.float32
@@ -215,6 +236,61 @@ class GqaSpec(VariantSpec):
         return out
 
 
+def term_magnitudes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dout: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    seen: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+) -> dict[str, float]:
+    """Largest absolute summand behind out, dq, dk, dv, dbias (float64, (B, H, L, D) inputs).
+
+    With P the softmax, dP = dO V^T, delta = rowsum(dO * O), C = P * (|dP| + |delta|):
+    out ~ P |V|, dv ~ P^T |dO|, dq ~ scale C |K|, dk ~ scale C^T |Q|, dbias ~ C summed over its
+    broadcast dims. A quantity that cancels to ~0 (dq with one key, dbias broadcast over Lk)
+    keeps a floor at the rounding scale of its summands instead of 0.
+    """
+    hq, hk = q.shape[1], k.shape[1]
+    ke, ve = expand_heads(k, hq, hk), expand_heads(v, hq, hk)
+    s = torch.matmul(q, ke.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + expand_heads(bias, hq, hk)
+    finite = torch.isfinite(lse).unsqueeze(-1) & seen
+    p = torch.where(finite, torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)), 0.0)
+    dp = torch.matmul(dout, ve.transpose(-1, -2)).abs()
+    delta = (dout * out).sum(dim=-1, keepdim=True).abs()
+    c = p * (dp + delta)
+    b, lk = q.shape[0], k.shape[2]
+
+    def grouped(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(b, hk, hq // hk, lk, -1).sum(dim=2)
+
+    mags = {
+        "out": torch.matmul(p, ve.abs()),
+        "dv": grouped(torch.matmul(p.transpose(-1, -2), dout.abs())),
+        "dq": scale * torch.matmul(c, ke.abs()),
+        "dk": scale * grouped(torch.matmul(c.transpose(-1, -2), q.abs())),
+    }
+    if bias is not None:
+        mags["dbias"] = sum_to(c, tuple(bias.shape), hk)
+    return {name: float(x.max()) if x.numel() else 0.0 for name, x in mags.items()}
+
+
+def sum_to(x: torch.Tensor, shape: Sequence[int], hk: int) -> torch.Tensor:
+    """`x` (B, Hq, Lq, Lk) summed to a broadcast shape (Bm, Hm, Lqm, Lkm) (kv-headed: groups)."""
+    b, hq = x.shape[:2]
+    if shape[1] == hk and hk != hq:
+        x = x.reshape(b, hk, hq // hk, *x.shape[2:]).sum(dim=2)
+    for dim, size in enumerate(shape):
+        if size == 1 and x.shape[dim] != 1:
+            x = x.sum(dim=dim, keepdim=True)
+    return x
+
+
 def visibility(case: Case, inputs: dict[str, Any]) -> torch.Tensor:
     """(B, Hq, Lq, Lk) bool on the CPU: which keys each query sees (mask and causal)."""
     full = (case.batch, case.heads_q, case.lq, case.lk)
@@ -247,4 +323,14 @@ def visible_pairs(lq: int, lk: int, causal: bool) -> int:
 
 SPEC = GqaSpec()
 
-__all__ = ["SPEC", "GqaSpec", "gqa_cases", "make_mask", "reduce_to", "visibility", "visible_pairs"]
+__all__ = [
+    "SPEC",
+    "GqaSpec",
+    "gqa_cases",
+    "make_mask",
+    "reduce_to",
+    "sum_to",
+    "term_magnitudes",
+    "visibility",
+    "visible_pairs",
+]

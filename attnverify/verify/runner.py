@@ -35,9 +35,6 @@ from attnverify.verify.tolerance import arch_kind, lookup
 
 HOME_ENV = "ATTNVERIFY_HOME"
 DEFAULT_PROFILE_ENV = "ATTNVERIFY_PROFILE"
-# Gradients whose largest magnitude sets the floor/cap scale of every gradient (a gradient that
-# is mathematically 0 by cancellation, e.g. dq with one key, still gets a non-zero floor).
-GRAD_FAMILY = ("dq", "dk", "dv")
 
 
 @dataclass
@@ -190,7 +187,10 @@ def run_case(
             case, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
         )
     zeros = spec.structural_zeros(case, inputs, oracle)
-    grad_scale = max((_max_abs(oracle[q]) for q in GRAD_FAMILY if q in oracle), default=0.0)
+    magnitudes = spec.magnitudes(case, inputs, oracle)
+    lse = oracle["lse"]
+    finite_lse = lse[torch.isfinite(lse)]
+    logit_scale = float(finite_lse.abs().max()) if finite_lse.numel() else 0.0
     comparisons = []
     for quantity in spec.quantities(case, grads):
         if quantity not in oracle:
@@ -205,7 +205,8 @@ def run_case(
                 lookup(case.variant, case.dtype, quantity, kind),
                 spec.quantity_dtype(case, quantity),
                 zeros=zeros.get(quantity),
-                magnitude=grad_scale if quantity.startswith("d") else None,
+                magnitude=magnitudes.get(quantity),
+                logit_scale=logit_scale,
             )
         )
     return CaseResult(
@@ -214,11 +215,6 @@ def run_case(
         passed=all(c.passed for c in comparisons),
         seconds=time.perf_counter() - start,
     )
-
-
-def _max_abs(x: torch.Tensor) -> float:
-    finite = x[torch.isfinite(x)]
-    return float(finite.abs().max()) if finite.numel() else 0.0
 
 
 def write_replay(result: CaseResult, target: str, grads: bool, replay_dir: Path) -> str:
@@ -260,6 +256,7 @@ def _draw_and_run(
     progress: Callable[[int, int | None, CaseResult], None] | None,
     done: list[CaseResult],
     total: int,
+    offset: int,
 ) -> tuple[CaseResult | None, str | None]:
     """Run hypothesis over one dtype; returns (minimal failure or None, hypothesis error)."""
     shrink_budget = budget(profile).shrink_calls
@@ -289,7 +286,7 @@ def _draw_and_run(
         if last is None:
             done.append(result)
             if progress is not None:
-                progress(len(done), total, result)
+                progress(offset + len(done), total, result)
         if not result.passed:
             state["last_failure"] = result
             raise _CaseFailed(case.short())
@@ -379,6 +376,7 @@ def check(
             progress=progress,
             done=done,
             total=total,
+            offset=len(report.results),
         )
         if error:
             report.errors.append(f"{variant}/{dtype}: {error}")

@@ -16,9 +16,10 @@ import torch
 from hypothesis import strategies as st
 
 from attnverify.reference import varlen_attention
+from attnverify.reference._common import causal_visible
 from attnverify.verify._common import VariantSpec, generator, place_qkv, resolve_device, values
 from attnverify.verify.case import DISTRIBUTIONS, LAYOUTS, Case
-from attnverify.verify.gqa import visible_pairs
+from attnverify.verify.gqa import term_magnitudes, visible_pairs
 from attnverify.verify.profiles import budget as profile_budget
 from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import head_counts, head_dims, lengths, seeds
@@ -126,6 +127,44 @@ class VarlenSpec(VariantSpec):
         )
         keys = unseen[:, None, None]
         return {"out": empty, "dq": empty, "dk": keys, "dv": keys}
+
+    def magnitudes(
+        self, case: Case, inputs: dict[str, Any], oracle: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Largest summands of out and each gradient, over every sequence (`term_magnitudes`)."""
+        f64 = torch.float64
+        q, k, v = (inputs[n].detach().to(f64) for n in ("q", "k", "v"))
+        dout = self.grad_output(case, oracle["out"].shape, q.device).to(f64)
+        scale = case.scale if case.scale is not None else case.head_dim**-0.5
+        out, lse = oracle["out"], oracle["lse"]
+        best: dict[str, float] = {}
+        sq = sk = 0
+        for lq, lk in zip(case.seqlens_q, case.seqlens_k, strict=True):
+            if lq and lk:
+
+                def seq(x: torch.Tensor, start: int, n: int) -> torch.Tensor:
+                    return x[start : start + n].transpose(0, 1).unsqueeze(0)
+
+                seen = (
+                    causal_visible(lq, lk, q.device)
+                    if case.causal
+                    else torch.ones(lq, lk, dtype=torch.bool, device=q.device)
+                )
+                mags = term_magnitudes(
+                    seq(q, sq, lq),
+                    seq(k, sk, lk),
+                    seq(v, sk, lk),
+                    seq(dout, sq, lq),
+                    seq(out, sq, lq),
+                    lse[:, sq : sq + lq].unsqueeze(0),
+                    seen,
+                    None,
+                    scale,
+                )
+                for name, value in mags.items():
+                    best[name] = max(best.get(name, 0.0), value)
+            sq, sk = sq + lq, sk + lk
+        return best
 
     def flops(self, case: Case) -> float:
         """4 * sum over sequences of visible pairs * Hq * D."""

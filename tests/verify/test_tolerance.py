@@ -1,0 +1,95 @@
+"""Tolerance policy: lookup, and the evidence behind its numbers.
+
+- A flash-style implementation (tests/verify/emulation.py: online softmax over KV blocks, exp2
+  with log2(e) folded in, P rounded to the input dtype, FlashAttention-2 backward) passes in
+  float16, bfloat16 and float32, forward and backward; the fp8 one (P rounded per block after
+  the running max) passes too. Their worst ratios are quoted in tolerance.py.
+- fp32 is IEEE: the oracle in float32 with q, k, v rounded to TF32 fails fp32 cases.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnverify import reference
+from attnverify.verify import Case, check
+from attnverify.verify.case import VARIANTS
+from attnverify.verify.specs import get_spec
+from attnverify.verify.tolerance import ARCH_KINDS, RULES, lookup
+
+from .emulation import flash_fp8, flash_gqa, round_tf32, tf32
+
+EXAMPLES = 8
+
+
+def test_tolerance_lookup_prefers_the_most_specific_entry() -> None:
+    assert lookup("gqa", "float32", "out") == RULES[("*", "float32", "out", "*")]
+    assert lookup("gqa", "float16", "out") == RULES[("*", "*", "out", "*")]
+    assert lookup("fp8", "float8_e5m2", "out") == RULES[("fp8", "*", "out", "*")]
+    with pytest.raises(KeyError, match="no tolerance rule"):
+        lookup("gqa", "float16", "dz")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tolerance_covers_every_quantity(variant: str) -> None:
+    spec = get_spec(variant)
+    case = Case(variant=variant, dtype="float16", seed=0, bias_shape=(1, 1, 1, 1))
+    for dtype in (*spec.default_dtypes(torch.device("cpu")), "bfloat16"):
+        for quantity in spec.quantities(case, grads=True):
+            for arch in ARCH_KINDS:
+                rule = lookup(variant, dtype, quantity, arch)
+                assert rule.ratio >= 1 and rule.floor_ulps > 0 and 0 < rule.cap < 1, rule
+
+
+def test_tolerance_round_tf32_keeps_ten_mantissa_bits() -> None:
+    x = torch.tensor([1.0 + 2.0**-10, 1.0 + 2.0**-11 + 2.0**-12, 3.0])
+    assert round_tf32(x).tolist() == [1.0 + 2.0**-10, 1.0 + 2.0**-10, 3.0]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(variant="gqa", dtype="float32", seed=1, heads_q=2, head_dim=64, lq=64, lk=64),
+        Case(variant="gqa", dtype="float32", seed=2, lq=1, lk=33, head_dim=72, causal=True),
+        Case(
+            variant="varlen",
+            dtype="float32",
+            seed=3,
+            head_dim=80,
+            seqlens_q=(17, 0, 40),
+            seqlens_k=(17, 5, 40),
+        ),
+    ],
+    ids=["gqa-64x64", "gqa-decode-d72", "varlen"],
+)
+def test_tolerance_tf32_fails_fp32(case: Case, tmp_path) -> None:
+    fn = reference.gqa_attention if case.variant == "gqa" else reference.varlen_attention
+    report = check(case.variant, tf32(fn), cases=[case], grads=False, replay_dir=tmp_path)
+    assert not report.passed, str(report)
+    out = next(c for c in report.results[0].comparisons if c.quantity == "out")
+    assert not out.passed and out.ratio > 10, str(out)
+
+
+def test_tolerance_tf32_fails_drawn_fp32_cases(tmp_path) -> None:
+    report = check(
+        "gqa",
+        tf32(reference.gqa_attention),
+        dtypes=["float32"],
+        examples=EXAMPLES,
+        grads=False,
+        replay_dir=tmp_path,
+    )
+    assert not report.passed, str(report)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_tolerance_flash_emulation_passes(dtype: str, tmp_path) -> None:
+    report = check("gqa", flash_gqa, dtypes=[dtype], examples=EXAMPLES, seed=5, replay_dir=tmp_path)
+    assert report.passed, str(report)
+    assert report.num_cases == EXAMPLES
+
+
+def test_tolerance_flash_fp8_emulation_passes(tmp_path) -> None:
+    report = check("fp8", flash_fp8, examples=EXAMPLES, seed=5, replay_dir=tmp_path)
+    assert report.passed, str(report)
