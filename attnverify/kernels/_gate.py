@@ -20,7 +20,7 @@ from attnverify.records import load_records, normalize_device, record_status, re
 
 REQUIRE_ENV = "ATTNVERIFY_REQUIRE_VERIFIED"
 
-_checked: set[tuple[str, str]] = set()
+_checked: set[tuple[str, torch.device | str]] = set()
 
 
 class UnverifiedKernelError(RuntimeError):
@@ -73,7 +73,7 @@ def enforce_verified(variant: str, device: torch.device) -> None:
 
     A failed check is not cached: every later call raises again until a record exists.
     """
-    key = (variant, str(device))
+    key = (variant, device)
     if key in _checked:
         return
     if os.environ.get(REQUIRE_ENV, "0") == "1":

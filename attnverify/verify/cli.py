@@ -39,6 +39,7 @@ import torch
 
 from attnverify import records
 from attnverify.verify.report import (
+    ProgressBar,
     RunResult,
     format_table,
     summary_rows,
@@ -54,79 +55,6 @@ PROFILES = ("ci", "device", "thorough")
 INTERPRET_ENV = "TRITON_INTERPRET"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 WORKER_POLL_S = 0.5
-
-
-class ProgressBar:
-    """A plain-text progress bar on stderr (no dependency).
-
-    On a TTY it redraws one line with "\\r" (at most every `redraw_s`); otherwise it prints a
-    line each time another tenth of the total is done or `interval_s` passed, and at the end.
-    Called as `bar(done, total, result)` (the harness's progress callback); it counts calls
-    itself, so `done` is informational.
-    """
-
-    def __init__(
-        self,
-        label: str,
-        *,
-        stream: TextIO | None = None,
-        interval_s: float = 10.0,
-        redraw_s: float = 0.1,
-    ) -> None:
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval_s = interval_s
-        self.redraw_s = redraw_s
-        self.count = 0
-        self.failures = 0
-        self.total: int | None = None
-        self.start = time.monotonic()
-        self.last_draw = 0.0
-        self.last_tenth = 0
-
-    def __call__(self, done: int, total: int | None, result: Any = None) -> None:
-        self.count += 1
-        self.total = total if total is not None else self.total
-        if result is not None and not getattr(result, "passed", True):
-            self.failures += 1
-        now = time.monotonic()
-        if self.tty:
-            if now - self.last_draw >= self.redraw_s:
-                self._draw(now)
-            return
-        tenth = (10 * self.count // self.total) if self.total else 0
-        if tenth > self.last_tenth or now - self.last_draw >= self.interval_s:
-            self.last_tenth = tenth
-            self._draw(now)
-
-    def line(self, now: float | None = None) -> str:
-        """The bar's text: "gqa [#####.....] 12/24 0 failed 3.2s"."""
-        elapsed = (now if now is not None else time.monotonic()) - self.start
-        if self.total:
-            filled = min(20, 20 * self.count // self.total)
-            bar = "[" + "#" * filled + "." * (20 - filled) + "]"
-            counts = f"{bar} {self.count}/{self.total}"
-        else:
-            counts = f"{self.count} cases"
-        return f"{self.label} {counts} {self.failures} failed {elapsed:.1f}s"
-
-    def _draw(self, now: float) -> None:
-        self.last_draw = now
-        if self.tty:
-            self.stream.write("\r\x1b[K" + self.line(now))
-        else:
-            self.stream.write(self.line(now) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r\x1b[K" + self.line(now) + "\n")
-        else:
-            self.stream.write(self.line(now) + " done\n")
-        self.stream.flush()
 
 
 # ---------------------------------------------------------------- devices
@@ -619,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", action="append", help="input dtype to draw, repeatable (default: per variant)"
     )
     verify.add_argument(
-        "--examples", type=int, help="cases per variant and dtype (default: profile)"
+        "--examples", type=_positive, help="cases per variant and dtype (default: profile)"
     )
     verify.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     verify.add_argument(
@@ -661,10 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", type=Path, help="draw TFLOP/s or GB/s vs length (matplotlib)")
     bench.add_argument("--target", default="attnverify", help="what 'ours' is (default attnverify)")
     bench.add_argument(
-        "--max-shapes", type=int, help="time at most this many shapes per variant (smoke runs)"
+        "--max-shapes",
+        type=_positive,
+        help="time at most this many shapes per variant (smoke runs)",
     )
     bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
 
 
 def _variant_option(parser: argparse.ArgumentParser) -> None:
@@ -685,4 +622,4 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     return args.func(args, out if out is not None else sys.stdout)
 
 
-__all__ = ["ProgressBar", "build_parser", "draw_cases", "main", "select_device"]
+__all__ = ["build_parser", "draw_cases", "main", "select_device"]

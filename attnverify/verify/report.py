@@ -1,4 +1,4 @@
-"""Reports of a verification run: summary rows, a text table, JSON, JUnit XML and Markdown.
+"""Output of a verification run: progress bar, summary rows, text table, JSON, JUnit, Markdown.
 
 Everything here reads the harness's result objects (`Report`, `CaseResult`, `Comparison`) by
 their documented attributes and never runs anything, so the same code serves one `check()` call,
@@ -14,11 +14,13 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 ERROR_QUANTITY = "error"
 
@@ -281,6 +283,79 @@ def write_markdown(path: str | Path, runs: Sequence[RunResult], meta: dict[str, 
     return out
 
 
+class ProgressBar:
+    """A plain-text progress bar on stderr (no dependency).
+
+    On a TTY it redraws one line with "\\r" (at most every `redraw_s`); otherwise it prints a
+    line each time another tenth of the total is done or `interval_s` passed, and at the end.
+    Called as `bar(done, total, result)` (the harness's progress callback); it counts calls
+    itself, so `done` is informational.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        interval_s: float = 10.0,
+        redraw_s: float = 0.1,
+    ) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval_s = interval_s
+        self.redraw_s = redraw_s
+        self.count = 0
+        self.failures = 0
+        self.total: int | None = None
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.last_tenth = 0
+
+    def __call__(self, done: int, total: int | None, result: Any = None) -> None:
+        self.count += 1
+        self.total = total if total is not None else self.total
+        if result is not None and not getattr(result, "passed", True):
+            self.failures += 1
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_draw >= self.redraw_s:
+                self._draw(now)
+            return
+        tenth = (10 * self.count // self.total) if self.total else 0
+        if tenth > self.last_tenth or now - self.last_draw >= self.interval_s:
+            self.last_tenth = tenth
+            self._draw(now)
+
+    def line(self, now: float | None = None) -> str:
+        """The bar's text: "gqa [#####.....] 12/24 0 failed 3.2s"."""
+        elapsed = (now if now is not None else time.monotonic()) - self.start
+        if self.total:
+            filled = min(20, 20 * self.count // self.total)
+            bar = "[" + "#" * filled + "." * (20 - filled) + "]"
+            counts = f"{bar} {self.count}/{self.total}"
+        else:
+            counts = f"{self.count} cases"
+        return f"{self.label} {counts} {self.failures} failed {elapsed:.1f}s"
+
+    def _draw(self, now: float) -> None:
+        self.last_draw = now
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.line(now))
+        else:
+            self.stream.write(self.line(now) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.line(now) + "\n")
+        else:
+            self.stream.write(self.line(now) + " done\n")
+        self.stream.flush()
+
+
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, seconds precision."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -288,6 +363,7 @@ def utc_now() -> str:
 
 __all__ = [
     "ERROR_QUANTITY",
+    "ProgressBar",
     "RunResult",
     "SummaryRow",
     "case_dict",

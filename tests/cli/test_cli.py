@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from attnverify import records
-from attnverify.verify.cli import ProgressBar, main
+from attnverify.verify.cli import main
+from attnverify.verify.report import ProgressBar
 
 MERGE_KERNEL = importlib.util.find_spec("attnverify.kernels.paged")
 
