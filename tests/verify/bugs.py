@@ -576,7 +576,8 @@ def gqa_empty_rows_nan_grad(
 # ---------------------------------------------------------------- varlen
 
 
-def _bounds(cu: torch.Tensor) -> list[tuple[int, int]]:
+def seq_ranges(cu: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each sequence from a cu_seqlens tensor."""
     values = cu.tolist()
     return list(itertools.pairwise(values))
 
@@ -641,9 +642,16 @@ def varlen_leak_next_key(
     return_lse=False,
 ):
     """Key bound off by one (j <= end): each sequence also attends the next sequence's first key."""
-    ranges_k = [(a, min(b + 1, k.shape[0])) for a, b in _bounds(cu_seqlens_k)]
+    ranges_k = [(a, min(b + 1, k.shape[0])) for a, b in seq_ranges(cu_seqlens_k)]
     return varlen_by_ranges(
-        q, k, v, _bounds(cu_seqlens_q), ranges_k, causal=causal, scale=scale, return_lse=return_lse
+        q,
+        k,
+        v,
+        seq_ranges(cu_seqlens_q),
+        ranges_k,
+        causal=causal,
+        scale=scale,
+        return_lse=return_lse,
     )
 
 
@@ -670,8 +678,8 @@ def varlen_drop_last_key(
         q,
         k,
         v,
-        _bounds(cu_seqlens_q),
-        _bounds(cu_seqlens_k),
+        seq_ranges(cu_seqlens_q),
+        seq_ranges(cu_seqlens_k),
         causal=causal,
         scale=scale,
         return_lse=return_lse,
@@ -694,7 +702,7 @@ def varlen_keys_use_cu_seqlens_q(
     return_lse=False,
 ):
     """cu_seqlens_q used for the key ranges too (a self-attention-only assumption)."""
-    ranges = _bounds(cu_seqlens_q)
+    ranges = seq_ranges(cu_seqlens_q)
     return varlen_by_ranges(
         q, k, v, ranges, ranges, causal=causal, scale=scale, return_lse=return_lse
     )
@@ -715,7 +723,7 @@ def varlen_causal_packed_positions(
     return_lse=False,
 ):
     """Causal compares packed positions (k_start + j <= q_start + i), not per-sequence bottom-right."""
-    ranges_q, ranges_k = _bounds(cu_seqlens_q), _bounds(cu_seqlens_k)
+    ranges_q, ranges_k = seq_ranges(cu_seqlens_q), seq_ranges(cu_seqlens_k)
     if not causal:
         return varlen_by_ranges(
             q, k, v, ranges_q, ranges_k, causal=False, scale=scale, return_lse=return_lse
@@ -758,8 +766,8 @@ def varlen_last_sequence_skipped(
         q,
         k,
         v,
-        _bounds(cu_seqlens_q)[:-1],
-        _bounds(cu_seqlens_k)[:-1],
+        seq_ranges(cu_seqlens_q)[:-1],
+        seq_ranges(cu_seqlens_k)[:-1],
         causal=causal,
         scale=scale,
         return_lse=return_lse,
@@ -785,8 +793,8 @@ def varlen_empty_sequence_nan(
         q,
         k,
         v,
-        _bounds(cu_seqlens_q),
-        _bounds(cu_seqlens_k),
+        seq_ranges(cu_seqlens_q),
+        seq_ranges(cu_seqlens_k),
         causal=causal,
         scale=scale,
         return_lse=True,
@@ -814,8 +822,8 @@ def varlen_lse_token_major(
         q,
         k,
         v,
-        _bounds(cu_seqlens_q),
-        _bounds(cu_seqlens_k),
+        seq_ranges(cu_seqlens_q),
+        seq_ranges(cu_seqlens_k),
         causal=causal,
         scale=scale,
         return_lse=True,
@@ -849,8 +857,8 @@ def varlen_dkdv_one_head(
         q,
         k,
         v,
-        _bounds(cu_seqlens_q),
-        _bounds(cu_seqlens_k),
+        seq_ranges(cu_seqlens_q),
+        seq_ranges(cu_seqlens_k),
         causal=causal,
         scale=scale,
         return_lse=return_lse,
@@ -942,7 +950,8 @@ def paged_split_kernel(
     return _finish(torch.cat(outs), torch.cat(lses), q.dtype, return_lse)
 
 
-def _merge_ok(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_correct(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The oracle's merge in float32 (what a correct split-KV kernel does)."""
     return reference.merge_attention_states(out, lse, compute_dtype=torch.float32)
 
 
@@ -1256,7 +1265,7 @@ def paged_split_drops_last_key(
         num_splits=num_splits,
         kv_layout=kv_layout,
         return_lse=return_lse,
-        merge=_merge_ok,
+        merge=merge_correct,
         chunk=lambda lo, hi: (lo, max(lo, hi - 1)),
     )
 

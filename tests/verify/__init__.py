@@ -1,0 +1,1 @@
+"""Tests of the verifier: planted bugs, false alarms, targets, tolerance, strategies."""
