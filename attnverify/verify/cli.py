@@ -147,10 +147,12 @@ def draw_cases(
 
 
 def _dtype_names(args: argparse.Namespace, variant: str, device: torch.device) -> list[str]:
+    """The dtypes to draw for `variant`: those of `--dtype` it takes (fp8 names for fp8,
+    the others for the rest), else the spec's defaults on `device`."""
     from attnverify.verify.specs import get_spec
 
     if args.dtype:
-        return list(args.dtype)
+        return [d for d in args.dtype if d.startswith("float8") == (variant == "fp8")]
     return list(get_spec(variant).default_dtypes(device))
 
 
@@ -163,6 +165,10 @@ def _verify_one_device(
     runs: list[RunResult] = []
     skipped: list[str] = []
     for variant in variants:
+        dtypes = _dtype_names(args, variant, device)
+        if not dtypes:
+            skipped.append(f"{variant}: takes none of --dtype {', '.join(args.dtype)}")
+            continue
         try:
             impl = _resolve(args.target, variant)
         except ValueError as exc:
@@ -179,7 +185,7 @@ def _verify_one_device(
             examples=args.examples,
             seed=args.seed,
             device=device,
-            dtypes=args.dtype,
+            dtypes=dtypes,
             grads=args.grads,
             profile=profile,
             progress=bar,
@@ -249,13 +255,14 @@ def _verify_sharded(
     """Draw every variant's cases here, deal them round-robin to one worker per device (spawned
     processes), merge what comes back; a worker that dies is reported with the cases it held."""
     plan: dict[str, list[list[Any]]] = {}
+    skipped: list[str] = []
     for variant in variants:
+        dtypes = _dtype_names(args, variant, devices[0])
+        if not dtypes:
+            skipped.append(f"{variant}: takes none of --dtype {', '.join(args.dtype)}")
+            continue
         cases = draw_cases(
-            variant,
-            profile=profile,
-            dtypes=_dtype_names(args, variant, devices[0]),
-            examples=args.examples,
-            seed=args.seed,
+            variant, profile=profile, dtypes=dtypes, examples=args.examples, seed=args.seed
         )
         plan[variant] = [cases[i :: len(devices)] for i in range(len(devices))]
     options = {
@@ -275,7 +282,6 @@ def _verify_sharded(
     total = sum(len(c) for shards in plan.values() for c in shards)
     bar = ProgressBar(f"{len(variants)} variants on {len(devices)} devices")
     received: dict[tuple[str, int], RunResult] = {}
-    skipped: list[str] = []
     finished: set[int] = set()
     dead: dict[int, int | None] = {}
 
@@ -307,7 +313,7 @@ def _verify_sharded(
     for proc in workers:
         proc.join()
     runs = []
-    for variant in variants:
+    for variant in plan:
         for rank, device in enumerate(devices):
             run = received.get((variant, rank))
             if run is None and rank in dead:
@@ -382,7 +388,15 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         out.write(f"error: {exc}\n")
         return EXIT_USAGE
+    from attnverify.verify.case import dtype_from_name
     from attnverify.verify.targets import TARGET_NAMES
+
+    try:
+        for name in args.dtype or ():
+            dtype_from_name(name)
+    except ValueError as exc:
+        out.write(f"error: --dtype: {exc}\n")
+        return EXIT_USAGE
 
     if args.target not in TARGET_NAMES and ":" not in args.target:
         out.write(f"error: unknown --target {args.target!r}; valid: {', '.join(TARGET_NAMES)}\n")

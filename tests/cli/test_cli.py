@@ -82,9 +82,30 @@ def test_cli_verify_failure_then_replay_round_trip(home: Path, tmp_path: Path, i
     assert "merge/float32/out: ok" in text and "merge/float32/lse: ok" in text
 
 
+def test_cli_dtypes_go_to_the_variants_that_take_them(home: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    dtypes = "--dtype float32 --dtype float8_e5m2"
+    code, text = run_cli(
+        *f"verify --target reference {dtypes} --examples 1 --report {report}".split()
+    )
+    assert code == 0, text
+    pairs = sorted(
+        (c["variant"], c["case"]["dtype"]) for c in json.loads(report.read_text())["cases"]
+    )
+    assert pairs == [
+        ("fp8", "float8_e5m2"),
+        ("gqa", "float32"),
+        ("merge", "float32"),
+        ("paged", "float32"),
+        ("varlen", "float32"),
+    ]
+
+
 def test_cli_usage_errors_exit_2(home: Path, tmp_path: Path) -> None:
     code, text = run_cli("verify", "--target", "no-such-target", "--variant", "gqa")
     assert code == 2 and "unknown --target 'no-such-target'; valid: attnverify" in text
+    code, text = run_cli("verify", "--dtype", "bfloat17")
+    assert code == 2 and "--dtype: dtype name must name a torch dtype" in text
     code, text = run_cli("verify", "--device", "cuda:7")
     assert code == 2 and "visible CUDA devices" in text
     code, text = run_cli("replay", str(tmp_path / "missing.json"))
