@@ -41,8 +41,8 @@ from attnverify.arch import Arch, current_arch, interpreter_active
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import FP8_DTYPES, check_fp8_inputs, check_tensor
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 HEAD_DIM_MULTIPLE = 16
 MIN_DOT_K = 32
 # Not torch.finfo(dtype).eps: torch reports 2^-3 for float8_e5m2fnuz.
@@ -74,10 +74,9 @@ GPU_CONFIGS = [
     triton.Config(
         {"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_block_shapes
     )
-    for bn in (64, 128)
-    for w in (4, 8)
-    for s in (3, 4)
-]
+    for bn, w, s in ((128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3),
+                     (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
+]  # fmt: skip
 # Tuned separately per head dim, causality and V layout (K-major V pipelines differently).
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG"]
 
@@ -132,6 +131,16 @@ def _load_tile(
     else:
         tile = tl.load(ptrs)
     return tile
+
+
+@triton.jit
+def _negate_fp8_if(x, flip):
+    """-x where flip (a scalar), else x, for an fp8 tile: flips the sign bit of non-zeros
+    (fnuz formats have no -0: their 0x80 is NaN)."""
+    bits = x.to(tl.uint8, bitcast=True)
+    sign = flip.to(tl.uint8) * 0x80
+    bits = tl.where((bits & 0x7F) != 0, bits ^ sign, bits)
+    return bits.to(x.dtype, bitcast=True)
 
 
 @triton.jit
@@ -227,21 +236,21 @@ def _attend_tiles(
         qk = tl.dot(q0, kt0)
         if HAS_D1:
             qk = tl.dot(q1, kt1, qk)
-        # [BLOCK_M, BLOCK_N] scores in log2 units
-        s = qk * qk_scale
         if MASKED:
+            # [BLOCK_M, BLOCK_N] scores in log2 units, hidden keys -inf
             visible = offs_n[None, :] < n_left
             if IS_CAUSAL:
                 visible = visible & (start_n + offs_n[None, :] <= offs_m[:, None] + causal_offset)
-            s = tl.where(visible, s, float("-inf"))
-        # [BLOCK_M]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASKED:
-            # rows with nothing visible yet keep m = -inf; subtract 0 instead (no NaN)
+            s = tl.where(visible, qk * qk_scale, float("-inf"))
+            # [BLOCK_M]; rows with nothing visible yet keep m = -inf: subtract 0 (no NaN)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+        else:
+            # qk_scale >= 0: max(qk) * scale is the max score; one FMA per element
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        # [BLOCK_M, BLOCK_N]
-        p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if EXACT_P_ROUNDING:
             p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
@@ -320,6 +329,13 @@ def _fp8_fwd_kernel(
         q1 = _load_tile(q_ptr + BLOCK_D0 * stride_qd, offs_mi, offs_d1, stride_qm, stride_qd,
                         Lq - start_m, HEAD_DIM - BLOCK_D0, True, MASK_D1)
         acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
+    # A negative scale (or descale) moves into q, exactly (fp8 negation flips the sign bit),
+    # so that qk_scale >= 0 and max(qk) * qk_scale is the row max of the scores.
+    flip = qk_scale < 0
+    q0 = _negate_fp8_if(q0, flip)
+    if HAS_D1:
+        q1 = _negate_fp8_if(q1, flip)
+    qk_scale = tl.abs(qk_scale)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 

@@ -55,6 +55,7 @@ def _fp8_case(
     out_dtype: str = "float16",
     descale: str = "tensor",
     distribution: str = "normal",
+    scale: float | None = None,
 ) -> Case:
     return Case(
         variant="fp8",
@@ -71,6 +72,7 @@ def _fp8_case(
         out_dtype=out_dtype,
         descale=descale,
         distribution=distribution,
+        scale=scale,
     )
 
 
@@ -117,6 +119,7 @@ def _assert_passes(case: Case) -> None:
 @example(case=_fp8_case(lq=5, lk=0, head_dim=96))
 @example(case=_fp8_case(dtype="float8_e5m2", lq=33, lk=65, head_dim=144, layout="v_seq_contiguous"))
 @example(case=_fp8_case(lq=24, lk=40, layout="transposed", distribution="peaked"))
+@example(case=_fp8_case(lq=30, lk=45, causal=True, scale=-0.3, descale="head"))
 def test_fp8_matches_oracle(case: Case) -> None:
     _assert_passes(case)
 
@@ -183,6 +186,16 @@ def test_fp8_tma_and_pointer_loads_agree(v_layout: str) -> None:
     assert torch.equal(out_ptr, out_tma) and torch.equal(lse_ptr, lse_tma), (
         f"TMA vs pointer loads: max |diff| = {(out_ptr.float() - out_tma.float()).abs().max()}"
     )
+
+
+def test_fp8_negative_descale_moves_into_scale() -> None:
+    """A negative descale is a negative scale: bitwise the same result."""
+    x = _inputs(lq=30, lk=40)
+    args = (x["q"], x["k"], x["v"])
+    kw = {"causal": True, "out_dtype": torch.float16, "return_lse": True}
+    neg = fp8_attention(*args, -x["q_descale"], x["k_descale"], x["v_descale"], scale=0.2, **kw)
+    pos = fp8_attention(*args, x["q_descale"], x["k_descale"], x["v_descale"], scale=-0.2, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(neg, pos, strict=True))
 
 
 @pytest.mark.parametrize(
