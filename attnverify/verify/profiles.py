@@ -58,7 +58,7 @@ class Budget:
 BUDGETS = {
     "ci": Budget(
         max_len=160,
-        max_head_dim=136,
+        max_head_dim=144,
         max_heads_q=8,
         max_batch=3,
         max_work=3_000_000,

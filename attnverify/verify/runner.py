@@ -63,8 +63,9 @@ class CaseResult:
         lines = [head]
         if self.error:
             lines.append(f"  error: {self.error}")
-        lines.extend(str(c) for c in self.comparisons if not c.passed)
-        if self.replay_path:
+        failing = [str(c) for c in self.comparisons if not c.passed]
+        lines.extend(failing)
+        if self.replay_path and not failing:
             lines.append(f"  replay: attnverify replay {self.replay_path}")
         return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from attnverify.verify.case import Case
 from attnverify.verify.profiles import Budget
 
-HEAD_DIMS = (64, 32, 128, 8, 16, 72, 80, 96, 112, 136, 256)
+HEAD_DIMS = (64, 32, 128, 8, 16, 72, 80, 96, 112, 136, 144, 256)
 SPECIAL_LENGTHS = (1, 16, 17, 15, 32, 33, 63, 64, 65, 111, 127, 128, 129, 160, 255, 256, 257)
 TILE_SIZES = (16, 32, 64, 128)
 GROUP_SIZES = (1, 2, 3, 4, 8, 5)
@@ -32,10 +32,10 @@ def lengths(max_len: int, *, min_len: int = 1) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(lo + special), st.integers(min_len, max_len))
 
 
-def head_dims(budget: Budget) -> st.SearchStrategy[int]:
-    """Head dims D, powers of two and not (72, 80, 96, 112, 136), up to the budget's maximum;
-    shrinks towards 64."""
-    return st.sampled_from([d for d in HEAD_DIMS if d <= budget.max_head_dim])
+def head_dims(budget: Budget, multiple: int = 8) -> st.SearchStrategy[int]:
+    """Head dims D, powers of two and not (72, 80, 96, 112, 136, 144), up to the budget's
+    maximum, D % multiple == 0; shrinks towards 64."""
+    return st.sampled_from([d for d in HEAD_DIMS if d <= budget.max_head_dim and d % multiple == 0])
 
 
 def head_counts(max_heads_q: int) -> st.SearchStrategy[tuple[int, int]]:
