@@ -153,6 +153,25 @@ class Fp8Spec(VariantSpec):
             return torch.float32
         return dtype_from_name(case.out_dtype or "bfloat16")
 
+    def pinned_cases(self) -> list[Case]:
+        """Decode with causal and per-head descales, Lq > Lk causal (empty rows), 65 keys
+        with V sequence-contiguous."""
+        pin = {"variant": "fp8", "dtype": "float8_e4m3fn", "seed": 11, "out_dtype": "float16"}
+        return [
+            Case(**pin, batch=2, heads_q=4, heads_k=2, lq=1, lk=70, causal=True, descale="head"),
+            Case(**pin, head_dim=80, lq=40, lk=17, causal=True),
+            Case(
+                **pin,
+                heads_q=2,
+                heads_k=2,
+                head_dim=128,
+                lq=65,
+                lk=65,
+                descale="head",
+                layout="v_seq_contiguous",
+            ),
+        ]
+
     def flops(self, case: Case) -> float:
         """4 * visible pairs * Hq * D over the batch."""
         pairs = visible_pairs(case.lq, case.lk, case.causal)

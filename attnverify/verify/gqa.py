@@ -190,6 +190,62 @@ class GqaSpec(VariantSpec):
             return torch.float32
         return case.torch_dtype
 
+    def pinned_cases(self) -> list[Case]:
+        """Decode with causal (Lq = 1 < Lk), Lq > Lk causal (empty rows), Lk = 65 with G = 8,
+        kv-headed mask with blank rows plus a float32 bias, blank tiles, a bias broadcast over
+        Lq with causal and D = 136, an explicit scale on offset memory."""
+        pin = {"variant": "gqa", "dtype": "float16", "seed": 11}
+        return [
+            Case(**pin, heads_q=4, heads_k=2, lq=1, lk=77, causal=True),
+            Case(**pin, head_dim=72, lq=40, lk=17, causal=True),
+            Case(**pin, heads_q=8, heads_k=1, head_dim=80, lq=63, lk=65),
+            Case(
+                **pin,
+                batch=2,
+                heads_q=6,
+                heads_k=3,
+                lq=33,
+                lk=40,
+                mask_shape=(2, 3, 33, 40),
+                mask_kind="rows",
+                bias_shape=(1, 1, 33, 40),
+                bias_dtype="float32",
+            ),
+            Case(
+                **pin,
+                heads_q=2,
+                heads_k=2,
+                lq=48,
+                lk=96,
+                mask_shape=(1, 2, 48, 96),
+                mask_kind="tiles",
+                mask_tile=16,
+                layout="transposed",
+                distribution="peaked",
+            ),
+            Case(
+                **pin,
+                batch=2,
+                head_dim=136,
+                lq=20,
+                lk=20,
+                causal=True,
+                bias_shape=(2, 1, 1, 20),
+                bias_dtype="float16",
+                layout="packed",
+            ),
+            Case(
+                **pin,
+                heads_q=3,
+                heads_k=3,
+                lq=17,
+                lk=129,
+                scale=0.3,
+                layout="offset",
+                distribution="outliers",
+            ),
+        ]
+
     def flops(self, case: Case) -> float:
         """4 * visible (query, key) pairs * Hq * D over the batch (mask holes not subtracted)."""
         return (

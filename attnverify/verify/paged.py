@@ -192,6 +192,51 @@ class PagedSpec(VariantSpec):
             "kv_layout": case.kv_layout,
         }
 
+    def pinned_cases(self) -> list[Case]:
+        """Decode over shuffled blocks with spare blocks, -1 junk, seq_len 0 and more splits
+        than blocks; Lq = 4 > seq_len (empty rows) on an fp8 HND cache with per-head descales
+        and ids past num_blocks; block size 1, D = 80, K/V from one buffer."""
+        pin = {"variant": "paged", "dtype": "float16", "seed": 11}
+        return [
+            Case(
+                **pin,
+                batch=3,
+                heads_q=8,
+                heads_k=2,
+                seq_lens=(33, 0, 16),
+                block_size=16,
+                num_blocks=6,
+                block_tables=((4, 1, 5, -1), (-1, -1, -1, -1), (0, -1, -1, -1)),
+                num_splits=8,
+            ),
+            Case(
+                **pin,
+                batch=2,
+                heads_q=4,
+                heads_k=4,
+                lq=4,
+                seq_lens=(3, 50),
+                block_size=8,
+                num_blocks=9,
+                block_tables=((7, 16, 17, 18, 19, 20, 21, 22), (2, 8, 0, 5, 1, 3, 6, 23)),
+                kv_layout="HND",
+                cache_dtype="float8_e4m3fn",
+                descale="head",
+                num_splits=3,
+            ),
+            Case(
+                **pin,
+                heads_q=2,
+                heads_k=1,
+                head_dim=80,
+                seq_lens=(5,),
+                block_size=1,
+                num_blocks=7,
+                block_tables=((6, 0, 3, 1, 2, 4),),
+                layout="packed",
+            ),
+        ]
+
     def flops(self, case: Case) -> float:
         """4 * visible (query, key) pairs (bottom-right causal over the context) * Hq * D."""
         pairs = sum(visible_pairs(case.lq, n, True) for n in case.seq_lens)
@@ -294,6 +339,15 @@ class MergeSpec(VariantSpec):
             "out": physical(out, case.layout, case.torch_dtype, dev),
             "lse": lse.to(dev),
         }
+
+    def pinned_cases(self) -> list[Case]:
+        """Rows whose states are all empty, lse 100s apart over 16 states, a single state."""
+        pin = {"variant": "merge", "dtype": "float16", "seed": 11}
+        return [
+            Case(**pin, lead_shape=(3, 4), num_states=5, state_kind="all_empty"),
+            Case(**pin, head_dim=128, lead_shape=(2,), num_states=16, state_kind="spread"),
+            Case(**pin, head_dim=72, lead_shape=(4,), num_states=1, layout="transposed"),
+        ]
 
     def flops(self, case: Case) -> float:
         """About 3 flops per state element (scale, add) plus the weights."""

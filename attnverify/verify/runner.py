@@ -12,6 +12,7 @@ raises for a wrong implementation: a raising implementation is a failed `CaseRes
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from attnverify.verify._common import ImplError, VariantSpec, resolve_device
@@ -238,6 +239,11 @@ def _failure(result: CaseResult) -> dict[str, Any]:
     }
 
 
+def _with_dtype(case: Case, dtype: str) -> Case:
+    """A pinned case in the checked dtype (fp8 pinned cases keep their out_dtype)."""
+    return dataclasses.replace(case, dtype=dtype)
+
+
 def _target_name(impl: Callable[..., Any]) -> str:
     module = getattr(impl, "__module__", None) or ""
     name = getattr(impl, "__qualname__", None) or type(impl).__name__
@@ -258,8 +264,10 @@ def _draw_and_run(
     done: list[CaseResult],
     total: int,
     offset: int,
+    pinned: Sequence[Case],
 ) -> tuple[CaseResult | None, str | None]:
-    """Run hypothesis over one dtype; returns (minimal failure or None, hypothesis error)."""
+    """Run hypothesis over one dtype: the pinned cases (explicit examples), then `examples`
+    drawn ones; returns (minimal failure or None, hypothesis error)."""
     shrink_budget = budget(profile).shrink_calls
     state: dict[str, Any] = {"last_failure": None, "shrinks": 0}
 
@@ -269,7 +277,7 @@ def _draw_and_run(
         database=None,
         deadline=None,
         derandomize=False,
-        phases=[Phase.generate, Phase.shrink],
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
         verbosity=Verbosity.quiet,
         print_blob=False,
@@ -292,6 +300,8 @@ def _draw_and_run(
             state["last_failure"] = result
             raise _CaseFailed(case.short())
 
+    for case in pinned:
+        body = example(case)(body)
     try:
         body()
     except _CaseFailed:
@@ -315,6 +325,7 @@ def check(
     progress: Callable[[int, int | None, CaseResult], None] | None = None,
     replay_dir: str | Path | None = None,
     target: str | None = None,
+    pinned: bool = True,
 ) -> Report:
     """Verify `impl` (any callable with the variant's public signature) against the oracle.
 
@@ -335,6 +346,8 @@ def check(
         replay_dir: where failing cases are written (None: $ATTNVERIFY_HOME/failures or
             ./attnverify-failures).
         target: name shown in the report (None: impl's module:qualname).
+        pinned: also run the spec's pinned edge cases (`VariantSpec.pinned_cases`) before
+            the drawn ones (they count in the report).
 
     Returns:
         A `Report`. Drawn runs count every generated case; a failure stops that dtype's draws
@@ -362,7 +375,7 @@ def check(
         return report
     names = [dtype_name(d) for d in dtypes] if dtypes else list(spec.default_dtypes(dev))
     count = examples if examples is not None else settings.get_profile(profile).max_examples
-    total = count * len(names)
+    total = (count + (len(spec.pinned_cases()) if pinned else 0)) * len(names)
     for dtype in names:
         done: list[CaseResult] = []
         minimal, error = _draw_and_run(
@@ -378,6 +391,7 @@ def check(
             done=done,
             total=total,
             offset=len(report.results),
+            pinned=[_with_dtype(c, dtype) for c in spec.pinned_cases()] if pinned else [],
         )
         if error:
             report.errors.append(f"{variant}/{dtype}: {error}")

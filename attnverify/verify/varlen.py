@@ -166,6 +166,32 @@ class VarlenSpec(VariantSpec):
             sq, sk = sq + lq, sk + lk
         return best
 
+    def pinned_cases(self) -> list[Case]:
+        """Zero-length sequences on either side with Lq != Lk and causal, lengths 63/111 with
+        G = 3 packed, Lq > Lk causal (empty rows) after a sequence with no queries."""
+        pin = {"variant": "varlen", "dtype": "float16", "seed": 11}
+        return [
+            Case(
+                **pin,
+                heads_q=4,
+                heads_k=2,
+                head_dim=72,
+                seqlens_q=(17, 0, 64, 1),
+                seqlens_k=(17, 5, 65, 30),
+                causal=True,
+            ),
+            Case(
+                **pin,
+                heads_q=3,
+                heads_k=1,
+                head_dim=80,
+                seqlens_q=(63, 111),
+                seqlens_k=(63, 111),
+                layout="packed",
+            ),
+            Case(**pin, seqlens_q=(0, 40), seqlens_k=(3, 15), causal=True),
+        ]
+
     def flops(self, case: Case) -> float:
         """4 * sum over sequences of visible pairs * Hq * D."""
         pairs = sum(

@@ -11,6 +11,7 @@ import torch
 from attnverify import reference
 from attnverify.verify import Case, check, replay
 from attnverify.verify.case import VARIANTS
+from attnverify.verify.specs import get_spec
 
 from .emulation import lower_precision
 
@@ -38,8 +39,9 @@ def test_runner_reference_in_float32_passes(variant: str, tmp_path: Path) -> Non
         progress=lambda done, total, r: seen.append((done, total)),
     )
     assert report.passed, str(report)
-    assert report.num_cases == 2 * EXAMPLES, report.num_cases
-    assert seen[-1] == (2 * EXAMPLES, 2 * EXAMPLES), seen
+    expected = 2 * (EXAMPLES + len(get_spec(variant).pinned_cases()))
+    assert report.num_cases == expected, report.num_cases
+    assert seen[-1] == (expected, expected), seen
     rows = report.summary()
     assert {r["quantity"] for r in rows} >= {"out", "lse"}, rows
     assert all(r["failures"] == 0 and r["cases"] > 0 for r in rows), rows
@@ -65,7 +67,13 @@ def _cut(kwargs):
 
 def test_runner_shrinks_failure_to_minimal_case_and_replays(tmp_path: Path) -> None:
     report = check(
-        "gqa", _drop_keys_past_64, dtypes=["float32"], examples=30, grads=False, replay_dir=tmp_path
+        "gqa",
+        _drop_keys_past_64,
+        dtypes=["float32"],
+        examples=30,
+        grads=False,
+        replay_dir=tmp_path,
+        pinned=False,
     )
     assert not report.passed
     (failure,) = report.failures
