@@ -196,6 +196,12 @@ def shared_qkv_cases(entry: str, ndim: int, dtype: torch.dtype) -> dict[str, Bad
         "scale-str": Bad(
             entry, with_(scale="0.1"), ValueError, "scale must be a finite float or None"
         ),
+        "scale-tensor-2": Bad(
+            entry,
+            with_(scale=torch.tensor([0.1, 0.2])),
+            ValueError,
+            r"scale must be a finite float or None \(1/sqrt\(D\)\); got float32 of shape \(2,\)",
+        ),
     }
 
 
