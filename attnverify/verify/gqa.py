@@ -192,8 +192,9 @@ class GqaSpec(VariantSpec):
 
     def pinned_cases(self) -> list[Case]:
         """Decode with causal (Lq = 1 < Lk), Lq > Lk causal (empty rows), Lk = 65 with G = 8,
-        kv-headed mask with blank rows plus a float32 bias, blank tiles, a bias broadcast over
-        Lq with causal and D = 136, an explicit scale on offset memory."""
+        kv-headed mask with blank rows plus a kv-headed float32 bias broadcast over B, small
+        Lq > 1 causal (speculative decode), blank tiles, a bias broadcast over Lq with causal
+        and D = 136, an explicit scale on offset memory."""
         pin = {"variant": "gqa", "dtype": "float16", "seed": 11}
         return [
             Case(**pin, heads_q=4, heads_k=2, lq=1, lk=77, causal=True),
@@ -208,9 +209,10 @@ class GqaSpec(VariantSpec):
                 lk=40,
                 mask_shape=(2, 3, 33, 40),
                 mask_kind="rows",
-                bias_shape=(1, 1, 33, 40),
+                bias_shape=(1, 3, 33, 40),
                 bias_dtype="float32",
             ),
+            Case(**pin, heads_q=4, heads_k=1, head_dim=32, lq=5, lk=37, causal=True),
             Case(
                 **pin,
                 heads_q=2,
