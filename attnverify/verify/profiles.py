@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, settings
+from hypothesis.errors import InvalidArgument
 
 PROFILES = {
     "ci": {"max_examples": 12, "derandomize": True},
@@ -90,8 +91,14 @@ BUDGETS = {
 
 
 def register_profiles() -> None:
-    """Register the three profiles with hypothesis (idempotent)."""
+    """Register the three profiles with hypothesis (idempotent: registered ones are kept, so
+    calling this inside an @settings-decorated test does not re-register)."""
     for name, options in PROFILES.items():
+        try:
+            settings.get_profile(name)
+            continue
+        except InvalidArgument:
+            pass
         settings.register_profile(
             name, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True, **options
         )

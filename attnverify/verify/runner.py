@@ -34,6 +34,9 @@ from attnverify.verify.profiles import budget, register_profiles
 from attnverify.verify.specs import get_spec
 from attnverify.verify.tolerance import arch_kind, lookup
 
+# Profiles are registered at import: hypothesis refuses registration inside an @settings test.
+register_profiles()
+
 HOME_ENV = "ATTNVERIFY_HOME"
 DEFAULT_PROFILE_ENV = "ATTNVERIFY_PROFILE"
 

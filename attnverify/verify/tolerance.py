@@ -62,36 +62,49 @@ class Rule:
     logit_ulps: float = 0.0
 
 
-# Evidence for every number is in the comment above its entry. "flash-emulation" is
-# `tests/verify/test_tolerance.py::flash_emulation`: a blocked online-softmax implementation in
-# torch that does what our Triton kernels do (fp32 scores and accumulators, exp2 with log2(e)
-# folded into the scale, P rounded to the input dtype before P @ V, the output rounded once).
-# Its worst observed ratios over the test's cases are quoted as "seen".
+# Evidence for every number is in the comment above its entry. "emulation" is
+# tests/verify/emulation.py: `flash_gqa` does what our Triton kernels do in torch (fp32 scores
+# and accumulators, online softmax over 32-key blocks, exp2 with log2(e) folded into the scale,
+# P rounded to the input dtype before P @ V, out rounded once; FlashAttention-2 backward with P
+# recomputed from the fp32 lse and dS rounded before dQ/dK), `flash_fp8` the fp8 forward (P
+# rounded to V's fp8 dtype per block after the running max). "seen" = the worst ratio
+# (impl error / max(baseline error, floor)) over `check` runs with the ci profile on the CPU:
+# emulation 300 float16 + 300 bfloat16 + 400 float32 gqa cases with gradients, 600 fp8 cases;
+# our Triton kernels under TRITON_INTERPRET=1: 8-16 cases per variant and dtype. Passing needs
+# seen <= ratio. The interpreter has no entries of its own: it multiplies exactly in fp32, so the
+# kernels' errors there were below the GPU-oriented numbers (seen <= 1.03 in fp32, <= 0.93 fp8).
 RULES: dict[tuple[str, str, str, str], Rule] = {
-    # Forward output: FlashAttention's tests use 2x the same-precision PyTorch error
-    # (flash-attention tests/test_flash_attn.py, `(out - out_ref).abs().max() <= 2 * ...`).
-    # floor_ulps 2: FA hopper tests add 2x the rounding error of the reference in the output
-    # dtype (`fwd_atol = 2 * (out_ref + 0.3 - 0.3 - out_ref).abs().max()`); rounding alone costs
-    # 0.5 ulp. cap 0.1: no correct fp16/bf16 kernel comes near 10% of max|out| (flash-emulation
-    # seen <= 1.2e-2 in bf16 on peaked inputs); a NaN/overflowed baseline cannot lift the bound
-    # beyond it.
+    # Forward output, fp16/bf16: FlashAttention's tests allow 2x the same-precision PyTorch error
+    # (flash-attention tests/test_flash_attn.py: `(out - out_ref).abs().max() <= 2 * (out_pt -
+    # out_ref).abs().max()`). floor 2 ulps: FA's hopper tests add 2x the output dtype's rounding
+    # of the reference (`fwd_atol = 2 * (out_ref + 0.3 - 0.3 - out_ref).abs().max()`); rounding
+    # alone costs 0.5 ulp. seen: emulation 0.21 (fp16) / 0.22 (bf16), kernels 0.21. cap 0.1 of
+    # the largest summand: nothing correct comes near it (bf16 P rounding is ~0.4%), and a NaN or
+    # overflowed fp16 baseline cannot lift the bound beyond it.
     ("*", "*", "out", "*"): Rule(ratio=2.0, floor_ulps=2.0, rms_ratio=2.0, cap=0.1),
-    # lse: kernels return float32 lse computed from fp32 scores, so the fp16/bf16 baseline (lse
-    # in the input dtype) is 100x looser than the kernel's real error; ratio 2 as for out.
+    # lse, fp16/bf16: kernels return a float32 lse from fp32 scores, so the baseline's lse (in
+    # the input dtype) is far looser than any kernel's error: seen 0.008 (emulation), 0.003
+    # (kernels). ratio 2 as for out; floor 4 fp32 ulps of max|lse|.
     ("*", "*", "lse", "*"): Rule(ratio=2.0, floor_ulps=4.0, rms_ratio=2.0, cap=0.05),
-    # Gradients: FlashAttention's backward tests allow 2-3x (hopper tests use rtol 3 for dq/dk/dv
-    # in bf16). dS = P * (dP - delta) cancels, so errors relative to max|dq| are larger than for
-    # out: cap 0.2.
+    # Gradients, fp16/bf16: FlashAttention's backward tests allow 2-3x (hopper tests: rtol 3 on
+    # dq/dk/dv). seen: emulation dq 0.15, dk 0.16, dv 0.17; kernels <= 0.22. The floor is 4 ulps
+    # of the largest summand (spec `magnitudes`), so cancelling gradients keep a real floor.
     ("*", "*", "dq", "*"): Rule(ratio=3.0, floor_ulps=4.0, rms_ratio=3.0, cap=0.2),
     ("*", "*", "dk", "*"): Rule(ratio=3.0, floor_ulps=4.0, rms_ratio=3.0, cap=0.2),
     ("*", "*", "dv", "*"): Rule(ratio=3.0, floor_ulps=4.0, rms_ratio=3.0, cap=0.2),
-    # dbias = sum of dS over broadcast dims: the kernel's reduction order (atomics or a second
-    # pass in fp32) differs from the baseline's; ratio 3 as for the other gradients.
+    # dbias = dS summed over the bias's broadcast dims: with Lkm = 1 it cancels to ~0 (rows of
+    # dS sum to 0), so it is judged against the floor: seen 0.88 (bf16 emulation), 0.31 kernels.
     ("*", "*", "dbias", "*"): Rule(ratio=3.0, floor_ulps=4.0, rms_ratio=3.0, cap=0.2),
-    # fp32 inputs: baseline = the oracle in fp32, error ~1e-7 relative. An IEEE fp32 kernel
-    # reorders sums and uses exp2(x * log2e): flash-emulation seen max ratio <= 1.6 forward; the
-    # floor of 8 fp32 ulps (~1e-6 x max|ref|) keeps tiny-baseline cases (Lk = 1) passable while
-    # TF32 (5e-4 relative) fails by 500x.
+    # fp32 = IEEE fp32. Baseline = the oracle in fp32 (error ~1e-7 relative). An fp32 kernel
+    # folds log2(e) into the scale and, backward, recomputes P = exp2(s - lse) from the stored
+    # lse: both cost eps * |s| relative in every p, which the autograd baseline does not pay.
+    # Evidence: without logit_ulps the emulation failed at ratio 1.23 (out, peaked q/k with
+    # scale 0.5, |s| ~ 100) and 2.48 (dv, same inputs); with logit_ulps = 2 (floor grows by 2
+    # ulps per unit of max|lse|) seen: out 0.46, lse 0.93, dq 0.19, dk 0.14, dv 0.62, dbias
+    # 0.06 (400 cases); kernels <= 1.03. TF32 (q, k, v rounded to 10 mantissa bits, error ~5e-4
+    # relative, also growing with |s|) still fails by > 10x: test_tolerance_tf32_fails_fp32.
+    # floor 8 ulps forward / 16 backward: the Lk = 1 and dq-with-one-key cases, where the fp32
+    # baseline is exact and any reordering is not. cap 1e-4 / 1e-3 of the largest summand.
     ("*", "float32", "out", "*"): Rule(
         ratio=2.0, floor_ulps=8.0, rms_ratio=2.0, cap=1e-4, logit_ulps=2.0
     ),
@@ -110,16 +123,17 @@ RULES: dict[tuple[str, str, str, str], Rule] = {
     ("*", "float32", "dbias", "*"): Rule(
         ratio=3.0, floor_ulps=16.0, rms_ratio=3.0, cap=1e-3, logit_ulps=2.0
     ),
-    # fp8: baseline = dequantized inputs in fp32 with P rounded through the fp8 dtype of V
-    # (flash-attention hopper/test_flash_attn.py rounds P the same way). A kernel may round P
-    # after a different max (tile-local running max) or after scaling P into the fp8 range, so
-    # its rounding of each p differs from the baseline's by up to one fp8 ulp: ratio 3
-    # (flash-emulation with tile-local max seen <= 1.9). cap 0.25: e5m2 P carries 2 mantissa
-    # bits (12.5% per element).
-    ("fp8", "*", "out", "*"): Rule(ratio=3.0, floor_ulps=2.0, rms_ratio=3.0, cap=0.25),
+    # fp8: baseline = dequantized inputs in fp32 with P rounded through V's fp8 dtype (as
+    # flash-attention hopper/test_flash_attn.py does for fp8). A kernel rounds P after its
+    # block-local running max, so each p's rounding differs from the baseline's by up to one fp8
+    # ulp (6% e4m3, 12.5% e5m2): seen 1.31 (e4m3) / 1.33 (e5m2) over 600 emulated cases, kernels
+    # 0.93; ratio 2.5 keeps a 1.9x margin. cap 0.25: e5m2 P carries 2 mantissa bits.
+    ("fp8", "*", "out", "*"): Rule(ratio=2.5, floor_ulps=2.0, rms_ratio=2.5, cap=0.25),
+    # fp8 lse: fp32 from dequantized fp32 scores in both; seen 1.09 (emulation), 0.13 kernels.
     ("fp8", "*", "lse", "*"): Rule(ratio=3.0, floor_ulps=8.0, rms_ratio=3.0, cap=1e-3),
-    # merge: baseline computes in fp32 (kernels merge in fp32) and rounds out to its dtype, so
-    # the baseline error is the output rounding itself; floor 2 ulps as for out.
+    # merge: baseline merges in fp32 (as kernels do) and rounds out to its dtype, so its error is
+    # the output rounding itself; floor 2 ulps as for out. seen (kernel): out 0.19, lse 0.05.
+    # cap 1% of the largest state: a merge only reweights states.
     ("merge", "*", "out", "*"): Rule(ratio=2.0, floor_ulps=2.0, rms_ratio=2.0, cap=0.01),
     ("merge", "*", "lse", "*"): Rule(ratio=2.0, floor_ulps=8.0, rms_ratio=2.0, cap=1e-5),
 }
