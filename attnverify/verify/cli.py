@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue as queue_module
@@ -111,9 +112,9 @@ def draw_cases(
     examples: int | None,
     seed: int,
 ) -> list[Any]:
-    """The cases `check` would draw (generation only, no shrinking), for sharding over devices.
-
-    Drawn per dtype with the same hypothesis seed and settings as `check`.
+    """The cases `check` would run (no shrinking), for sharding over devices: per dtype, the
+    spec's pinned edge cases in that dtype, then `examples` cases drawn with the same
+    hypothesis seed and settings as `check`.
     """
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
     from hypothesis import seed as hypothesis_seed
@@ -126,6 +127,7 @@ def draw_cases(
     count = examples if examples is not None else settings.get_profile(profile).max_examples
     cases: list[Any] = []
     for dtype in dtypes:
+        cases.extend(dataclasses.replace(case, dtype=dtype) for case in spec.pinned_cases())
 
         @settings(
             parent=settings.get_profile(profile),
@@ -357,25 +359,27 @@ def _run_meta(args: argparse.Namespace, devices: list[torch.device], profile: st
 def _append_records(
     runs: Sequence[RunResult], args: argparse.Namespace, profile: str, out: TextIO
 ) -> None:
-    """One record per (variant, device) for variants that passed on every device."""
-    by_variant: dict[str, list[RunResult]] = {}
+    """One record per (variant, device) for variants that passed on every device (shards that
+    ran on the same device are one record)."""
+    by_variant: dict[str, dict[str, list[RunResult]]] = {}
     for run in runs:
-        by_variant.setdefault(run.variant, []).append(run)
-    for variant, group in by_variant.items():
+        by_variant.setdefault(run.variant, {}).setdefault(run.device, []).append(run)
+    for variant, by_device in by_variant.items():
+        group = [run for shards in by_device.values() for run in shards]
         if not all(run.passed and run.results for run in group):
             continue
-        for run in group:
+        for device, shards in by_device.items():
             record = records.make_record(
                 variant,
-                records.current_environment(run.device),
-                cases=len(run.results),
+                records.current_environment(device),
+                cases=sum(len(run.results) for run in shards),
                 seed=args.seed,
                 profile=profile,
                 target=args.target,
-                summary=[row.to_dict() for row in summary_rows([run])],
+                summary=[row.to_dict() for row in summary_rows(shards)],
             )
             path = records.append_record(record)
-            out.write(f"record: {variant} verified on {run.device} -> {path}\n")
+            out.write(f"record: {variant} verified on {device} -> {path}\n")
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:

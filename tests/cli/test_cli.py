@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from attnverify import records
-from attnverify.verify.cli import main
+from attnverify.verify.cli import draw_cases, main
 from attnverify.verify.report import ProgressBar
 
 MERGE_KERNEL = importlib.util.find_spec("attnverify.kernels.paged")
@@ -33,9 +34,9 @@ def test_cli_verify_reference_writes_reports_and_no_record(home: Path, tmp_path:
         *f"--junit {junit} --markdown {markdown}".split(),
     )
     assert code == 0, text
-    assert "PASSED: 4 cases, 0 failures" in text
     assert "bfloat16 is not verified here" in text
     body = json.loads(report.read_text())
+    assert f"PASSED: {len(body['cases'])} cases, 0 failures" in text
     assert body["passed"] is True and body["meta"]["target"] == "reference"
     assert sorted({(c["variant"], c["case"]["dtype"]) for c in body["cases"]}) == [
         ("gqa", "float16"),
@@ -49,14 +50,17 @@ def test_cli_verify_reference_writes_reports_and_no_record(home: Path, tmp_path:
     root = ET.parse(junit).getroot()
     assert (root.tag, root.get("tests"), root.get("failures"), root.get("errors")) == (
         "testsuites",
-        "4",
+        str(len(body["cases"])),
         "0",
         "0",
     )
     assert [s.get("name") for s in root] == ["attnverify.merge.cpu", "attnverify.gqa.cpu"]
     page = markdown.read_text()
     assert page.startswith("## attnverify verify: passed")
-    assert "| merge | float16 | out | 1 | 0 |" in page
+    merge_fp16 = [
+        c for c in body["cases"] if (c["variant"], c["case"]["dtype"]) == ("merge", "float16")
+    ]
+    assert f"| merge | float16 | out | {len(merge_fp16)} | 0 |" in page
     assert not records.records_path().exists(), "only the attnverify target writes records"
 
 
@@ -89,10 +93,8 @@ def test_cli_dtypes_go_to_the_variants_that_take_them(home: Path, tmp_path: Path
         *f"verify --target reference {dtypes} --examples 1 --report {report}".split()
     )
     assert code == 0, text
-    pairs = sorted(
-        (c["variant"], c["case"]["dtype"]) for c in json.loads(report.read_text())["cases"]
-    )
-    assert pairs == [
+    pairs = {(c["variant"], c["case"]["dtype"]) for c in json.loads(report.read_text())["cases"]}
+    assert sorted(pairs) == [
         ("fp8", "float8_e5m2"),
         ("gqa", "float32"),
         ("merge", "float32"),
@@ -155,10 +157,13 @@ def test_cli_bench_needs_a_gpu(home: Path) -> None:
 
 
 @pytest.mark.skipif(MERGE_KERNEL is None, reason="attnverify/kernels/paged.py not written yet")
-def test_cli_verify_interpreter_appends_record(home: Path) -> None:
-    code, text = run_cli("verify", "--variant", "merge", "--examples", "1", "--device", "cpu")
+def test_cli_verify_interpreter_sharded_appends_one_record_per_device(home: Path) -> None:
+    code, text = run_cli("verify", "--variant", "merge", "--examples", "2", "--devices", "cpu,cpu")
     assert code == 0, text
-    assert "record: merge verified on cpu" in text
+    assert text.count("record: merge verified on cpu") == 1, "two shards on one device: one record"
+    loaded, problems = records.load_records()
+    cases = int(text.split("PASSED: ")[1].split()[0])
+    assert problems == [] and [(r.variant, r.cases) for r in loaded] == [("merge", cases)]
     code, text = run_cli("status", "--variant", "merge")
     assert code == 0 and "verified" in text
 
@@ -174,8 +179,12 @@ def test_cli_sharded_workers_merge_results_and_report_a_death(
     assert code == 1, text
     body = json.loads(report.read_text())
     assert len(body["problems"]) == 1, body["problems"]
-    assert "died (exit code 3) holding 2 merge cases" in body["problems"][0]
-    assert len(body["cases"]) == 2 and all(c["passed"] for c in body["cases"])
+    held = re.search(r"died \(exit code 3\) holding (\d+) merge cases", body["problems"][0])
+    assert held is not None, body["problems"][0]
+    drawn = draw_cases("merge", profile="ci", dtypes=["float16", "float32"], examples=2, seed=0)
+    assert len(body["cases"]) + int(held.group(1)) == len(drawn)
+    assert len(body["cases"]) in (len(drawn) // 2, (len(drawn) + 1) // 2)
+    assert all(c["passed"] for c in body["cases"])
 
 
 def test_progress_bar_plain_and_tty() -> None:
