@@ -256,7 +256,9 @@ def markdown_summary(runs: Sequence[RunResult], meta: dict[str, Any]) -> str:
     """A Markdown page for a CI job: verdict, environment, summary table, failures to replay."""
     verdict = "passed" if all(run.passed for run in runs) else "FAILED"
     lines = [f"## attnverify verify: {verdict}", ""]
-    env = ", ".join(f"{k} `{v}`" for k, v in meta.items() if isinstance(v, (str, int, float)))
+    env = ", ".join(
+        f"{k} `{v}`" for k, v in meta.items() if isinstance(v, (str, int, float)) and v != ""
+    )
     lines += [env, "", "| variant | dtype | quantity | cases | failures | worst ratio |"]
     lines.append("|---|---|---|---:|---:|---:|")
     for r in summary_rows(runs):
