@@ -126,10 +126,13 @@ RULES: dict[tuple[str, str, str, str], Rule] = {
     # fp8: baseline = dequantized inputs in fp32 with P rounded through V's fp8 dtype (as
     # flash-attention hopper/test_flash_attn.py does for fp8). A kernel rounds P after its
     # block-local running max, so each p's rounding differs from the baseline's by up to one fp8
-    # ulp (6% e4m3, 12.5% e5m2): seen 1.31 (e4m3) / 1.33 (e5m2) over 600 emulated cases, kernels
-    # 0.93; ratio 2.5 keeps a 1.9x margin. cap 0.25: e5m2 P carries 2 mantissa bits.
-    ("fp8", "*", "out", "*"): Rule(ratio=2.5, floor_ulps=2.0, rms_ratio=2.5, cap=0.25),
-    # fp8 lse: fp32 from dequantized fp32 scores in both; seen 1.09 (emulation), 0.13 kernels.
+    # ulp (6% e4m3, 12.5% e5m2). Emulation over 1818 ci cases: worst 1.68 (e4m3), 1.23 (e5m2);
+    # one e5m2 case (seed 7 draws: Lk = 160, scale 0.05, outliers) reached 2.50 in both the
+    # emulation and our kernel under the interpreter (identical errors). ratio 3 covers it with
+    # a 1.2x margin. cap 0.25: e5m2 P carries 2 mantissa bits.
+    ("fp8", "*", "out", "*"): Rule(ratio=3.0, floor_ulps=2.0, rms_ratio=3.0, cap=0.25),
+    # fp8 lse: fp32 from dequantized fp32 scores in both; seen 1.09 (emulation, 1818 cases),
+    # 0.14 kernels.
     ("fp8", "*", "lse", "*"): Rule(ratio=3.0, floor_ulps=8.0, rms_ratio=3.0, cap=1e-3),
     # merge: baseline merges in fp32 (as kernels do) and rounds out to its dtype, so its error is
     # the output rounding itself; floor 2 ulps as for out. seen (kernel): out 0.19, lse 0.05.
