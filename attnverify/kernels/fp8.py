@@ -78,7 +78,15 @@ GPU_CONFIGS = [
                      (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
 ]  # fmt: skip
 # Tuned separately per head dim, causality and V layout (K-major V pipelines differently).
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG"]
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK", "PV_PROMOTE"]
+
+# Accumulation precision of the fp8 tensor-core products on sm90 (Triton's
+# max_num_imprecise_acc; ignored elsewhere). Hopper's fp8 MMA adds into its accumulator with
+# reduced precision; Triton's sm90 default never promotes, which costs scores (hence lse)
+# ~1e-3 relative error. QK_ACC_CHUNK = 32 promotes Q K^T to fp32 after every 32 products
+# (0: the hardware default). PV_PROMOTE promotes P @ V once per key tile.
+QK_ACC_CHUNK = 32
+PV_PROMOTE = False
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
@@ -217,6 +225,7 @@ def _attend_tiles(
     BLOCK_N: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr, PV_PROMOTE: tl.constexpr,
 ):
     """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`.
 
@@ -233,9 +242,14 @@ def _attend_tiles(
             MASKED, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
         )
         # [BLOCK_M, BLOCK_D] x [BLOCK_D, BLOCK_N] -> [BLOCK_M, BLOCK_N]
-        qk = tl.dot(q0, kt0)
-        if HAS_D1:
-            qk = tl.dot(q1, kt1, qk)
+        if QK_ACC_CHUNK > 0:
+            qk = tl.dot(q0, kt0, max_num_imprecise_acc=QK_ACC_CHUNK)
+            if HAS_D1:
+                qk = tl.dot(q1, kt1, qk, max_num_imprecise_acc=QK_ACC_CHUNK)
+        else:
+            qk = tl.dot(q0, kt0)
+            if HAS_D1:
+                qk = tl.dot(q1, kt1, qk)
         if MASKED:
             # [BLOCK_M, BLOCK_N] scores in log2 units, hidden keys -inf
             visible = offs_n[None, :] < n_left
@@ -256,9 +270,14 @@ def _attend_tiles(
             p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
         p8 = p.to(p_dtype)
         # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
-        acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
-        if HAS_D1:
-            acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
+        if PV_PROMOTE:
+            acc0 = tl.dot(p8, v0, acc0 * alpha[:, None], max_num_imprecise_acc=BLOCK_N)
+            if HAS_D1:
+                acc1 = tl.dot(p8, v1, acc1 * alpha[:, None], max_num_imprecise_acc=BLOCK_N)
+        else:
+            acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
+            if HAS_D1:
+                acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
         m_i = m_new
         k_ptr += BLOCK_N * stride_kn
         v_ptr += BLOCK_N * stride_vn
@@ -277,7 +296,7 @@ def _store_out(base, acc, offs_m, offs_d, stride_om, n_rows, n_cols, MASK_D: tl.
 # Lengths, group size and the strides of descales / lse vary per call and gain nothing from
 # specialisation: one compile serves them all.
 @triton.jit(do_not_specialize=[
-    "Lq", "Lk", "GROUP", "stride_lb", "stride_lh", "stride_qdb", "stride_qdh", "stride_kdb",
+    "Lq", "Lk", "Hq", "GROUP", "stride_lb", "stride_lh", "stride_qdb", "stride_qdh", "stride_kdb",
     "stride_kdh", "stride_vdb", "stride_vdh",
 ])
 def _fp8_fwd_kernel(
@@ -288,18 +307,29 @@ def _fp8_fwd_kernel(
     stride_ob, stride_oh, stride_om,
     stride_lb, stride_lh,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
-    Lq, Lk, GROUP, sm_scale,
+    Lq, Lk, Hq, GROUP, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr,
     HAS_D1: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_TMA: tl.constexpr,
     V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr, PV_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_M query rows of one (batch, query head). Grid (m blocks, Hq, B)."""
-    # Heaviest (causal) query blocks first.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    off_h = tl.program_id(1)
-    off_b = tl.program_id(2)
+    """One program: BLOCK_M query rows of one (batch, query head); 1-D grid of
+    cdiv(Lq, BLOCK_M) * Hq * B programs."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(Lq, BLOCK_M)
+    if IS_CAUSAL:
+        # Longest first over all heads (LPT order): no long block starts in the last wave.
+        num_bh = tl.num_programs(0) // num_m
+        pid_m = num_m - 1 - pid // num_bh
+        bh = pid % num_bh
+    else:
+        # Consecutive programs read the same head's K and V (L2 reuse).
+        pid_m = pid % num_m
+        bh = pid // num_m
+    off_h = bh % Hq
+    off_b = bh // Hq
     off_hk = off_h // GROUP
     start_m = pid_m * BLOCK_M
     offs_mi = tl.arange(0, BLOCK_M)
@@ -357,7 +387,7 @@ def _fp8_fwd_kernel(
         0, full_end, offs_m, Lk, causal_offset, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK, PV_PROMOTE,
     )
     k_ptr += full_end.to(tl.int64) * stride_kn
     v_ptr += full_end.to(tl.int64) * stride_vn
@@ -367,7 +397,7 @@ def _fp8_fwd_kernel(
         full_end, hi, offs_m, Lk, causal_offset, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         True, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK, PV_PROMOTE,
     )
 
     # Rows with no visible key: l = 0, acc = 0 -> out 0, lse -inf.
@@ -479,7 +509,7 @@ def _launch_fwd(
         q, k, v, out, lse_arg, q_descale, k_descale, v_descale, *descs,
         *q.stride(), *k.stride(), *v.stride(), *out.stride()[:3], *lse_strides,
         *_descale_strides(q_descale), *_descale_strides(k_descale), *_descale_strides(v_descale),
-        lq, lk, hq // hk, scale,
+        lq, lk, hq, hq // hk, scale,
     )  # fmt: skip
     meta = {
         "HEAD_DIM": d,
@@ -494,16 +524,19 @@ def _launch_fwd(
         "EXACT_P_ROUNDING": interpreter_active(),
         "P_MANT": FP8_MANTISSA_BITS[v.dtype],
         "P_MIN_EXP": round(math.log2(torch.finfo(v.dtype).tiny)),
+        # at most the K of each Q K^T dot (the chunk widths)
+        "QK_ACC_CHUNK": min(QK_ACC_CHUNK, d0, d1 or d0),
+        "PV_PROMOTE": PV_PROMOTE,
     }
     if config is None and interpreter_active():
         config = INTERPRETER_CONFIG
     if config is None:
-        grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), hq, b)
+        grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]) * hq * b,)
         _fp8_fwd_tuned[grid](*args, **meta)
     else:
         names = ("k_desc0", "k_desc1", "v_desc0", "v_desc1")
         _set_block_shapes({**dict(zip(names, descs, strict=True)), **meta, **config.kwargs})
-        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), hq, b)
+        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]) * hq * b,)
         _fp8_fwd_kernel[grid](
             *args, **meta, **config.kwargs, num_warps=config.num_warps,
             num_stages=config.num_stages,
