@@ -75,9 +75,8 @@ def _nvidia(major: int, minor: int, num_sms: int = 132) -> Arch:
 
 
 def _amd(name: str, num_sms: int = 304) -> Arch:
-    digits = name.removeprefix("gfx")
-    major = int(digits[:-2]) if len(digits) > 2 else int(digits)
-    minor = int(digits[-2:], 16) if len(digits) > 2 else 0
+    digits = name.removeprefix("gfx")  # major (decimal), minor (hex digit), stepping (hex digit)
+    major, minor = int(digits[:-2]), int(digits[-2], 16)
     if name in ("gfx940", "gfx941", "gfx942"):
         fp8 = FNUZ_FP8
     elif name == "gfx950" or major >= 12:
@@ -119,7 +118,13 @@ def arch_from_name(name: str) -> Arch:
     if key.startswith("sm") and key[2:].isdigit() and len(key) >= 4:
         cc = int(key[2:])
         return _nvidia(cc // 10, cc % 10)
-    if key.startswith("gfx") and len(key) >= 6 and all(c in "0123456789abcdef" for c in key[3:]):
+    digits = key[3:]
+    if (
+        key.startswith("gfx")
+        and len(digits) >= 3
+        and digits[:-2].isdigit()
+        and all(c in "0123456789abcdef" for c in digits[-2:])
+    ):
         return _amd(key)
     raise ValueError(
         f"{ARCH_ENV} / arch name must be one of smNN (e.g. sm80, sm90, sm100), gfxNNN "

@@ -58,13 +58,9 @@ def test_arch_nvidia_capability(name: str, capability: tuple[int, int]) -> None:
     assert arch_from_name(name).capability == capability
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="arch.py parses the gfx minor and stepping as one hex byte: gfx942 -> (9, 66), "
-    "while torch on ROCm reports (9, 4) for gfx942 (lead owns arch.py)",
-)
 @pytest.mark.parametrize(("name", "capability"), [("gfx942", (9, 4)), ("gfx1151", (11, 5))])
 def test_arch_amd_capability_matches_torch(name: str, capability: tuple[int, int]) -> None:
+    """gfx<major><minor><stepping>: the capability is (major, minor), as torch on ROCm reports."""
     assert arch_from_name(name).capability == capability
 
 
@@ -87,11 +83,6 @@ def test_arch_bad_name(name: str) -> None:
         arch_from_name(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="arch.py accepts any hex digits after gfx, then int() fails on a letter in the major "
-    "with an unhelpful message (lead owns arch.py)",
-)
 def test_arch_bad_gfx_major_names_the_variable() -> None:
     with pytest.raises(ValueError, match=ARCH_ENV):
         arch_from_name("gfxa42")
