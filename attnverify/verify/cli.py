@@ -148,6 +148,14 @@ def draw_cases(
     return cases
 
 
+def _examples(args: argparse.Namespace, profile: str) -> int:
+    """`--examples`, else the profile's count from `attnverify.verify.profiles.PROFILES` (named
+    explicitly: hypothesis ships a built-in profile called "ci" that may shadow ours)."""
+    from attnverify.verify.profiles import PROFILES
+
+    return args.examples if args.examples is not None else PROFILES[profile]["max_examples"]
+
+
 def _dtype_names(args: argparse.Namespace, variant: str, device: torch.device) -> list[str]:
     """The dtypes to draw for `variant`: those of `--dtype` it takes (fp8 names for fp8,
     the others for the rest), else the spec's defaults on `device`."""
@@ -184,7 +192,7 @@ def _verify_one_device(
         report = check(
             variant,
             impl,
-            examples=args.examples,
+            examples=_examples(args, profile),
             seed=args.seed,
             device=device,
             dtypes=dtypes,
@@ -264,7 +272,11 @@ def _verify_sharded(
             skipped.append(f"{variant}: takes none of --dtype {', '.join(args.dtype)}")
             continue
         cases = draw_cases(
-            variant, profile=profile, dtypes=dtypes, examples=args.examples, seed=args.seed
+            variant,
+            profile=profile,
+            dtypes=dtypes,
+            examples=_examples(args, profile),
+            seed=args.seed,
         )
         plan[variant] = [cases[i :: len(devices)] for i in range(len(devices))]
     options = {
