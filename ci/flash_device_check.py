@@ -90,16 +90,31 @@ def judge_varlen(lens_q, lens_k, hq, hk, d, causal, dtype, seed) -> list[str]:
     fails = []
     dtn = str(dtype).removeprefix("torch.")
     gmag = max(float(refs[n].abs().max()) if refs[n].numel() else 0.0 for n in ("dq", "dk", "dv"))
+    empty_rows, unseen_keys = structural_zeros(lens_q, lens_k, causal)
+    zero_masks = {"out": empty_rows, "dq": empty_rows, "dk": unseen_keys, "dv": unseen_keys}
     for name, val in results.items():
         rule = lookup("varlen", dtn, name, "gpu")
         qdt = torch.float32 if name == "lse" else dtype
-        zeros = None if name == "lse" else refs[name] == 0
+        zeros = zero_masks.get(name)
+        zeros = zeros[:, None, None] if zeros is not None else None
         mag = gmag if name in ("dq", "dk", "dv") else None
         c = compare(f"varlen/{dtn}/{name}", name, val, refs[name], bases[name], rule, qdt,
                     zeros=zeros, magnitude=mag)  # fmt: skip
         if not c.passed:
             fails.append(f"{lens_q} {lens_k} Hq={hq} Hk={hk} D={d} causal={causal}: {c}")
     return fails
+
+
+def structural_zeros(
+    lens_q: list[int], lens_k: list[int], causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Tq,) rows with no visible key and (Tk,) keys no query sees: their values must be 0."""
+    rows, keys = [], []
+    for lq, lk in zip(lens_q, lens_k, strict=True):
+        i = torch.arange(lq)
+        rows.append((i + lk - lq < 0) if causal else torch.full((lq,), lk == 0))
+        keys.append(torch.full((lk,), lq == 0))
+    return torch.cat(rows).to(DEVICE), torch.cat(keys).to(DEVICE)
 
 
 def varlen_sweep(count: int, seed: int) -> dict:
