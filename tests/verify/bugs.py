@@ -600,7 +600,7 @@ def varlen_by_ranges(
     Rows of q outside every range are left 0 (an unwritten output).
     """
     s = resolve_scale(scale, q.shape[-1])
-    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    out = q * 0  # an unwritten output, still in the graph as a kernel's output is
     lse_t = torch.full((q.shape[0], q.shape[1]), NEG_INF, dtype=torch.float32, device=q.device)
     outs, lses, rows = [], [], []
     for n, ((qa, qb), (ka, kb)) in enumerate(zip(ranges_q, ranges_k, strict=True)):
