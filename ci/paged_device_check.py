@@ -27,10 +27,12 @@ import random
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import triton
+import triton.runtime.errors
 from triton.testing import do_bench, do_bench_cudagraph
 
 from attnverify.kernels.paged import (
@@ -46,6 +48,17 @@ from attnverify.verify.compare import compare
 from attnverify.verify.tolerance import lookup
 
 HQ, HK, D = 32, 8, 128
+# Launch settings compared in this run (each also verified on a share of the random cases).
+ALT_CONFIGS = [
+    ("bn64", PagedConfig(64, 4, 3)),
+    ("bn64-prefetch", PagedConfig(64, 4, 1, prefetch=True)),
+    ("bn128", PagedConfig(128, 4, 3)),
+    ("bn128-prefetch", PagedConfig(128, 4, 1, prefetch=True)),
+    ("bn128-qdot", PagedConfig(128, 4, 3, fp8_in_fp16=False)),
+    ("bn64-qdot", PagedConfig(64, 4, 3, fp8_in_fp16=False)),
+    ("bn32", PagedConfig(32, 4, 2)),
+    ("bn128-w8-prefetch", PagedConfig(128, 8, 1, prefetch=True)),
+]
 DEVICE = "cuda"  # --device cpu: a dry run under TRITON_INTERPRET=1 (tiny shapes, no timing)
 DRY = False
 DEADLINE = math.inf  # wall-clock time after which timing sections are skipped
@@ -216,6 +229,36 @@ def correctness(
             f"D={head_dim} Lq={lq} lens={lens} splits={splits} {layout}"
         )
         comps = judge(desc, cache_dtype, out, lse, ref_out, ref_lse, base_out, base_lse)
+        alt_name, alt = ALT_CONFIGS[idx % len(ALT_CONFIGS)]
+        if head_dim > 128:
+            alt = replace(alt, block_n=min(alt.block_n, 64))
+        try:
+            plan = plan_paged(q, k, v, tables, seq_lens, num_splits=splits, config=alt, **kwargs)
+            alt_out, alt_lse = launch_paged(
+                q,
+                k,
+                v,
+                tables,
+                seq_lens,
+                kd,
+                vd,
+                scale=plan.scale,
+                num_splits=plan.num_splits,
+                kv_layout=layout,
+                config=alt,
+            )
+            comps += judge(
+                desc + f" config={alt_name}",
+                cache_dtype,
+                alt_out,
+                alt_lse,
+                ref_out,
+                ref_lse,
+                base_out,
+                base_lse,
+            )
+        except triton.runtime.errors.OutOfResources as exc:
+            log.line(f"{desc} config={alt_name}: skipped, {exc}")
         ok = all(c.passed for c in comps)
         for c in comps:
             key = f"{str(cache_dtype).removeprefix('torch.')}/{c.quantity}"
@@ -462,6 +505,10 @@ def section(log: Log, name: str, fn, *args) -> None:
     torch.cuda.empty_cache() if not DRY else None
 
 
+def cfg(name: str) -> PagedConfig:
+    return dict(ALT_CONFIGS)[name]
+
+
 def t_decode_b32(t: Table, block_size: int) -> None:
     b, ctx = size(32, 8192)
     nb = kv_bytes(b, ctx, torch.bfloat16)
@@ -471,97 +518,127 @@ def t_decode_b32(t: Table, block_size: int) -> None:
                 t.log.line(f"sdpa {key}: {val}")
             else:
                 t.add(f"sdpa {key} B={b} ctx={ctx} contiguous", val, nb)
+    tag = f"B={b} ctx={ctx} bs={block_size}"
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
     us, n = time_paged(inp)
-    t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} launcher", us, nb, splits=n)
-    t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} public", time_public(inp), nb)
+    t.add(f"paged bf16 {tag} default", us, nb, splits=n)
+    t.add(f"paged bf16 {tag} public (validation each call)", time_public(inp), nb)
+    for name in ("bn64-prefetch", "bn128", "bn32"):
+        for ns in (None, 4):
+            u, n2 = time_paged(inp, config=cfg(name), num_splits=ns)
+            t.add(f"paged bf16 {tag} {name}", u, nb, splits=n2)
     del inp
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16, lq=4)
+    nb4 = kv_bytes(b, ctx, torch.bfloat16, 4)
     us4, n4 = time_paged(inp)
-    t.add(
-        f"paged bf16 B={b} ctx={ctx} Lq=4 bs={block_size} launcher",
-        us4,
-        kv_bytes(b, ctx, torch.bfloat16, 4),
-        splits=n4,
-        vs_lq1=round(us4 / us, 3),
-    )
+    t.add(f"paged bf16 {tag} Lq=4 default", us4, nb4, splits=n4, vs_lq1=round(us4 / us, 3))
+    u, n4 = time_paged(inp, config=cfg("bn64-prefetch"))
+    t.add(f"paged bf16 {tag} Lq=4 bn64-prefetch", u, nb4, splits=n4)
 
 
 def t_long(t: Table, block_size: int, bw: float) -> None:
     b, ctx = size(1, 131072)
     nb = kv_bytes(b, ctx, torch.bfloat16)
+    tag = f"B={b} ctx={ctx} bs={block_size}"
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
     us, n = time_paged(inp)
     us1, _ = time_paged(inp, num_splits=1)
     t.add(
-        f"paged bf16 B={b} ctx={ctx} bs={block_size} launcher",
+        f"paged bf16 {tag} default",
         us,
         nb,
         splits=n,
         pct_of_copy=round(100 * nb / (us * 1e-6) / bw, 1),
         speedup_vs_1split=round(us1 / us, 2),
     )
-    t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} num_splits=1", us1, nb)
+    t.add(f"paged bf16 {tag} num_splits=1", us1, nb)
+    for name in ("bn64-prefetch", "bn128"):
+        u, n2 = time_paged(inp, config=cfg(name))
+        t.add(
+            f"paged bf16 {tag} {name}",
+            u,
+            nb,
+            splits=n2,
+            pct_of_copy=round(100 * nb / (u * 1e-6) / bw, 1),
+        )
 
 
 def t_fp8(t: Table, block_size: int) -> None:
     for b0 in (1, 32):
         b, ctx = size(b0, 32768)
+        tag = f"B={b} ctx={ctx} bs={block_size}"
         inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
-        ub, nb_ = time_paged(inp)
+        nbb = kv_bytes(b, ctx, torch.bfloat16)
+        ub, n = time_paged(inp)
+        t.add(f"paged bf16 {tag} default", ub, nbb, splits=n)
+        up, n = time_paged(inp, config=cfg("bn64-prefetch"))
+        t.add(f"paged bf16 {tag} bn64-prefetch", up, nbb, splits=n)
+        best_bf16 = min(ub, up)
         del inp
-        t.add(
-            f"paged bf16 B={b} ctx={ctx} bs={block_size} launcher",
-            ub,
-            kv_bytes(b, ctx, torch.bfloat16),
-            splits=nb_,
-        )
         for dt in FP8:
             inp = bench_inputs(b, ctx, block_size, dt)
+            nbf = kv_bytes(b, ctx, dt)
+            name_dt = str(dt).removeprefix("torch.")
             uf, n = time_paged(inp)
-            del inp
             t.add(
-                f"paged {str(dt).removeprefix('torch.')} B={b} ctx={ctx} bs={block_size} launcher",
+                f"paged {name_dt} {tag} default",
                 uf,
-                kv_bytes(b, ctx, dt),
+                nbf,
                 splits=n,
-                speedup_vs_bf16=round(ub / uf, 2),
+                vs_bf16_default=round(ub / uf, 2),
+                vs_best_bf16=round(best_bf16 / uf, 2),
             )
+            for name in ("bn128-prefetch", "bn128-w8-prefetch", "bn128-qdot", "bn64", "bn64-qdot"):
+                u, n = time_paged(inp, config=cfg(name))
+                t.add(
+                    f"paged {name_dt} {tag} {name}",
+                    u,
+                    nbf,
+                    splits=n,
+                    vs_bf16_default=round(ub / u, 2),
+                    vs_best_bf16=round(best_bf16 / u, 2),
+                )
+            del inp
 
 
 def t_short(t: Table, block_size: int) -> None:
     b, ctx = size(1, 1024)
     nb = kv_bytes(b, ctx, torch.bfloat16)
+    tag = f"B={b} ctx={ctx} bs={block_size}"
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
     us, n = time_paged(inp, graph=True)
-    t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} CUDA graph", us, nb, splits=n)
+    t.add(f"paged bf16 {tag} default, CUDA graph", us, nb, splits=n)
     us, n = time_paged(inp)
-    t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} launcher stream", us, nb, splits=n)
-    t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} public", time_public(inp), nb)
-    for ns in (1, 2, 4):
+    t.add(f"paged bf16 {tag} default, stream launches", us, nb, splits=n)
+    t.add(f"paged bf16 {tag} public, stream", time_public(inp), nb)
+    for ns in (1, 2, 8):
         us, n = time_paged(inp, num_splits=ns, graph=True)
-        t.add(f"paged bf16 B={b} ctx={ctx} bs={block_size} CUDA graph", us, nb, splits=n)
+        t.add(f"paged bf16 {tag} CUDA graph", us, nb, splits=n)
+    us, n = time_paged(inp, config=cfg("bn64-prefetch"), graph=True)
+    t.add(f"paged bf16 {tag} bn64-prefetch CUDA graph", us, nb, splits=n)
 
 
 def t_merge(t: Table, block_size: int) -> None:
     b, ctx = size(1, 65536)
+    tag = f"B={b} ctx={ctx} bs={block_size}"
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
     us, n = time_paged(inp)
-    t.add(
-        f"paged bf16 B={b} ctx={ctx} bs={block_size} launcher",
-        us,
-        kv_bytes(b, ctx, torch.bfloat16),
-        splits=n,
-    )
+    t.add(f"paged bf16 {tag} default", us, kv_bytes(b, ctx, torch.bfloat16), splits=n)
     part = torch.randn(b * HQ, n, D, device=DEVICE)
     part_lse = torch.randn(b * HQ, n, device=DEVICE)
     merged = torch.empty(b * HQ, D, device=DEVICE, dtype=inp[0].dtype)
     merged_lse = torch.empty(b * HQ, device=DEVICE)
     um = bench(lambda: launch_merge(part, part_lse, merged, merged_lse))
     t.log.line(
-        f"merge alone (B={b} Hq={HQ} splits={n}): {um:.2f} us = {100 * um / us:.1f}% of the call"
+        f"merge alone ({tag}, Hq={HQ}, splits={n}): {um:.2f} us = {100 * um / us:.1f}% of the call"
     )
     t.log.record(kind="merge", us=um, pct=100 * um / us, splits=n, block_size=block_size)
+    umg = bench(lambda: launch_merge(part, part_lse, merged, merged_lse), graph=True)
+    usg, _ = time_paged(inp, graph=True)
+    t.log.line(
+        f"merge alone, CUDA graph: {umg:.2f} us = {100 * umg / usg:.1f}% of the graphed call ({usg:.1f} us)"
+    )
+    t.log.record(kind="merge-graph", us=umg, pct=100 * umg / usg, splits=n, block_size=block_size)
 
 
 def timings(log: Log) -> None:
@@ -581,32 +658,31 @@ def sweep_one(
     t: Table, block_size: int, b0: int, ctx0: int, splits: list, dtype: torch.dtype
 ) -> None:
     b, ctx = size(b0, ctx0)
-    configs = [PagedConfig(bn, 4, s) for bn in (32, 64, 128) for s in (2, 3, 4)]
-    configs += [PagedConfig(bn, 8, 3) for bn in (64, 128)]
     inp = bench_inputs(b, ctx, block_size, dtype)
     nb = kv_bytes(b, ctx, dtype)
-    for cfg in configs:
+    for name, config in ALT_CONFIGS:
         for ns in splits:
             if time.time() > DEADLINE:
                 return
-            name = f"sweep {str(dtype).removeprefix('torch.')} B={b} ctx={ctx} bs={block_size} bn={cfg.block_n} w={cfg.num_warps} st={cfg.num_stages}"
+            label = (
+                f"sweep {str(dtype).removeprefix('torch.')} B={b} ctx={ctx} bs={block_size} {name}"
+            )
             try:
-                us, n = time_paged(inp, num_splits=ns, config=cfg)
+                us, n = time_paged(inp, num_splits=ns, config=config)
             except Exception as exc:
-                t.log.line(f"{name} splits={ns}: {type(exc).__name__} {str(exc)[:120]}")
+                t.log.line(f"{label} splits={ns}: {type(exc).__name__} {str(exc)[:120]}")
                 continue
-            t.add(name, us, nb, splits=n)
+            t.add(label, us, nb, splits=n)
 
 
 def sweep(log: Log) -> None:
-    """Launch settings and split counts at the target shapes (bf16)."""
+    """Every compared config at a few split counts (as long as time remains)."""
     t = Table(log)
     bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
-    for bs in (16, 64):
-        section(log, f"sweep B=32 bs={bs}", sweep_one, t, bs, 32, 8192, [None, 1, 2, 4], bf16)
-        section(log, f"sweep B=1 bs={bs}", sweep_one, t, bs, 1, 131072, [None, 32, 132], bf16)
-    section(log, "sweep fp8 B=1", sweep_one, t, 16, 1, 32768, [None, 16, 64], fp8)
-    section(log, "sweep fp8 B=32", sweep_one, t, 16, 32, 32768, [None, 1], fp8)
+    section(log, "sweep fp8 B=1", sweep_one, t, 16, 1, 32768, [None, 16, 33], fp8)
+    section(log, "sweep fp8 B=32", sweep_one, t, 16, 32, 32768, [None, 4], fp8)
+    section(log, "sweep bf16 B=32", sweep_one, t, 16, 32, 8192, [2, 4], bf16)
+    section(log, "sweep bf16 B=1", sweep_one, t, 16, 1, 131072, [None, 33], bf16)
 
 
 def main() -> int:

@@ -39,25 +39,43 @@ MAX_BLOCK_M = 64  # rows (G * Lq) one program holds; more rows -> several row ti
 MAX_SPLITS = 256
 WAVES = 4  # default splits aim at WAVES * num_sms programs ...
 MIN_TILES_PER_SPLIT = 4  # ... but never fewer than this many KV tiles per split
-MERGE_BLOCK_S = 32
-MERGE_BLOCK_D = 64
+MERGE_MAX_BLOCK_S = 256  # splits merged per step (more: a loop)
+MERGE_TILE = 4096  # elements of one merge program's (splits x D) tile
 
 
 @dataclass(frozen=True)
 class PagedConfig:
-    """Launch settings of the attention kernel: KV tile length, warps, pipeline stages."""
+    """Launch settings of the attention kernel.
+
+    Attributes:
+        block_n: keys per KV tile (a tile spans pages when block_size < block_n).
+        num_warps, num_stages: Triton launch settings (stages of the software pipeline).
+        prefetch: load the next KV tile into registers before computing on the current one.
+        fp8_in_fp16: fp8 caches with fp16 / bf16 q: multiply in float16 (fp8 -> fp16 is one
+            conversion instruction; q is rescaled by a power of two into fp16 range). False:
+            multiply in q's dtype.
+    """
 
     block_n: int
     num_warps: int
     num_stages: int
+    prefetch: bool = False
+    fp8_in_fp16: bool = True
 
 
-def pick_config(block_size: int, head_dim: int, arch: Arch) -> PagedConfig:
-    """Launch settings for a cache geometry on `arch` (small tiles under the interpreter)."""
+def pick_config(
+    block_size: int, head_dim: int, cache_dtype: torch.dtype, arch: Arch
+) -> PagedConfig:
+    """Launch settings for a cache geometry and dtype on `arch` (16-key tiles when interpreted).
+
+    Tiles of 64 keys (128 for fp8 caches: the same bytes), 32 for D > 128.
+    """
     if arch.is_interpreter:
         return PagedConfig(block_n=16, num_warps=1, num_stages=1)
-    block_n = 64 if head_dim <= 128 else 32
-    return PagedConfig(block_n=max(block_n, min(block_size, 64)), num_warps=4, num_stages=3)
+    block_n = 128 if cache_dtype.itemsize == 1 else 64
+    if head_dim > 128:
+        block_n //= 2
+    return PagedConfig(block_n=block_n, num_warps=4, num_stages=3)
 
 
 def default_num_splits(num_programs: int, max_seq_len: int, block_n: int, num_sms: int) -> int:
@@ -66,11 +84,58 @@ def default_num_splits(num_programs: int, max_seq_len: int, block_n: int, num_sm
     `num_programs` is the program count without splitting (B * Hk * row tiles).
     """
     tiles = triton.cdiv(max_seq_len, block_n)
-    want = triton.cdiv(WAVES * num_sms, max(num_programs, 1))
+    want = (WAVES * num_sms) // max(num_programs, 1)  # rounded down: no partial last wave
     return max(1, min(want, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
 
 
 # ---------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _kv_tile(
+    k_head,
+    v_head,
+    table,
+    start_n,
+    end,
+    stride_btp,
+    stride_kb,
+    stride_ks,
+    stride_kd,
+    stride_vb,
+    stride_vs,
+    stride_vd,
+    offs_d,
+    d_ok,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """K and V [BLOCK_N, BLOCK_D] of keys start_n.. of one kv head; keys at or past `end`, and
+    the block-table entries of their pages, are not read."""
+    pos = start_n + tl.arange(0, BLOCK_N)
+    pos_ok = pos < end
+    slot = (pos % BLOCK_SIZE).to(tl.int64)[:, None]
+    if BLOCK_SIZE % BLOCK_N == 0:
+        # the tile lies in one page: one block-table entry
+        block = tl.load(table + (start_n // BLOCK_SIZE) * stride_btp, mask=start_n < end, other=0)
+        block = block.to(tl.int64)
+    else:
+        # [BLOCK_N] the page of each key
+        block = tl.load(table + (pos // BLOCK_SIZE) * stride_btp, mask=pos_ok, other=0)
+        block = block.to(tl.int64)[:, None]
+    mask = pos_ok[:, None] & d_ok[None, :]
+    # [BLOCK_N, BLOCK_D]
+    k = tl.load(
+        k_head + block * stride_kb + slot * stride_ks + offs_d[None, :] * stride_kd,
+        mask=mask,
+        other=0.0,
+    )
+    v = tl.load(
+        v_head + block * stride_vb + slot * stride_vs + offs_d[None, :] * stride_vd,
+        mask=mask,
+        other=0.0,
+    )
+    return k, v
 
 
 @triton.jit
@@ -122,6 +187,8 @@ def _paged_fwd_kernel(
     HAS_K_DESCALE: tl.constexpr,
     HAS_V_DESCALE: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    FP16_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
@@ -155,6 +222,12 @@ def _paged_fwd_kernel(
     )
     if HAS_K_DESCALE:
         qk_scale = qk_scale * tl.load(k_descale_ptr + kv_head * stride_kds)
+    if FP16_DOT:
+        # fp8 cache: multiply in float16, q scaled by 2^e so that max|q| is in [2^13, 2^14)
+        q_max = tl.max(tl.max(tl.abs(q.to(tl.float32)), 1), 0)
+        q_mult = tl.exp2(13.0 - tl.floor(tl.log2(tl.where(q_max > 0.0, q_max, 1.0))))
+        q = (q.to(tl.float32) * q_mult).to(tl.float16)
+        qk_scale = qk_scale / q_mult
 
     k_head = k_ptr + kv_head.to(tl.int64) * stride_kh
     v_head = v_ptr + kv_head.to(tl.int64) * stride_vh
@@ -162,39 +235,75 @@ def _paged_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
-        pos = start_n + tl.arange(0, BLOCK_N)
-        pos_ok = pos < end
-        slot = (pos % BLOCK_SIZE).to(tl.int64)
-        if BLOCK_SIZE % BLOCK_N == 0:
-            # the tile lies in one page: one block-table entry (start_n < end <= seq_len)
-            block = tl.load(table + (start_n // BLOCK_SIZE) * stride_btp).to(tl.int64)
-        else:
-            # [BLOCK_N] the page of each key; entries past the used pages are never loaded
-            block = tl.load(table + (pos // BLOCK_SIZE) * stride_btp, mask=pos_ok, other=0)
-            block = block.to(tl.int64)[:, None]
-        kv_mask = pos_ok[:, None] & d_ok[None, :]
-        # [BLOCK_N, BLOCK_D]
-        k = tl.load(
-            k_head + block * stride_kb + slot[:, None] * stride_ks + offs_d[None, :] * stride_kd,
-            mask=kv_mask,
-            other=0.0,
+    if PREFETCH:
+        k_next, v_next = _kv_tile(
+            k_head,
+            v_head,
+            table,
+            start,
+            end,
+            stride_btp,
+            stride_kb,
+            stride_ks,
+            stride_kd,
+            stride_vb,
+            stride_vs,
+            stride_vd,
+            offs_d,
+            d_ok,
+            BLOCK_SIZE,
+            BLOCK_N,
         )
+    for start_n in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
+        if PREFETCH:
+            k, v = k_next, v_next
+            k_next, v_next = _kv_tile(
+                k_head,
+                v_head,
+                table,
+                start_n + BLOCK_N,
+                end,
+                stride_btp,
+                stride_kb,
+                stride_ks,
+                stride_kd,
+                stride_vb,
+                stride_vs,
+                stride_vd,
+                offs_d,
+                d_ok,
+                BLOCK_SIZE,
+                BLOCK_N,
+            )
+        else:
+            k, v = _kv_tile(
+                k_head,
+                v_head,
+                table,
+                start_n,
+                end,
+                stride_btp,
+                stride_kb,
+                stride_ks,
+                stride_kd,
+                stride_vb,
+                stride_vs,
+                stride_vd,
+                offs_d,
+                d_ok,
+                BLOCK_SIZE,
+                BLOCK_N,
+            )
+        pos = start_n + tl.arange(0, BLOCK_N)
         # [BLOCK_M, BLOCK_N] scores in log2 units
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-        visible = pos_ok[None, :] & (pos[None, :] <= last_key[:, None])
+        visible = (pos[None, :] < end) & (pos[None, :] <= last_key[:, None])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        # [BLOCK_N, BLOCK_D]
-        v = tl.load(
-            v_head + block * stride_vb + slot[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-            mask=kv_mask,
-            other=0.0,
-        )
         # [BLOCK_M, BLOCK_D]
         acc = acc * alpha[:, None] + tl.dot(
             p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION
@@ -296,8 +405,8 @@ def launch_merge(
     rows, num_splits, head_dim = out.shape
     if rows == 0:
         return
-    block_d = min(triton.next_power_of_2(head_dim), MERGE_BLOCK_D)
-    block_s = min(triton.next_power_of_2(num_splits), MERGE_BLOCK_S)
+    block_s = min(triton.next_power_of_2(num_splits), MERGE_MAX_BLOCK_S)
+    block_d = min(triton.next_power_of_2(head_dim), max(16, MERGE_TILE // block_s))
     grid = (rows, triton.cdiv(head_dim, block_d))
     _merge_kernel[grid](
         out,
@@ -312,7 +421,7 @@ def launch_merge(
         head_dim,
         BLOCK_S=block_s,
         BLOCK_D=block_d,
-        num_warps=4 if block_s * block_d >= 1024 else 1,
+        num_warps=4 if block_s * block_d >= 2048 else 2,
     )
 
 
@@ -383,6 +492,12 @@ def launch_paged(
         HAS_K_DESCALE=k_descale is not None,
         HAS_V_DESCALE=v_descale is not None,
         NUM_STAGES=config.num_stages,
+        PREFETCH=config.prefetch,
+        FP16_DOT=(
+            config.fp8_in_fp16
+            and k_cache.dtype not in (torch.float16, torch.bfloat16, torch.float32)
+            and q.dtype != torch.float32
+        ),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
         num_warps=config.num_warps,
     )
@@ -437,7 +552,7 @@ def plan_paged(
     )
     arch = current_arch(q.device)
     if config is None:
-        config = pick_config(meta.block_size, q.shape[-1], arch)
+        config = pick_config(meta.block_size, q.shape[-1], k_cache.dtype, arch)
     if num_splits is None:
         group_rows = (q.shape[1] // meta.num_kv_heads) * q.shape[2]
         programs = q.shape[0] * meta.num_kv_heads * triton.cdiv(group_rows, MAX_BLOCK_M)
