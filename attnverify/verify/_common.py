@@ -253,6 +253,30 @@ class VariantSpec:
             kwargs["return_lse"] = True
         return fn(*args, **kwargs)
 
+    def run_oracle(
+        self, inputs: dict[str, Any], case: Case, *, grads: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The float64 oracle's quantities (gradients through float64 copies of the inputs)."""
+        return self.run(self.oracle(), inputs, case, grads=grads, leaf_dtype=torch.float64)
+
+    def run_baseline(
+        self, inputs: dict[str, Any], case: Case, *, grads: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The same-precision baseline's quantities (`baseline`)."""
+        return self.run(self.baseline(case), inputs, case, grads=grads)
+
+    def run_impl(
+        self,
+        impl: Callable[..., Any],
+        inputs: dict[str, Any],
+        case: Case,
+        *,
+        grads: bool = True,
+        poison: Sequence[tuple[tuple[int, ...], torch.dtype]] = (),
+    ) -> dict[str, torch.Tensor]:
+        """The implementation's quantities; raises `ImplError` for anything unusable."""
+        return self.run(impl, inputs, case, grads=grads, is_impl=True, poison=poison)
+
     def run(
         self,
         fn: Callable[..., Any],

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, settings
-from hypothesis.errors import InvalidArgument
 
 PROFILES = {
     "ci": {"max_examples": 12, "derandomize": True},
@@ -91,17 +90,19 @@ BUDGETS = {
 
 
 def register_profiles() -> None:
-    """Register the three profiles with hypothesis (idempotent: registered ones are kept, so
-    calling this inside an @settings-decorated test does not re-register)."""
+    """Register the three profiles with hypothesis, once per process (hypothesis ships its own
+    `ci` profile, which this replaces; later calls, possibly inside an @settings test where
+    hypothesis refuses registration, do nothing)."""
+    if _registered:
+        return
     for name, options in PROFILES.items():
-        try:
-            settings.get_profile(name)
-            continue
-        except InvalidArgument:
-            pass
         settings.register_profile(
             name, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True, **options
         )
+    _registered.append(True)
+
+
+_registered: list[bool] = []
 
 
 def budget(profile: str) -> Budget:

@@ -174,8 +174,8 @@ def run_case(
     kind = arch or arch_kind(dev)
     try:
         inputs = spec.make_inputs(case, dev)
-        oracle = spec.run(spec.oracle(), inputs, case, grads=grads, leaf_dtype=torch.float64)
-        baseline = spec.run(spec.baseline(case), inputs, case, grads=grads)
+        oracle = spec.run_oracle(inputs, case, grads=grads)
+        baseline = spec.run_baseline(inputs, case, grads=grads)
     except Exception:
         return CaseResult(
             case,
@@ -184,7 +184,7 @@ def run_case(
         )
     poison = [(tuple(t.shape), spec.quantity_dtype(case, q)) for q, t in oracle.items()]
     try:
-        got = spec.run(impl, inputs, case, grads=grads, is_impl=True, poison=poison)
+        got = spec.run_impl(impl, inputs, case, grads=grads, poison=poison)
     except ImplError as exc:
         return CaseResult(case, error=str(exc), seconds=time.perf_counter() - start)
     except Exception as exc:

@@ -153,3 +153,16 @@ def test_runner_empty_rows_must_be_exact_zero(tmp_path: Path) -> None:
     report = check("gqa", empty_rows_mean_v, cases=[case], grads=False, replay_dir=tmp_path)
     out = report.results[0].comparisons[0]
     assert not out.passed and out.zero_violations > 0, str(out)
+
+
+def test_runner_unwritten_output_rows_show(tmp_path: Path) -> None:
+    def forgets_last_row(q, k, v, **kwargs):
+        out, lse = lower_precision(reference.gqa_attention)(q, k, v, **kwargs)
+        res = torch.empty(out.shape, dtype=out.dtype)
+        res[:, :, :-1] = out[:, :, :-1]
+        return res, lse
+
+    case = Case(variant="gqa", dtype="float16", seed=1, heads_q=2, lq=5, lk=20)
+    report = check("gqa", forgets_last_row, cases=[case], grads=False, replay_dir=tmp_path)
+    out = report.results[0].comparisons[0]
+    assert not out.passed and out.max_abs_index[2] == case.lq - 1, str(out)
