@@ -169,7 +169,12 @@ class GqaSpec(VariantSpec):
         f64 = torch.float64
         q, k, v = (inputs[n].detach().to(f64) for n in ("q", "k", "v"))
         bias = inputs["bias"]
-        dout = self.grad_output(case, oracle["out"].shape, q.device).to(f64)
+        # Gradient magnitudes only when gradients are compared (the oracle has them).
+        dout = (
+            self.grad_output(case, oracle["out"].shape, q.device).to(f64)
+            if "dq" in oracle
+            else None
+        )
         scale = case.scale if case.scale is not None else case.head_dim**-0.5
         return term_magnitudes(
             q,
@@ -298,14 +303,15 @@ def term_magnitudes(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    dout: torch.Tensor,
+    dout: torch.Tensor | None,
     out: torch.Tensor,
     lse: torch.Tensor,
     seen: torch.Tensor,
     bias: torch.Tensor | None,
     scale: float,
 ) -> dict[str, float]:
-    """Largest absolute summand behind out, dq, dk, dv, dbias (float64, (B, H, L, D) inputs).
+    """Largest absolute summand behind out, dq, dk, dv, dbias (float64, (B, H, L, D) inputs);
+    out only when `dout` is None (no gradients compared).
 
     With P the softmax, dP = dO V^T, delta = rowsum(dO * O), C = P * (|dP| + |delta|):
     out ~ P |V|, dv ~ P^T |dO|, dq ~ scale C |K|, dk ~ scale C^T |Q|, dbias ~ C summed over its
@@ -319,6 +325,9 @@ def term_magnitudes(
         s = s + expand_heads(bias, hq, hk)
     finite = torch.isfinite(lse).unsqueeze(-1) & seen
     p = torch.where(finite, torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)), 0.0)
+    out_mag = torch.matmul(p, ve.abs())
+    if dout is None:
+        return {"out": float(out_mag.max()) if out_mag.numel() else 0.0}
     dp = torch.matmul(dout, ve.transpose(-1, -2)).abs()
     delta = (dout * out).sum(dim=-1, keepdim=True).abs()
     c = p * (dp + delta)
@@ -328,7 +337,7 @@ def term_magnitudes(
         return x.reshape(b, hk, hq // hk, lk, -1).sum(dim=2)
 
     mags = {
-        "out": torch.matmul(p, ve.abs()),
+        "out": out_mag,
         "dv": grouped(torch.matmul(p.transpose(-1, -2), dout.abs())),
         "dq": scale * torch.matmul(c, ke.abs()),
         "dk": scale * grouped(torch.matmul(c.transpose(-1, -2), q.abs())),

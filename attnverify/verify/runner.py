@@ -176,10 +176,12 @@ def run_case(
         inputs = spec.make_inputs(case, dev)
         oracle = spec.run_oracle(inputs, case, grads=grads)
         baseline = spec.run_baseline(inputs, case, grads=grads)
+        zeros = spec.structural_zeros(case, inputs, oracle)
+        magnitudes = spec.magnitudes(case, inputs, oracle)
     except Exception:
         return CaseResult(
             case,
-            error=f"harness error (oracle or baseline raised):\n{traceback.format_exc(limit=4)}",
+            error=f"harness error (oracle, baseline or spec raised):\n{traceback.format_exc(limit=4)}",
             seconds=time.perf_counter() - start,
         )
     poison = [(tuple(t.shape), spec.quantity_dtype(case, q)) for q, t in oracle.items()]
@@ -191,8 +193,6 @@ def run_case(
         return CaseResult(
             case, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
         )
-    zeros = spec.structural_zeros(case, inputs, oracle)
-    magnitudes = spec.magnitudes(case, inputs, oracle)
     lse = oracle["lse"]
     finite_lse = lse[torch.isfinite(lse)]
     logit_scale = float(finite_lse.abs().max()) if finite_lse.numel() else 0.0
@@ -222,13 +222,19 @@ def run_case(
     )
 
 
-def write_replay(result: CaseResult, target: str, grads: bool, replay_dir: Path) -> str:
-    """Write a failing case as replay JSON; returns the path."""
+def write_replay(result: CaseResult, target: str, grads: bool, replay_dir: Path) -> str | None:
+    """Write a failing case as replay JSON; returns the path (None if it could not be written:
+    the reason goes into the result's error, a replay file is never worth an exception)."""
     digest = hashlib.sha1(result.case.to_json().encode()).hexdigest()[:10]
     path = replay_dir / f"{result.case.variant}-{result.case.dtype}-{digest}.json"
-    replay_dir.mkdir(parents=True, exist_ok=True)
     body = {"case": result.case.to_dict(), "target": target, "grads": grads, **_failure(result)}
-    path.write_text(json.dumps(body, indent=1) + "\n")
+    try:
+        replay_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(body, indent=1) + "\n")
+    except OSError as exc:
+        note = f"replay file not written: {exc}"
+        result.error = f"{result.error}; {note}" if result.error else note
+        return None
     result.replay_path = str(path)
     for c in result.comparisons:
         c.replay_path = str(path)

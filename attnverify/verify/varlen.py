@@ -134,7 +134,12 @@ class VarlenSpec(VariantSpec):
         """Largest summands of out and each gradient, over every sequence (`term_magnitudes`)."""
         f64 = torch.float64
         q, k, v = (inputs[n].detach().to(f64) for n in ("q", "k", "v"))
-        dout = self.grad_output(case, oracle["out"].shape, q.device).to(f64)
+        # Gradient magnitudes only when gradients are compared (the oracle has them).
+        dout = (
+            self.grad_output(case, oracle["out"].shape, q.device).to(f64)
+            if "dq" in oracle
+            else None
+        )
         scale = case.scale if case.scale is not None else case.head_dim**-0.5
         out, lse = oracle["out"], oracle["lse"]
         best: dict[str, float] = {}
@@ -142,8 +147,8 @@ class VarlenSpec(VariantSpec):
         for lq, lk in zip(case.seqlens_q, case.seqlens_k, strict=True):
             if lq and lk:
 
-                def seq(x: torch.Tensor, start: int, n: int) -> torch.Tensor:
-                    return x[start : start + n].transpose(0, 1).unsqueeze(0)
+                def seq(x: torch.Tensor | None, start: int, n: int) -> torch.Tensor | None:
+                    return None if x is None else x[start : start + n].transpose(0, 1).unsqueeze(0)
 
                 seen = (
                     causal_visible(lq, lk, q.device)
