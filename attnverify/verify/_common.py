@@ -346,7 +346,10 @@ class VariantSpec:
             # An empty output (no query rows at all) may be a constant: every gradient is 0.
             res.update({f"d{name}": torch.zeros_like(leaf) for name, leaf in leaves.items()})
         elif grads and leaves:
-            g_out = self.grad_output(case, out.shape, out.device).to(out.dtype)
+            g_out = self.grad_output(case, out.shape, out.device)
+            # dO in the case's memory layout: a backward must not assume a contiguous dO.
+            layout = case.layout if case.layout in ("transposed", "offset") else "contiguous"
+            g_out = physical(g_out, layout, out.dtype, out.device)
             try:
                 got = torch.autograd.grad(out, list(leaves.values()), g_out, allow_unused=True)
             except Exception as exc:

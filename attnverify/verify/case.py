@@ -11,7 +11,8 @@ defaults and stay out of the JSON):
   `heads_q` (Hq), `heads_k` (Hk), `head_dim` (D), `distribution`, `layout`, `scale`.
 - gqa / fp8: `batch` (B), `lq` (Lq), `lk` (Lk), `causal`; gqa: `mask_shape`, `mask_kind`,
   `mask_tile`, `bias_shape`, `bias_dtype`; fp8: `out_dtype`, `descale`.
-- varlen: `seqlens_q`, `seqlens_k` (one length per sequence, zero allowed), `causal`.
+- varlen: `seqlens_q`, `seqlens_k` (one length per sequence, zero allowed), `causal`,
+  `max_seqlen_slack` (added to the true maxima passed as max_seqlen_q/k: callers pass bounds).
 - paged: `batch`, `lq` (new tokens per request), `seq_lens`, `block_size`, `num_blocks`,
   `block_tables`, `kv_layout`, `num_splits`, `descale` (fp8 caches), `cache_dtype`.
 - merge: `lead_shape` (the `...` dims), `num_states` (S), `state_kind`.
@@ -70,6 +71,7 @@ class Case:
     bias_dtype: str | None = None
     seqlens_q: tuple[int, ...] = ()
     seqlens_k: tuple[int, ...] = ()
+    max_seqlen_slack: int = 0
     out_dtype: str | None = None
     descale: str = "tensor"
     seq_lens: tuple[int, ...] = ()

@@ -57,8 +57,8 @@ class Budget:
 
 BUDGETS = {
     "ci": Budget(
-        max_len=160,
-        max_head_dim=144,
+        max_len=320,
+        max_head_dim=256,
         max_heads_q=8,
         max_batch=3,
         max_work=3_000_000,

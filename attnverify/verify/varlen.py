@@ -4,7 +4,7 @@ cu_seqlens (N+1,) int32; causal bottom-right per sequence; gradients dq, dk, dv.
 Cases reach: 1-4 sequences whose lengths are on and off block edges, zero-length sequences (on
 the query side, the key side, or both), Lq != Lk per sequence both ways, self-attention
 (Lq_n = Lk_n), G in {1, 2, 3, 4, 5, 8}, D powers of two and not, normal / peaked / outlier
-values, contiguous / transposed / packed-qkv / offset memory.
+values, contiguous / transposed / packed-qkv / offset memory, max_seqlen exact or loose.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from attnverify.verify.gqa import term_magnitudes, visible_pairs
 from attnverify.verify.profiles import budget as profile_budget
 from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import head_counts, head_dims, lengths, seeds
+
+# max_seqlen_q/k are upper bounds: callers pass the exact maximum or a looser one (a batch's
+# padded maximum); kernels must not size anything but the grid from them.
+SEQLEN_SLACK = (0, 0, 7, 64)
 
 
 @st.composite
@@ -65,6 +69,7 @@ def varlen_cases(
         scale=draw(st.sampled_from([None, 0.5, 0.05])),
         distribution=draw(st.sampled_from(DISTRIBUTIONS)),
         layout=draw(st.sampled_from(LAYOUTS)),
+        max_seqlen_slack=draw(st.sampled_from(SEQLEN_SLACK)),
     )
 
 
@@ -106,8 +111,8 @@ class VarlenSpec(VariantSpec):
             "v": v,
             "cu_seqlens_q": cu_seqlens(case.seqlens_q, dev),
             "cu_seqlens_k": cu_seqlens(case.seqlens_k, dev),
-            "max_seqlen_q": max(case.seqlens_q, default=0),
-            "max_seqlen_k": max(case.seqlens_k, default=0),
+            "max_seqlen_q": max(case.seqlens_q, default=0) + case.max_seqlen_slack,
+            "max_seqlen_k": max(case.seqlens_k, default=0) + case.max_seqlen_slack,
             "causal": case.causal,
             "scale": case.scale,
         }
