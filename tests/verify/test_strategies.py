@@ -224,3 +224,46 @@ def test_strategies_fp8_values_reach_the_format_max_per_head() -> None:
         assert not any(
             math.isclose(a * b, 1.0) for a in d.flatten().tolist() for b in d.flatten().tolist()
         )
+
+
+def test_specs_flops_and_bytes_models() -> None:
+    gqa = get_spec("gqa")
+    causal = Case(
+        variant="gqa", dtype="float16", seed=0, heads_q=2, head_dim=64, lq=4, lk=4, causal=True
+    )
+    assert gqa.flops(causal) == 4 * (1 + 2 + 3 + 4) * 2 * 64
+    wide = dataclasses.replace(causal, lq=2, lk=5)
+    assert gqa.flops(wide) == 4 * (4 + 5) * 2 * 64
+    varlen = Case(
+        variant="varlen", dtype="float16", seed=0, head_dim=8, seqlens_q=(3, 0), seqlens_k=(2, 5)
+    )
+    assert get_spec("varlen").flops(varlen) == 4 * 6 * 1 * 8
+    decode = Case(
+        variant="paged",
+        dtype="float16",
+        seed=0,
+        heads_q=4,
+        heads_k=2,
+        head_dim=64,
+        seq_lens=(10, 3),
+        batch=2,
+        block_tables=((0,), (1,)),
+        num_blocks=2,
+    )
+    kv_bytes = 2 * (10 + 3) * 2 * 64 * 2
+    q_out_bytes = 2 * 2 * 4 * 1 * 64 * 2
+    assert get_spec("paged").bytes_moved(decode) == kv_bytes + q_out_bytes
+    fp8_cache = dataclasses.replace(decode, cache_dtype="float8_e4m3fn")
+    assert get_spec("paged").bytes_moved(fp8_cache) == kv_bytes // 2 + q_out_bytes
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_specs_bench_cases_are_real_model_shapes(variant: str) -> None:
+    shapes = get_spec(variant).bench_cases()
+    assert shapes and all(c.variant == variant for c in shapes)
+    first = shapes[0]
+    assert Case.from_json(first.to_json()) == first
+    assert get_spec(variant).bytes_moved(first) > 0
+    if variant != "merge":
+        assert first.heads_q >= 16 and first.head_dim in (72, 80, 128), first.short()[:200]
+        assert get_spec(variant).flops(first) > 1e9
