@@ -118,11 +118,37 @@ def block_any(mask: torch.Tensor, block: int) -> torch.Tensor:
     return tiles.to(torch.uint8).contiguous()
 
 
+def live_block_lists(
+    flags: torch.Tensor, seqlen_q: int, seqlen_k: int, block: int, *, causal: bool
+) -> torch.Tensor:
+    """Per query tile, the KV tiles that hold any visible key: a count, then their indices.
+
+    Args:
+        flags: (Bm, Hm, nq or 1, nk or 1) uint8 from `block_any` (size-1 dims broadcast).
+        seqlen_q, seqlen_k: Lq, Lk; tiles are `block x block`.
+        causal: also drop tiles entirely above the bottom-right diagonal.
+
+    Returns:
+        (Bm, Hm, ceil(Lq / block), ceil(Lk / block) + 1) int32, contiguous: entry 0 is the
+        number of live KV tiles, entries 1.. their indices in increasing order.
+    """
+    nq, nk = -(-seqlen_q // block), -(-seqlen_k // block)
+    live = flags.bool().expand(flags.shape[0], flags.shape[1], nq, nk)
+    if causal:
+        rows = torch.arange(nq, device=flags.device).unsqueeze(1)
+        cols = torch.arange(nk, device=flags.device).unsqueeze(0)
+        live = live & (cols * block <= rows * block + block - 1 + seqlen_k - seqlen_q)
+    count = live.sum(dim=-1, dtype=torch.int32).unsqueeze(-1)
+    order = torch.argsort((~live).to(torch.uint8), dim=-1, stable=True).to(torch.int32)
+    return torch.cat([count, order], dim=-1).contiguous()
+
+
 __all__ = [
     "MIN_DOT_TILE",
     "WORK_FIELDS",
     "HeadDimSplit",
     "block_any",
+    "live_block_lists",
     "split_head_dim",
     "use_interpreter",
     "varlen_work_table",

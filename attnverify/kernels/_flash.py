@@ -33,6 +33,7 @@ from attnverify.arch import interpreter_active
 from attnverify.kernels._common import (
     HeadDimSplit,
     block_any,
+    live_block_lists,
     split_head_dim,
     varlen_work_table,
 )
@@ -80,6 +81,8 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
         return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
 
     kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
+    if args["HAS_MASK"]:
+        kept = [c for c in kept if c.kwargs["BLOCK_INNER"] == args["MASK_BLOCK"]] or kept
     if not kept:
         kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
     return kept[:1] if os.environ.get(AUTOTUNE_ENV) == "0" else kept
@@ -160,7 +163,11 @@ def _scores(
     s = s * qk_scale
     in_range = (rows < len_q)[:, None] & (cols < len_k)[None, :]
     if HAS_BIAS:
-        s += tl.load(bias_ptrs, mask=in_range, other=0.0).to(tl.float32) * LOG2E
+        if MASKED:
+            bias = tl.load(bias_ptrs, mask=in_range, other=0.0)
+        else:
+            bias = tl.load(bias_ptrs)
+        s += bias.to(tl.float32) * LOG2E
     if MASKED:
         visible = in_range
         if IS_CAUSAL:
@@ -169,7 +176,7 @@ def _scores(
             visible = visible & (tl.load(mask_ptrs, mask=visible, other=0) != 0)
         s = tl.where(visible, s, float("-inf"))
     elif HAS_MASK:
-        s = tl.where(tl.load(mask_ptrs, mask=in_range, other=0) != 0, s, float("-inf"))
+        s = tl.where(tl.load(mask_ptrs) != 0, s, float("-inf"))
     return s
 
 
@@ -190,10 +197,10 @@ def _fwd_tile(
     d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
-    MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr,
+    MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i."""
-    if _tile_active(flag_ptr, HAS_MASK):
+    if _tile_active(flag_ptr, SKIP_EMPTY):
         cols_ok = cols < len_k
         # [BLOCK_N, D0], [BLOCK_N, D1]
         k0 = _load_tile(k_ptrs + k_off0, cols_ok, d0_ok, MASKED, MASK_D0)
@@ -240,7 +247,7 @@ def _row_range(m0, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 @triton.jit
 def _flash_fwd_kernel(
-    Q, K, V, Out, Lse, Mask, Bias, Flags, Work,
+    Q, K, V, Out, Lse, Mask, Bias, Flags, Work, Lists,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -249,13 +256,18 @@ def _flash_fwd_kernel(
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_fz, stride_fh, stride_fm, stride_fn,
+    stride_tz, stride_th, stride_tm, stride_tn,
     seqlen_q, seqlen_k, group, mask_head_div, bias_head_div, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr,
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """Forward: one program per (query block, query head, batch); writes out and lse."""
+    """Forward: one program per (query block, query head, batch); writes out and lse.
+
+    With a mask and BLOCK_N == MASK_BLOCK the KV loop walks `Lists` (per query block: the
+    count of live KV tiles, then their indices), so time follows the live tiles only.
+    """
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -265,11 +277,11 @@ def _flash_fwd_kernel(
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, HEAD_D0)
-    offs_d1 = HEAD_D0 + tl.arange(0, HEAD_D1)
+    offs_d1 = (HEAD_DIM - HEAD_D1) + tl.arange(0, HEAD_D1)  # ends at D: loads need no mask
     d0_ok = offs_d0 < HEAD_DIM
-    d1_ok = offs_d1 < HEAD_DIM
+    d1_ok = offs_d1 >= HEAD_D0  # lanes tile 1 owns; the overlap with tile 0 is zeroed/unstored
     MASK_D0: tl.constexpr = HEAD_D0 > HEAD_DIM
-    MASK_D1: tl.constexpr = HEAD_D0 + HEAD_D1 > HEAD_DIM
+    MASK_D1: tl.constexpr = False
     rows_ok = rows < len_q
 
     q_base = _base(Q, z, h, start_q + m0, stride_qz, stride_qh, stride_qm)
@@ -278,7 +290,8 @@ def _flash_fwd_kernel(
     q0 = _load_tile(q_base + q_rows + offs_d0[None, :] * stride_qd, rows_ok, d0_ok, True, MASK_D0)
     q1 = q0
     if HAS_D1:
-        q1 = _load_tile(q_base + q_rows + offs_d1[None, :] * stride_qd, rows_ok, d1_ok, True, True)
+        q1 = _load_tile(q_base + q_rows + offs_d1[None, :] * stride_qd, rows_ok, d1_ok, True, False)
+        q1 = tl.where(d1_ok[None, :], q1, 0.0)
     k_base = _base(K, z, hk, start_k, stride_kz, stride_kh, stride_kn)
     v_base = _base(V, z, hk, start_k, stride_vz, stride_vh, stride_vn)
     k_off0 = offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd
@@ -288,7 +301,8 @@ def _flash_fwd_kernel(
     m_base = _base(Mask, z, h // mask_head_div, m0, stride_mz, stride_mh, stride_mm)
     b_base = _base(Bias, z, h // bias_head_div, m0, stride_bz, stride_bh, stride_bm)
     f_base = _base(Flags, z, h // mask_head_div, m0 // MASK_BLOCK, stride_fz, stride_fh, stride_fm)
-    local = tl.arange(0, BLOCK_M)[:, None]
+    # rows past Lq read row Lq - 1 (results discarded) so interior tiles load without masks
+    local = tl.minimum(tl.arange(0, BLOCK_M), len_q - 1 - m0)[:, None]
     m_off = local * stride_mm + offs_n[None, :] * stride_mn
     b_off = local * stride_bm + offs_n[None, :] * stride_bn
 
@@ -297,7 +311,11 @@ def _flash_fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, HEAD_D0], tl.float32)
     acc1 = tl.zeros([BLOCK_M, HEAD_D1], tl.float32)
     shift = len_k - len_q
+    USE_LISTS: tl.constexpr = HAS_MASK and BLOCK_N == MASK_BLOCK
     n_full, n_end = _row_range(m0, len_q, len_k, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    if USE_LISTS:
+        n_full = n_full * 0
+        n_end = n_full
     for n0 in range(0, n_full, BLOCK_N):
         n64 = _wide(n0)
         acc0, acc1, m_i, l_i = _fwd_tile(
@@ -305,7 +323,7 @@ def _flash_fwd_kernel(
             k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, HAS_MASK,
         )  # fmt: skip
     for n0 in range(n_full, n_end, BLOCK_N):
         n64 = _wide(n0)
@@ -314,8 +332,22 @@ def _flash_fwd_kernel(
             k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, HAS_MASK,
         )  # fmt: skip
+    if USE_LISTS:
+        # block-sparse: walk only the live KV tiles of this query block (host-built list)
+        t_base = _base(Lists, z, h // mask_head_div, m0 // MASK_BLOCK, stride_tz, stride_th,
+                       stride_tm)  # fmt: skip
+        for i in range(0, tl.load(t_base)):
+            n0 = tl.load(t_base + (i + 1) * stride_tn) * BLOCK_N
+            n64 = _wide(n0)
+            acc0, acc1, m_i, l_i = _fwd_tile(
+                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
+                k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
+                b_base + n64 * stride_bn + b_off, f_base, rows, n0 + offs_n, len_q, len_k, shift,
+                qk_scale, d0_ok, d1_ok,
+                True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, False,
+            )  # fmt: skip
 
     has_key = l_i > 0
     inv_l = 1.0 / tl.where(has_key, l_i, 1.0)
@@ -468,11 +500,11 @@ def _flash_bwd_dkdv_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d0 = tl.arange(0, HEAD_D0)
-    offs_d1 = HEAD_D0 + tl.arange(0, HEAD_D1)
+    offs_d1 = (HEAD_DIM - HEAD_D1) + tl.arange(0, HEAD_D1)  # ends at D: loads need no mask
     d0_ok = offs_d0 < HEAD_DIM
-    d1_ok = offs_d1 < HEAD_DIM
+    d1_ok = offs_d1 >= HEAD_D0  # lanes tile 1 owns; the overlap with tile 0 is zeroed/unstored
     MASK_D0: tl.constexpr = HEAD_D0 > HEAD_DIM
-    MASK_D1: tl.constexpr = HEAD_D0 + HEAD_D1 > HEAD_DIM
+    MASK_D1: tl.constexpr = False
     cols_ok = cols < len_k
 
     k_base = _base(K, z, hk, start_k + n0, stride_kz, stride_kh, stride_kn)
@@ -486,9 +518,11 @@ def _flash_bwd_dkdv_kernel(
     v1 = v0
     if HAS_D1:
         k1 = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd,
-                        cols_ok, d1_ok, True, True)  # fmt: skip
+                        cols_ok, d1_ok, True, False)  # fmt: skip
         v1 = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd,
-                        cols_ok, d1_ok, True, True)  # fmt: skip
+                        cols_ok, d1_ok, True, False)  # fmt: skip
+        k1 = tl.where(d1_ok[None, :], k1, 0.0)
+        v1 = tl.where(d1_ok[None, :], v1, 0.0)
     q_base = _base(Q, z, h, start_q, stride_qz, stride_qh, stride_qm)
     do_base = _base(DO, z, h, start_q, stride_doz, stride_doh, stride_dom)
     q_off0 = offs_m[:, None] * stride_qm + offs_d0[None, :] * stride_qd
@@ -628,11 +662,11 @@ def _flash_bwd_dq_kernel(
     local = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, HEAD_D0)
-    offs_d1 = HEAD_D0 + tl.arange(0, HEAD_D1)
+    offs_d1 = (HEAD_DIM - HEAD_D1) + tl.arange(0, HEAD_D1)  # ends at D: loads need no mask
     d0_ok = offs_d0 < HEAD_DIM
-    d1_ok = offs_d1 < HEAD_DIM
+    d1_ok = offs_d1 >= HEAD_D0  # lanes tile 1 owns; the overlap with tile 0 is zeroed/unstored
     MASK_D0: tl.constexpr = HEAD_D0 > HEAD_DIM
-    MASK_D1: tl.constexpr = HEAD_D0 + HEAD_D1 > HEAD_DIM
+    MASK_D1: tl.constexpr = False
     rows_ok = rows < len_q
 
     q_base = _base(Q, z, h, start_q + m0, stride_qz, stride_qh, stride_qm)
@@ -646,9 +680,11 @@ def _flash_bwd_dq_kernel(
     do1 = do0
     if HAS_D1:
         q1 = _load_tile(q_base + local[:, None] * stride_qm + offs_d1[None, :] * stride_qd,
-                        rows_ok, d1_ok, True, True)  # fmt: skip
+                        rows_ok, d1_ok, True, False)  # fmt: skip
         do1 = _load_tile(do_base + local[:, None] * stride_dom + offs_d1[None, :] * stride_dod,
-                         rows_ok, d1_ok, True, True)  # fmt: skip
+                         rows_ok, d1_ok, True, False)  # fmt: skip
+        q1 = tl.where(d1_ok[None, :], q1, 0.0)
+        do1 = tl.where(d1_ok[None, :], do1, 0.0)
     l_base = _base(Lse, z, h, start_q + m0, stride_lz, stride_lh, stride_lm)
     d_base = _base(Delta, z, h, start_q + m0, stride_lz, stride_lh, stride_lm)
     lse2, delta = _load_row_stats(l_base, d_base, local, len_q - m0, stride_lm)
@@ -661,8 +697,9 @@ def _flash_bwd_dq_kernel(
     m_base = _base(Mask, z, h // mask_head_div, m0, stride_mz, stride_mh, stride_mm)
     b_base = _base(Bias, z, h // bias_head_div, m0, stride_bz, stride_bh, stride_bm)
     f_base = _base(Flags, z, h // mask_head_div, m0 // MASK_BLOCK, stride_fz, stride_fh, stride_fm)
-    m_off = local[:, None] * stride_mm + offs_n[None, :] * stride_mn
-    b_off = local[:, None] * stride_bm + offs_n[None, :] * stride_bn
+    clamped = tl.minimum(local, len_q - 1 - m0)[:, None]  # see _flash_fwd_kernel
+    m_off = clamped * stride_mm + offs_n[None, :] * stride_mn
+    b_off = clamped * stride_bm + offs_n[None, :] * stride_bn
 
     dq0 = tl.zeros([BLOCK_M, HEAD_D0], tl.float32)
     dq1 = tl.zeros([BLOCK_M, HEAD_D1], tl.float32)
@@ -887,9 +924,16 @@ def flash_forward(
     common = _prepare(q, problem, mask, bias, config)
     vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
+    lists = q
+    if mask is not None:
+        lists = live_block_lists(
+            common.kwargs["Flags"], problem.seqlen_q, problem.seqlen_k,
+            common.kwargs["MASK_BLOCK"], causal=problem.causal,
+        )  # fmt: skip
     _launch(
         _fwd, common.grid_rows, config,
-        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work_rows,
+        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work_rows, Lists=lists,
+        **_stride_kw("t", "zhmn", _broadcast(lists) if mask is not None else (0, 0, 0, 0)),
         **_named("q", q, vl), **_named_kv("k", k, vl), **_named_kv("v", v, vl),
         **_named("o", out, vl),
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
