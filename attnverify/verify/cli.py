@@ -39,6 +39,8 @@ from typing import Any, TextIO
 import torch
 
 from attnverify import records
+from attnverify.verify.case import dtype_from_name
+from attnverify.verify.profiles import PROFILES
 from attnverify.verify.report import (
     ProgressBar,
     RunResult,
@@ -50,9 +52,9 @@ from attnverify.verify.report import (
     write_junit,
     write_markdown,
 )
+from attnverify.verify.targets import TARGET_NAMES
 
 VARIANTS = records.VARIANTS
-PROFILES = ("ci", "device", "thorough")
 INTERPRET_ENV = "TRITON_INTERPRET"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 WORKER_POLL_S = 0.5
@@ -151,8 +153,6 @@ def draw_cases(
 def _examples(args: argparse.Namespace, profile: str) -> int:
     """`--examples`, else the profile's count from `attnverify.verify.profiles.PROFILES` (named
     explicitly: hypothesis ships a built-in profile called "ci" that may shadow ours)."""
-    from attnverify.verify.profiles import PROFILES
-
     return args.examples if args.examples is not None else PROFILES[profile]["max_examples"]
 
 
@@ -394,6 +394,21 @@ def _append_records(
             out.write(f"record: {variant} verified on {device} -> {path}\n")
 
 
+def _option_problem(args: argparse.Namespace, profile: str) -> str | None:
+    """What is wrong with the verify options (a dtype name, the target, the profile), or None."""
+    for name in args.dtype or ():
+        try:
+            dtype_from_name(name)
+        except ValueError as exc:
+            return f"--dtype: {exc}"
+    if args.target not in TARGET_NAMES and ":" not in args.target:
+        return f"unknown --target {args.target!r}; valid: {', '.join(TARGET_NAMES)}"
+    if profile not in PROFILES:
+        valid = ", ".join(PROFILES)
+        return f"profile (--profile, $ATTNVERIFY_PROFILE) must be one of {valid}; got {profile!r}"
+    return None
+
+
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     """`attnverify verify`: see the module docstring."""
     try:
@@ -404,23 +419,14 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         out.write(f"error: {exc}\n")
         return EXIT_USAGE
-    from attnverify.verify.case import dtype_from_name
-    from attnverify.verify.targets import TARGET_NAMES
-
-    try:
-        for name in args.dtype or ():
-            dtype_from_name(name)
-    except ValueError as exc:
-        out.write(f"error: --dtype: {exc}\n")
-        return EXIT_USAGE
-
-    if args.target not in TARGET_NAMES and ":" not in args.target:
-        out.write(f"error: unknown --target {args.target!r}; valid: {', '.join(TARGET_NAMES)}\n")
-        return EXIT_USAGE
     interpreter = devices[0].type == "cpu"
     profile = (
         args.profile or os.environ.get("ATTNVERIFY_PROFILE") or ("ci" if interpreter else "device")
     )
+    problem = _option_problem(args, profile)
+    if problem:
+        out.write(f"error: {problem}\n")
+        return EXIT_USAGE
     variants = list(dict.fromkeys(args.variant or VARIANTS))
     if interpreter:
         out.write(
@@ -581,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     verify.add_argument(
-        "--profile", choices=PROFILES, help="default: ci on the CPU, device on a GPU"
+        "--profile", choices=tuple(PROFILES), help="default: ci on the CPU, device on a GPU"
     )
     _device_option(verify)
     verify.add_argument(
