@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from attnverify.arch import current_arch
 from attnverify.reference import fp8_attention
-from attnverify.reference._common import attend
+from attnverify.reference._common import attend, causal_visible
 from attnverify.reference.fp8 import dequantize, quantize_fp8
 from attnverify.verify._common import VariantSpec, generator, place_qkv, resolve_device, values
 from attnverify.verify.case import DISTRIBUTIONS, LAYOUTS, Case, dtype_from_name
-from attnverify.verify.gqa import visible_pairs
+from attnverify.verify.gqa import term_magnitudes, visible_pairs
 from attnverify.verify.profiles import budget as profile_budget
 from attnverify.verify.profiles import heads_room, tiles
 from attnverify.verify.strategies import head_counts, head_dims, lengths, seeds
@@ -147,6 +147,18 @@ class Fp8Spec(VariantSpec):
             "scale": case.scale,
             "out_dtype": dtype_from_name(case.out_dtype or "bfloat16"),
         }
+
+    def magnitudes(
+        self, case: Case, inputs: dict[str, Any], oracle: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Largest summands of out and lse from the dequantized inputs (`term_magnitudes`)."""
+        f64 = torch.float64
+        q, k, v = (dequantize(inputs[n], inputs[f"{n}_descale"], f64) for n in ("q", "k", "v"))
+        scale = case.scale if case.scale is not None else case.head_dim**-0.5
+        seen = torch.ones((case.lq, case.lk), dtype=torch.bool, device=q.device)
+        if case.causal:
+            seen = causal_visible(case.lq, case.lk, q.device)
+        return term_magnitudes(q, k, v, None, oracle["out"], oracle["lse"], seen, None, scale)
 
     def quantity_dtype(self, case: Case, quantity: str) -> torch.dtype:
         if quantity == "lse":

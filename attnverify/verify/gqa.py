@@ -310,9 +310,11 @@ def term_magnitudes(
     bias: torch.Tensor | None,
     scale: float,
 ) -> dict[str, float]:
-    """Largest absolute summand behind out, dq, dk, dv, dbias (float64, (B, H, L, D) inputs);
-    out only when `dout` is None (no gradients compared).
+    """Largest absolute summand behind out, lse, dq, dk, dv, dbias (float64, (B, H, L, D)
+    inputs); out and lse only when `dout` is None (no gradients compared).
 
+    lse ~ the score summands scale * |q| . |k| + |bias| (and |lse|): a score that cancels to ~0
+    still carries the rounding of its summands; the runner also uses it as the logit scale.
     With P the softmax, dP = dO V^T, delta = rowsum(dO * O), C = P * (|dP| + |delta|):
     out ~ P |V|, dv ~ P^T |dO|, dq ~ scale C |K|, dk ~ scale C^T |Q|, dbias ~ C summed over its
     broadcast dims. A quantity that cancels to ~0 (dq with one key, dbias broadcast over Lk)
@@ -326,8 +328,18 @@ def term_magnitudes(
     finite = torch.isfinite(lse).unsqueeze(-1) & seen
     p = torch.where(finite, torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)), 0.0)
     out_mag = torch.matmul(p, ve.abs())
+    score_mag = torch.matmul(q.abs(), ke.abs().transpose(-1, -2)) * abs(scale)
+    if bias is not None:
+        score_mag = score_mag + expand_heads(bias, hq, hk).abs()
+    score_mag = torch.where(finite, score_mag, 0.0)
+    lse_mag = torch.maximum(
+        score_mag.amax(dim=-1), torch.where(torch.isfinite(lse), lse.abs(), 0.0)
+    )
     if dout is None:
-        return {"out": float(out_mag.max()) if out_mag.numel() else 0.0}
+        return {
+            name: float(x.max()) if x.numel() else 0.0
+            for name, x in (("out", out_mag), ("lse", lse_mag))
+        }
     dp = torch.matmul(dout, ve.transpose(-1, -2)).abs()
     delta = (dout * out).sum(dim=-1, keepdim=True).abs()
     c = p * (dp + delta)
@@ -338,6 +350,7 @@ def term_magnitudes(
 
     mags = {
         "out": out_mag,
+        "lse": lse_mag,
         "dv": grouped(torch.matmul(p.transpose(-1, -2), dout.abs())),
         "dq": scale * torch.matmul(c, ke.abs()),
         "dk": scale * grouped(torch.matmul(c.transpose(-1, -2), q.abs())),

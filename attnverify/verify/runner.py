@@ -195,7 +195,10 @@ def run_case(
         )
     lse = oracle["lse"]
     finite_lse = lse[torch.isfinite(lse)]
-    logit_scale = float(finite_lse.abs().max()) if finite_lse.numel() else 0.0
+    # The scale of the scores' summands (spec magnitude of lse), else max|lse|.
+    logit_scale = magnitudes.get(
+        "lse", float(finite_lse.abs().max()) if finite_lse.numel() else 0.0
+    )
     comparisons = []
     for quantity in spec.quantities(case, grads):
         if quantity not in oracle:
