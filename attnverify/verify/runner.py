@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 import traceback
@@ -129,7 +130,7 @@ class Report:
             "num_cases": self.num_cases,
             "seconds": self.seconds,
             "errors": self.errors,
-            "summary": self.summary(),
+            "summary": [{k: _json_number(v) for k, v in row.items()} for row in self.summary()],
             "failures": [r.to_dict() for r in self.failures],
         }
 
@@ -147,6 +148,13 @@ class Report:
         lines.extend(f"  error: {e}" for e in self.errors)
         lines.extend(str(r) for r in self.failures)
         return "\n".join(lines)
+
+
+def _json_number(value: Any) -> Any:
+    """inf/nan as strings (strict JSON has no such numbers); everything else unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 class _CaseFailed(Exception):

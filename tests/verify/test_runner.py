@@ -129,6 +129,7 @@ def test_runner_broken_impl_is_a_failed_case_not_an_exception(impl, message, tmp
     assert not report.passed
     text = str(report)
     assert message in text, text
+    json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert report.results[0].replay_path is not None
 
 
