@@ -10,7 +10,8 @@ defaults and stay out of the JSON):
 - all: `variant`, `dtype` (input dtype name, e.g. "float16", "float8_e4m3fn"), `seed`,
   `heads_q` (Hq), `heads_k` (Hk), `head_dim` (D), `distribution`, `layout`, `scale`.
 - gqa / fp8: `batch` (B), `lq` (Lq), `lk` (Lk), `causal`; gqa: `mask_shape`, `mask_kind`,
-  `mask_tile`, `bias_shape`, `bias_dtype`; fp8: `out_dtype`, `descale`.
+  `mask_tile`, `bias_shape`, `bias_dtype`, `broadcast_views` (mask/bias passed as stride-0
+  expanded views of their broadcast shape); fp8: `out_dtype`, `descale`.
 - varlen: `seqlens_q`, `seqlens_k` (one length per sequence, zero allowed), `causal`,
   `max_seqlen_slack` (added to the true maxima passed as max_seqlen_q/k: callers pass bounds).
 - paged: `batch`, `lq` (new tokens per request), `seq_lens`, `block_size`, `num_blocks`,
@@ -69,6 +70,7 @@ class Case:
     mask_tile: int = 0
     bias_shape: tuple[int, ...] | None = None
     bias_dtype: str | None = None
+    broadcast_views: bool = False
     seqlens_q: tuple[int, ...] = ()
     seqlens_k: tuple[int, ...] = ()
     max_seqlen_slack: int = 0

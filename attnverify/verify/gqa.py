@@ -5,6 +5,8 @@ Cases reach: G in {1, 2, 3, 4, 5, 8} with Hk in {1..4}; D powers of two and not;
 off block edges, Lq = 1, Lq != Lk both ways; masks and biases of every broadcast shape
 (`hypothesis.extra.numpy.broadcastable_shapes` over (B, Hq, Lq, Lk), head dim 1 / Hk / Hq);
 masks with random holes, whole blank tiles, fully masked rows; bias in q's dtype or float32;
+broadcast mask/bias passed as stride-0 expanded views (`broadcast_views`: then dbias has the
+expanded shape, as autograd gives for an expanded leaf);
 normal, peaked and outlier values; contiguous, transposed, packed-qkv and offset layouts.
 """
 
@@ -52,6 +54,7 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
     if draw(st.booleans()):
         bias_shape = _broadcast_shape(draw, full, hk)
         bias_dtype = draw(st.sampled_from([dtype, "float32"]))
+    has_broadcast = any(x is not None and 1 in x for x in (mask_shape, bias_shape))
     return Case(
         variant="gqa",
         dtype=dtype,
@@ -71,6 +74,7 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
         mask_tile=mask_tile,
         bias_shape=bias_shape,
         bias_dtype=bias_dtype,
+        broadcast_views=has_broadcast and draw(st.booleans()),
     )
 
 
@@ -81,6 +85,12 @@ def _broadcast_shape(draw: st.DrawFn, full: tuple[int, int, int, int], hk: int) 
     shape = [s if s == f else 1 for s, f in zip(drawn, full, strict=True)]
     heads = draw(st.sampled_from(sorted({1, hk, full[1]}, reverse=True)))
     return (shape[0], heads, shape[2], shape[3])
+
+
+def expanded(x: torch.Tensor, case: Case) -> torch.Tensor:
+    """A mask/bias (Bm, Hm, Lqm, Lkm) as a stride-0 view expanded over its broadcast B, Lq and
+    Lk dims (as `mask.expand(B, Hm, Lq, Lk)` from a caller gives): same values, full shape."""
+    return x.expand(case.batch, x.shape[1], case.lq, case.lk)
 
 
 def make_mask(case: Case, gen: torch.Generator) -> torch.Tensor:
@@ -137,6 +147,8 @@ class GqaSpec(VariantSpec):
             bias = bias.to(
                 device=dev, dtype=torch.float32 if case.bias_dtype == "float32" else dtype
             )
+        if case.broadcast_views:
+            mask, bias = (None if x is None else expanded(x, case) for x in (mask, bias))
         return {
             "q": q,
             "k": k,
@@ -159,7 +171,7 @@ class GqaSpec(VariantSpec):
         keys = seen.any(dim=2).reshape(b, hk, hq // hk, lk).any(dim=2)
         zeros["dk"] = zeros["dv"] = ~keys.unsqueeze(-1)
         if case.bias_shape is not None:
-            zeros["dbias"] = ~reduce_to(seen, case.bias_shape, hk)
+            zeros["dbias"] = ~reduce_to(seen, tuple(inputs["bias"].shape), hk)
         return zeros
 
     def magnitudes(

@@ -337,7 +337,7 @@ class MergeSpec(VariantSpec):
             out = torch.where(empty.unsqueeze(-1), NAN, out)
         return {
             "out": physical(out, case.layout, case.torch_dtype, dev),
-            "lse": lse.to(dev),
+            "lse": physical(lse, case.layout, torch.float32, dev),
         }
 
     def pinned_cases(self) -> list[Case]:

@@ -78,6 +78,7 @@ REACH: dict[str, list[tuple[str, Callable[[Case], bool]]]] = {
         ("per-query-head bias", lambda c: bool(c.bias_shape) and c.bias_shape[1] == c.heads_q > 1),
         ("bias broadcast over Lq", lambda c: bool(c.bias_shape) and c.bias_shape[2] == 1 < c.lq),
         ("float32 bias", lambda c: c.bias_dtype == "float32"),
+        ("stride-0 expanded bias", lambda c: c.broadcast_views and c.bias_shape is not None),
         ("blank tiles", lambda c: c.mask_kind == "tiles" and c.lk > c.mask_tile),
         ("blank rows", lambda c: c.mask_kind == "rows"),
         ("packed qkv", lambda c: c.layout == "packed" and c.lq == c.lk),
