@@ -104,8 +104,8 @@ def make_mask(case: Case, gen: torch.Generator) -> torch.Tensor:
     keep = torch.rand(shape, generator=gen) < MASK_KEEP[case.mask_kind]
     if case.mask_kind == "tiles":
         t = case.mask_tile
-        tiles = (*shape[:2], -(-shape[2] // t), -(-shape[3] // t))
-        blank = torch.rand(tiles, generator=gen) < BLANK_TILE_P
+        grid = (*shape[:2], -(-shape[2] // t), -(-shape[3] // t))
+        blank = torch.rand(grid, generator=gen) < BLANK_TILE_P
         blank = blank.repeat_interleave(t, 2).repeat_interleave(t, 3)[..., : shape[2], : shape[3]]
         keep &= ~blank
     elif case.mask_kind == "rows":
