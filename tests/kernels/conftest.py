@@ -1,0 +1,63 @@
+"""Kernel tests: run Triton through its CPU interpreter when there is no GPU.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection
+of this folder (the root conftest imports no Triton). On a CUDA machine kernels compile.
+
+Fixture `judge` compares a kernel's tensors with the float64 oracle under the project's
+tolerance policy (`attnverify.verify.tolerance`, rules b-d, exact structural zeros).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+from attnverify.verify.compare import compare
+from attnverify.verify.tolerance import arch_kind, lookup
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_DTYPES = (torch.float16, torch.float32)  # bf16 tl.dot is wrong under the interpreter
+
+
+def _judge(
+    variant: str,
+    got: dict[str, torch.Tensor],
+    ref: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    zeros: dict[str, torch.Tensor] | None = None,
+) -> list[str]:
+    """Failure messages of every quantity in `got` (empty list: all pass)."""
+    name = str(dtype).removeprefix("torch.")
+    grads = [n for n in got if n.startswith("d")]
+    gmag = max((float(ref[n].abs().max()) for n in grads if ref[n].numel()), default=0.0)
+    failures = []
+    for quantity, value in got.items():
+        rule = lookup(variant, name, quantity, arch_kind(value.device))
+        qdtype = torch.float32 if quantity == "lse" else dtype
+        c = compare(
+            f"{variant}/{name}/{quantity}",
+            quantity,
+            value,
+            ref[quantity],
+            base[quantity],
+            rule,
+            qdtype,
+            zeros=(zeros or {}).get(quantity),
+            magnitude=gmag if quantity in grads else None,
+        )
+        if not c.passed:
+            failures.append(str(c))
+    return failures
+
+
+@pytest.fixture(scope="session")
+def judge():
+    """judge(variant, got, ref, base, dtype, zeros=None) -> list of failure messages."""
+    return _judge

@@ -1,0 +1,183 @@
+"""Tests of `attnverify.kernels.varlen_attention` (Triton; interpreter on CPU, float16/float32).
+
+Correctness against the float64 oracle goes through the harness (`attnverify.verify.check`)
+and, for pinned edge cases, the `judge` fixture (the same tolerance policy). Properties: padded
+head-dim lanes never matter, strides never matter (bitwise), runs are bitwise deterministic,
+bad input raises before any launch.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from attnverify.kernels import _flash
+from attnverify.kernels.varlen import varlen_attention
+from attnverify.reference.varlen import varlen_attention as oracle
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_DTYPES = (torch.float16, torch.float32)  # bf16 tl.dot is wrong under the interpreter
+
+
+def cu(lens: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=DEVICE)
+
+
+def make(lens_q, lens_k, hq, hk, d, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(sum(lens_q), hq, d, generator=g).to(DEVICE, dtype)
+    k = torch.randn(sum(lens_k), hk, d, generator=g).to(DEVICE, dtype)
+    v = torch.randn(sum(lens_k), hk, d, generator=g).to(DEVICE, dtype)
+    do = torch.randn(sum(lens_q), hq, d, generator=g).to(DEVICE, dtype)
+    return q, k, v, do
+
+
+def run(fn, q, k, v, do, cq, ck, causal, **kw):
+    """out, lse and the gradients of <out, do> w.r.t. q, k, v."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out, lse = fn(q, k, v, cq, ck, causal=causal, return_lse=True, **kw)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do.to(out.dtype), allow_unused=True)
+    grads = [
+        g if g is not None else torch.zeros_like(x)
+        for g, x in zip((dq, dk, dv), (q, k, v), strict=True)
+    ]
+    return {"out": out, "lse": lse, "dq": grads[0], "dk": grads[1], "dv": grads[2]}
+
+
+def zeros_of(lens_q, lens_k, causal):
+    """Structural zeros: rows with no visible key (out, dq), keys no query sees (dk, dv)."""
+    rows = [
+        (torch.arange(lq) + lk - lq < 0) if causal else torch.full((lq,), lk == 0)
+        for lq, lk in zip(lens_q, lens_k, strict=True)
+    ]
+    keys = [torch.full((lk,), lq == 0) for lq, lk in zip(lens_q, lens_k, strict=True)]
+    r = torch.cat(rows).to(DEVICE)[:, None, None]
+    c = torch.cat(keys).to(DEVICE)[:, None, None]
+    return {"out": r, "dq": r, "dk": c, "dv": c}
+
+
+def test_varlen_harness_check():
+    from attnverify.verify import check
+
+    report = check("varlen", varlen_attention, examples=1, dtypes=CPU_DTYPES)
+    failures = [str(f) for f in report.failures]
+    assert report.passed, "\n".join(failures + report.errors)
+
+
+@settings(max_examples=8)
+@given(
+    lens=st.lists(st.tuples(st.integers(0, 70), st.integers(0, 70)), min_size=1, max_size=3),
+    heads=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2)]),
+    d=st.sampled_from([8, 24, 72, 136]),
+    causal=st.booleans(),
+    dtype=st.sampled_from(CPU_DTYPES),
+)
+@example(lens=[(63, 63), (0, 5), (1, 111)], heads=(2, 1), d=72, causal=True, dtype=torch.float32)
+@example(lens=[(40, 3)], heads=(1, 1), d=8, causal=True, dtype=torch.float16)
+def test_varlen_matches_oracle(judge, lens, heads, d, causal, dtype):
+    lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
+    hq, hk = heads
+    q, k, v, do = make(lens_q, lens_k, hq, hk, d, dtype, seed=sum(lens_q) + d)
+    cq, ck = cu(lens_q), cu(lens_k)
+    got = run(varlen_attention, q, k, v, do, cq, ck, causal)
+    ref = run(oracle, q, k, v, do, cq, ck, causal)
+    base = run(oracle, q, k, v, do, cq, ck, causal, compute_dtype=dtype)
+    failures = judge("varlen", got, ref, base, dtype, zeros_of(lens_q, lens_k, causal))
+    assert not failures, "\n".join(failures)
+
+
+def test_varlen_empty_rows_exact():
+    lens_q, lens_k = [5, 0, 4], [0, 3, 2]
+    q, k, v, do = make(lens_q, lens_k, 2, 1, 16, torch.float32, seed=1)
+    got = run(varlen_attention, q, k, v, do, cu(lens_q), cu(lens_k), True)
+    for name, t in got.items():
+        assert not torch.isnan(t).any(), f"{name} has NaN"
+    # sequence 0 has no keys; sequence 2 (Lq=4, Lk=2) hides its first 2 rows under causal
+    empty = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool, device=DEVICE)
+    assert torch.all(got["out"][empty] == 0), "out of empty rows must be exactly 0"
+    assert torch.all(got["dq"][empty] == 0), "dq of empty rows must be exactly 0"
+    assert torch.all(got["lse"][:, empty] == float("-inf")), "lse of empty rows must be -inf"
+    assert torch.all(got["lse"][:, ~empty].isfinite()), "lse of rows with keys must be finite"
+
+
+@settings(max_examples=4)
+@given(d=st.sampled_from([8, 24, 72, 80, 136]), causal=st.booleans())
+@example(d=72, causal=False)
+def test_varlen_padded_lanes_never_matter(d, causal):
+    """q, k, v as views into wider rows whose extra lanes hold NaN: bitwise the same result."""
+    lens = [37, 50]
+    q, k, v, do = make(lens, lens, 2, 1, d, torch.float32, seed=d)
+    wide = []
+    for x in (q, k, v):
+        w = torch.full((*x.shape[:-1], d + 16), float("nan"), dtype=x.dtype, device=DEVICE)
+        w[..., :d] = x
+        wide.append(w[..., :d])
+    c = cu(lens)
+    plain = run(varlen_attention, q, k, v, do, c, c, causal)
+    padded = run(varlen_attention, *wide, do, c, c, causal)
+    for name in plain:
+        assert torch.equal(plain[name], padded[name]), f"{name} changed by padding lanes (D={d})"
+
+
+def test_varlen_strides_and_determinism_bitwise():
+    lens_q, lens_k = [33, 0, 70], [40, 9, 70]
+    q, k, v, do = make(lens_q, lens_k, 4, 2, 40, torch.float16, seed=5)
+    cq, ck = cu(lens_q), cu(lens_k)
+    # (H, T, D) memory read as (T, H, D), and a do with a stride-2 row layout
+    qt, kt, vt = (x.transpose(0, 1).contiguous().transpose(0, 1) for x in (q, k, v))
+    do_strided = torch.repeat_interleave(do, 2, dim=0)[::2]
+    first = run(varlen_attention, q, k, v, do, cq, ck, True)
+    again = run(varlen_attention, q, k, v, do, cq, ck, True)
+    strided = run(varlen_attention, qt, kt, vt, do_strided, cq, ck, True)
+    for name in first:
+        assert torch.equal(first[name], again[name]), f"{name} differs between runs"
+        assert torch.equal(first[name], strided[name]), f"{name} depends on strides"
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"cu_seqlens_q": torch.tensor([0, 3], dtype=torch.int64)}, ValueError),
+        ({"cu_seqlens_q": torch.tensor([0, 4], dtype=torch.int32)}, ValueError),
+        ({"q": torch.zeros(3, 2, 12)}, ValueError),
+        ({"q": torch.zeros(3, 3, 16)}, ValueError),
+        ({"q": torch.zeros(3, 2, 16, dtype=torch.int32)}, TypeError),
+        ({"max_seqlen_q": 1}, ValueError),
+    ],
+    ids=["cu-int64", "cu-last-entry", "D-12", "Hq-not-multiple", "int-q", "max-seqlen-small"],
+)
+def test_varlen_bad_input_raises_before_launch(monkeypatch, change, error):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a kernel was launched for bad input")
+
+    monkeypatch.setattr(_flash, "_launch", no_launch)
+    args = {
+        "q": torch.zeros(3, 2, 16),
+        "k": torch.zeros(3, 2, 16),
+        "v": torch.zeros(3, 2, 16),
+        "cu_seqlens_q": torch.tensor([0, 3], dtype=torch.int32),
+        "cu_seqlens_k": torch.tensor([0, 3], dtype=torch.int32),
+        "max_seqlen_q": None,
+    }
+    args.update(change)
+    args = {n: (x.to(DEVICE) if isinstance(x, torch.Tensor) else x) for n, x in args.items()}
+    with pytest.raises(error):
+        varlen_attention(**args)
+
+
+def test_varlen_opcheck():
+    lens = [9, 0, 20]
+    q, k, v, _ = make(lens, lens, 2, 1, 24, torch.float32, seed=2)
+    c = cu(lens)
+    for x in (q, k, v):
+        x.requires_grad_()
+    result = torch.library.opcheck(
+        torch.ops.attnverify.varlen_fwd,
+        (q, k, v, c, c, True, 0.2),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+    assert all(v == "SUCCESS" for v in result.values()), result
