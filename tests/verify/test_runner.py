@@ -167,3 +167,18 @@ def test_runner_unwritten_output_rows_show(tmp_path: Path) -> None:
     report = check("gqa", forgets_last_row, cases=[case], grads=False, replay_dir=tmp_path)
     out = report.results[0].comparisons[0]
     assert not out.passed and out.max_abs_index[2] == case.lq - 1, str(out)
+
+
+def test_runner_pinned_case_failure_is_reported_with_replay(tmp_path: Path) -> None:
+    def decode_top_left(q, k, v, *, causal=False, **kwargs):
+        if causal and q.shape[2] == 1:
+            k, v = k[:, :, :1], v[:, :, :1]
+        return lower_precision(reference.gqa_attention)(q, k, v, causal=causal, **kwargs)
+
+    report = check(
+        "gqa", decode_top_left, dtypes=["float16"], examples=1, grads=False, replay_dir=tmp_path
+    )
+    assert not report.passed and not report.errors, str(report)
+    (failure,) = report.failures
+    assert failure.case in get_spec("gqa").pinned_cases(), failure.case.short()
+    assert failure.replay_path and Path(failure.replay_path).exists()
