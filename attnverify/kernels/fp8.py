@@ -78,15 +78,14 @@ GPU_CONFIGS = [
                      (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
 ]  # fmt: skip
 # Tuned separately per head dim, causality and V layout (K-major V pipelines differently).
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK", "PV_PROMOTE"]
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK"]
 
-# Accumulation precision of the fp8 tensor-core products on sm90 (Triton's
-# max_num_imprecise_acc; ignored elsewhere). Hopper's fp8 MMA adds into its accumulator with
-# reduced precision; Triton's sm90 default never promotes, which costs scores (hence lse)
-# ~1e-3 relative error. QK_ACC_CHUNK = 32 promotes Q K^T to fp32 after every 32 products
-# (0: the hardware default). PV_PROMOTE promotes P @ V once per key tile.
-QK_ACC_CHUNK = 32
-PV_PROMOTE = False
+# Accumulation precision of Q K^T on sm90 (Triton's max_num_imprecise_acc; ignored elsewhere).
+# Hopper's fp8 MMA adds products with reduced precision, so scores (hence lse) carry ~1e-4..1e-3
+# relative error. Promoting to fp32 after every QK_ACC_CHUNK products only helps partly, since
+# each 32-product MMA step is itself imprecise; measured on an H200 (ci/notes_fp8.md): 0 (the
+# hardware default) 777 TFLOP/s, worst lse error ratio 648; 32: 602 TFLOP/s, ratio 95.
+QK_ACC_CHUNK = 0
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
@@ -225,7 +224,7 @@ def _attend_tiles(
     BLOCK_N: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
-    QK_ACC_CHUNK: tl.constexpr, PV_PROMOTE: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr,
 ):
     """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`.
 
@@ -270,14 +269,9 @@ def _attend_tiles(
             p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
         p8 = p.to(p_dtype)
         # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
-        if PV_PROMOTE:
-            acc0 = tl.dot(p8, v0, acc0 * alpha[:, None], max_num_imprecise_acc=BLOCK_N)
-            if HAS_D1:
-                acc1 = tl.dot(p8, v1, acc1 * alpha[:, None], max_num_imprecise_acc=BLOCK_N)
-        else:
-            acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
-            if HAS_D1:
-                acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
+        acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
+        if HAS_D1:
+            acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
         m_i = m_new
         k_ptr += BLOCK_N * stride_kn
         v_ptr += BLOCK_N * stride_vn
@@ -312,7 +306,7 @@ def _fp8_fwd_kernel(
     HAS_D1: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_TMA: tl.constexpr,
     V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
-    QK_ACC_CHUNK: tl.constexpr, PV_PROMOTE: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head); 1-D grid of
@@ -387,7 +381,7 @@ def _fp8_fwd_kernel(
         0, full_end, offs_m, Lk, causal_offset, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK, PV_PROMOTE,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
     )
     k_ptr += full_end.to(tl.int64) * stride_kn
     v_ptr += full_end.to(tl.int64) * stride_vn
@@ -397,7 +391,7 @@ def _fp8_fwd_kernel(
         full_end, hi, offs_m, Lk, causal_offset, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         True, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK, PV_PROMOTE,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
     )
 
     # Rows with no visible key: l = 0, acc = 0 -> out 0, lse -inf.
@@ -526,7 +520,6 @@ def _launch_fwd(
         "P_MIN_EXP": round(math.log2(torch.finfo(v.dtype).tiny)),
         # at most the K of each Q K^T dot (the chunk widths)
         "QK_ACC_CHUNK": min(QK_ACC_CHUNK, d0, d1 or d0),
-        "PV_PROMOTE": PV_PROMOTE,
     }
     if config is None and interpreter_active():
         config = INTERPRETER_CONFIG
