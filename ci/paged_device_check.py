@@ -7,13 +7,16 @@ Run on a CUDA device from the repository root:
 1. Correctness: randomized cases (bf16 / fp16 / fp8 e4m3 / e5m2 caches, block sizes 8..256,
    split counts 1..64, Lq 1..16, NHD / HND, D including non-powers of two, NaN in every unused
    cache slot, -1 and out-of-range ids in unused block-table entries, zero-length requests),
-   judged by `attnverify.verify.compare` with the `paged` / `merge` tolerance rules; one case
-   with block offsets past 2^31 elements.
+   judged by `attnverify.verify.compare` with the `paged` / `merge` tolerance rules; each case
+   also runs one of ALT_CONFIGS through `launch_paged`; one case with block offsets past 2^31
+   elements.
 2. Timing (triton.testing.do_bench, median; L2 flushed between calls): Hq=32, Hk=8, D=128,
    block 16 and 64, against SDPA cuDNN / flash on the same KV stored contiguously and a large
    device-to-device copy, all in this process. The paged kernel is timed on the launcher path
    (`plan_paged` once: validation reads seq_lens / block_tables on the host, a sync) and on
-   the public path (validation on every call).
+   the public path (validation on every call). ALT_CONFIGS are timed beside the default;
+   B=1 ctx 1024 also under a CUDA graph. `--sweep` adds ALT_CONFIGS x split counts.
+Results and their reading: ci/notes_paged.md.
 
 Writes `paged_device.jsonl` (one JSON object per result) and `paged_device.log` under --out.
 """
@@ -51,13 +54,9 @@ HQ, HK, D = 32, 8, 128
 # Launch settings compared in this run (each also verified on a share of the random cases).
 ALT_CONFIGS = [
     ("bn64", PagedConfig(64, 4, 3)),
-    ("bn64-prefetch", PagedConfig(64, 4, 1, prefetch=True)),
     ("bn128", PagedConfig(128, 4, 3)),
-    ("bn128-prefetch", PagedConfig(128, 4, 1, prefetch=True)),
-    ("bn128-qdot", PagedConfig(128, 4, 3, fp8_in_fp16=False)),
-    ("bn64-qdot", PagedConfig(64, 4, 3, fp8_in_fp16=False)),
     ("bn32", PagedConfig(32, 4, 2)),
-    ("bn128-w8-prefetch", PagedConfig(128, 8, 1, prefetch=True)),
+    ("bn128-w8", PagedConfig(128, 8, 3)),
 ]
 DEVICE = "cuda"  # --device cpu: a dry run under TRITON_INTERPRET=1 (tiny shapes, no timing)
 DRY = False
@@ -523,7 +522,7 @@ def t_decode_b32(t: Table, block_size: int) -> None:
     us, n = time_paged(inp)
     t.add(f"paged bf16 {tag} default", us, nb, splits=n)
     t.add(f"paged bf16 {tag} public (validation each call)", time_public(inp), nb)
-    for name in ("bn64-prefetch", "bn128", "bn32"):
+    for name in ("bn128", "bn32"):
         for ns in (None, 4):
             u, n2 = time_paged(inp, config=cfg(name), num_splits=ns)
             t.add(f"paged bf16 {tag} {name}", u, nb, splits=n2)
@@ -532,8 +531,6 @@ def t_decode_b32(t: Table, block_size: int) -> None:
     nb4 = kv_bytes(b, ctx, torch.bfloat16, 4)
     us4, n4 = time_paged(inp)
     t.add(f"paged bf16 {tag} Lq=4 default", us4, nb4, splits=n4, vs_lq1=round(us4 / us, 3))
-    u, n4 = time_paged(inp, config=cfg("bn64-prefetch"))
-    t.add(f"paged bf16 {tag} Lq=4 bn64-prefetch", u, nb4, splits=n4)
 
 
 def t_long(t: Table, block_size: int, bw: float) -> None:
@@ -552,7 +549,7 @@ def t_long(t: Table, block_size: int, bw: float) -> None:
         speedup_vs_1split=round(us1 / us, 2),
     )
     t.add(f"paged bf16 {tag} num_splits=1", us1, nb)
-    for name in ("bn64-prefetch", "bn128"):
+    for name in ("bn128",):
         u, n2 = time_paged(inp, config=cfg(name))
         t.add(
             f"paged bf16 {tag} {name}",
@@ -571,8 +568,8 @@ def t_fp8(t: Table, block_size: int) -> None:
         nbb = kv_bytes(b, ctx, torch.bfloat16)
         ub, n = time_paged(inp)
         t.add(f"paged bf16 {tag} default", ub, nbb, splits=n)
-        up, n = time_paged(inp, config=cfg("bn64-prefetch"))
-        t.add(f"paged bf16 {tag} bn64-prefetch", up, nbb, splits=n)
+        up, n = time_paged(inp, config=cfg("bn32"))
+        t.add(f"paged bf16 {tag} bn32", up, nbb, splits=n)
         best_bf16 = min(ub, up)
         del inp
         for dt in FP8:
@@ -588,7 +585,7 @@ def t_fp8(t: Table, block_size: int) -> None:
                 vs_bf16_default=round(ub / uf, 2),
                 vs_best_bf16=round(best_bf16 / uf, 2),
             )
-            for name in ("bn128-prefetch", "bn128-w8-prefetch", "bn128-qdot", "bn64", "bn64-qdot"):
+            for name in ("bn128-w8", "bn64", "bn32"):
                 u, n = time_paged(inp, config=cfg(name))
                 t.add(
                     f"paged {name_dt} {tag} {name}",
@@ -614,8 +611,6 @@ def t_short(t: Table, block_size: int) -> None:
     for ns in (1, 2, 8):
         us, n = time_paged(inp, num_splits=ns, graph=True)
         t.add(f"paged bf16 {tag} CUDA graph", us, nb, splits=n)
-    us, n = time_paged(inp, config=cfg("bn64-prefetch"), graph=True)
-    t.add(f"paged bf16 {tag} bn64-prefetch CUDA graph", us, nb, splits=n)
 
 
 def t_merge(t: Table, block_size: int) -> None:

@@ -3,10 +3,13 @@
 `paged_attention`: the newest Lq query positions of each request attend over the request's
 paged KV cache, causal bottom-right (query i sees key j iff j <= i + seq_len - Lq; Lq = 1 sees
 the whole context). Caches are "NHD" (num_blocks, block_size, Hk, D) or "HND"
-(num_blocks, Hk, block_size, D), addressed through strides; block_size a power of two in
-[8, 256] (any block_size >= 1 works); bfloat16 / float16 / float32 caches, or fp8 (e4m3 / e5m2) caches with float32
-descales () or (Hk,). Head dims: any D in [8, 256] with D % 8 == 0 (the tile is padded to the
-next power of two with masked lanes, which load no bytes). LSE: natural log, float32.
+(num_blocks, Hk, block_size, D), addressed through strides; block sizes 8..256 (powers of two
+are the tuned case; any block_size >= 1 is correct). Caches in q's dtype (float16, bfloat16,
+float32) or fp8 (float8_e4m3fn / float8_e5m2) with float32 descales () or (Hk,); an fp8 cache
+is multiplied in float16 (fp8 -> fp16 is exact; q is rescaled by a power of two into fp16
+range), with float32 q in float32. Head dims: any D in [8, 256] with D % 8 == 0 (the tile is
+padded to the next power of two with masked lanes, which load no bytes). LSE: natural log,
+float32. Block ids are widened to int64 before any offset is formed.
 
 One program serves one (request, kv head, split): all G = Hq / Hk query heads of the kv head
 and all Lq queries form the M rows of the tile (padded to >= 16 for `tl.dot`), so K and V are
@@ -32,7 +35,6 @@ from attnverify.arch import Arch, current_arch
 from attnverify.validation import check_merge_inputs, check_paged_inputs
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 MIN_BLOCK_M = 16  # tl.dot needs M >= 16 ...
 MIN_BLOCK_D = 16  # ... and K >= 16 (D = 8 is padded)
 MAX_BLOCK_M = 64  # rows (G * Lq) one program holds; more rows -> several row tiles
@@ -50,17 +52,11 @@ class PagedConfig:
     Attributes:
         block_n: keys per KV tile (a tile spans pages when block_size < block_n).
         num_warps, num_stages: Triton launch settings (stages of the software pipeline).
-        prefetch: load the next KV tile into registers before computing on the current one.
-        fp8_in_fp16: fp8 caches with fp16 / bf16 q: multiply in float16 (fp8 -> fp16 is one
-            conversion instruction; q is rescaled by a power of two into fp16 range). False:
-            multiply in q's dtype.
     """
 
     block_n: int
     num_warps: int
     num_stages: int
-    prefetch: bool = False
-    fp8_in_fp16: bool = True
 
 
 def pick_config(
@@ -187,10 +183,11 @@ def _paged_fwd_kernel(
     HAS_K_DESCALE: tl.constexpr,
     HAS_V_DESCALE: tl.constexpr,
     NUM_STAGES: tl.constexpr,
-    PREFETCH: tl.constexpr,
     FP16_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    # grid (num_splits, Hk * row tiles, B): one program per (request, kv head, split); its
+    # BLOCK_M rows are (query head of the group, query position) pairs sharing one K/V read
     split = tl.program_id(0)
     kv_head = tl.program_id(1) // num_row_tiles
     row_tile = tl.program_id(1) % num_row_tiles
@@ -235,12 +232,12 @@ def _paged_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if PREFETCH:
-        k_next, v_next = _kv_tile(
+    for start_n in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
+        k, v = _kv_tile(
             k_head,
             v_head,
             table,
-            start,
+            start_n,
             end,
             stride_btp,
             stride_kb,
@@ -254,46 +251,6 @@ def _paged_fwd_kernel(
             BLOCK_SIZE,
             BLOCK_N,
         )
-    for start_n in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
-        if PREFETCH:
-            k, v = k_next, v_next
-            k_next, v_next = _kv_tile(
-                k_head,
-                v_head,
-                table,
-                start_n + BLOCK_N,
-                end,
-                stride_btp,
-                stride_kb,
-                stride_ks,
-                stride_kd,
-                stride_vb,
-                stride_vs,
-                stride_vd,
-                offs_d,
-                d_ok,
-                BLOCK_SIZE,
-                BLOCK_N,
-            )
-        else:
-            k, v = _kv_tile(
-                k_head,
-                v_head,
-                table,
-                start_n,
-                end,
-                stride_btp,
-                stride_kb,
-                stride_ks,
-                stride_kd,
-                stride_vb,
-                stride_vs,
-                stride_vd,
-                offs_d,
-                d_ok,
-                BLOCK_SIZE,
-                BLOCK_N,
-            )
         pos = start_n + tl.arange(0, BLOCK_N)
         # [BLOCK_M, BLOCK_N] scores in log2 units
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
@@ -314,6 +271,7 @@ def _paged_fwd_kernel(
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
     if HAS_V_DESCALE:
         out = out * tl.load(v_descale_ptr + kv_head * stride_vds)
+    # natural-log lse: (m + log2 l) * ln 2
     lse = tl.where(
         has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf")
     )
@@ -492,12 +450,7 @@ def launch_paged(
         HAS_K_DESCALE=k_descale is not None,
         HAS_V_DESCALE=v_descale is not None,
         NUM_STAGES=config.num_stages,
-        PREFETCH=config.prefetch,
-        FP16_DOT=(
-            config.fp8_in_fp16
-            and k_cache.dtype not in (torch.float16, torch.bfloat16, torch.float32)
-            and q.dtype != torch.float32
-        ),
+        FP16_DOT=k_cache.dtype.itemsize == 1 and q.dtype != torch.float32,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
         num_warps=config.num_warps,
     )

@@ -1,0 +1,375 @@
+"""Paged-KV attention and merge kernels (`attnverify.kernels.paged`) against the oracle.
+
+Without a GPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1 is set before
+triton is imported); float16 / float32 queries, and fp8 caches read with float16 queries
+(the interpreter's bfloat16 `tl.dot` is wrong, triton #11584; bf16 is verified on the GPU by
+ci/paged_device_check.py).
+
+Randomized cases go through `attnverify.verify.check` (the `paged` and `merge` specs: junk
+block-table entries, NaN in unused slots, splits, fp8 caches, strided q). Targeted tests: the
+kernel result does not change when unused entries / slots change (bitwise), every split count
+agrees with the oracle, HND == NHD bitwise, merge handles -inf exactly, seq_len 0 and
+Lq > seq_len rows are exactly 0 / -inf, bad input raises before any launch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from attnverify.arch import CPU_INTERPRETER, arch_from_name
+from attnverify.kernels.paged import (
+    MIN_TILES_PER_SPLIT,
+    WAVES,
+    default_num_splits,
+    merge_attention_states,
+    paged_attention,
+    pick_config,
+)
+from attnverify.reference import paged as ref
+from attnverify.verify import check
+from attnverify.verify.case import Case
+from attnverify.verify.compare import compare
+from attnverify.verify.tolerance import arch_kind, lookup
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+REPLAY_DIR = Path(tempfile.gettempdir()) / "attnverify-test-paged-failures"
+NEG_INF = float("-inf")
+# Small tiles under the interpreter (BLOCK_N = 16): pages of 8 span tiles, pages of 32 hold two.
+BLOCK_SIZES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class PagedInputs:
+    """Metadata of one targeted case; `build` makes the tensors from `seed`."""
+
+    seq_lens: tuple[int, ...] = (37, 0, 16)
+    hq: int = 4
+    hk: int = 2
+    lq: int = 1
+    head_dim: int = 32
+    block_size: int = 8
+    dtype: torch.dtype = torch.float16
+    cache_dtype: torch.dtype | None = None
+    seed: int = 0
+
+    def build(self, *, poison: float = float("nan"), junk: int = -1) -> dict:
+        """Tensors: a shuffled pool with 2 spare blocks, `junk` past each request's pages,
+        `poison` in every cache slot no request uses."""
+        gen = torch.Generator().manual_seed(self.seed)
+        pages = [-(-n // self.block_size) for n in self.seq_lens]
+        num_blocks = sum(pages) + 2
+        max_blocks = max(pages, default=0) + 2
+        perm = torch.randperm(num_blocks, generator=gen).tolist()
+        tables = torch.full((len(pages), max_blocks), junk, dtype=torch.int32)
+        shape = (num_blocks, self.block_size, self.hk, self.head_dim)
+        k = torch.full(shape, poison)
+        v = torch.full(shape, poison)
+        used = 0
+        for b, (n, p) in enumerate(zip(self.seq_lens, pages, strict=True)):
+            tables[b, :p] = torch.tensor(perm[used : used + p], dtype=torch.int32)
+            for t in range(n):
+                blk, slot = perm[used + t // self.block_size], t % self.block_size
+                k[blk, slot] = torch.randn(self.hk, self.head_dim, generator=gen)
+                v[blk, slot] = torch.randn(self.hk, self.head_dim, generator=gen)
+            used += p
+        q = torch.randn(len(pages), self.hq, self.lq, self.head_dim, generator=gen)
+        cache_dtype = self.cache_dtype or self.dtype
+        kd = vd = None
+        if self.cache_dtype is not None:
+            kd = torch.rand(self.hk, generator=gen) + 0.5
+            vd = torch.tensor(0.75)
+        return {
+            "q": q.to(self.dtype).to(DEVICE),
+            "k_cache": k.to(cache_dtype).to(DEVICE),
+            "v_cache": v.to(cache_dtype).to(DEVICE),
+            "block_tables": tables.to(DEVICE),
+            "seq_lens": torch.tensor(self.seq_lens, dtype=torch.int32, device=DEVICE),
+            "k_descale": None if kd is None else kd.to(DEVICE),
+            "v_descale": None if vd is None else vd.to(DEVICE),
+        }
+
+
+def to_hnd(x: dict) -> dict:
+    """The same inputs with both caches stored (num_blocks, Hk, block_size, D)."""
+    out = dict(x)
+    for name in ("k_cache", "v_cache"):
+        out[name] = x[name].transpose(1, 2).contiguous()
+    return out
+
+
+def assert_matches_oracle(case: PagedInputs, x: dict, out, lse, **kwargs) -> None:
+    """out / lse within the `paged` tolerance of the float64 oracle (baseline: q's dtype)."""
+    ref_out, ref_lse = ref.paged_attention(**x, return_lse=True, **kwargs)
+    base_out, base_lse = ref.paged_attention(
+        **x, return_lse=True, compute_dtype=case.dtype, **kwargs
+    )
+    name = str(case.dtype).removeprefix("torch.")
+    kind = arch_kind(DEVICE)
+    for quantity, got, want, base, dtype in (
+        ("out", out, ref_out, base_out, case.dtype),
+        ("lse", lse, ref_lse, base_lse, torch.float32),
+    ):
+        rule = lookup("paged", name, quantity, kind)
+        c = compare(f"paged/{name}/{quantity}", quantity, got, want, base, rule, dtype)
+        assert c.passed, str(c)
+
+
+def run(x: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    return paged_attention(**x, return_lse=True, **kwargs)
+
+
+# ---------------------------------------------------------------- randomized, via the harness
+
+
+def _report_ok(report) -> None:
+    assert report.num_cases > 0, "no case ran"
+    assert report.passed, (
+        "\n\n".join(str(r) for r in report.failures) + "\n" + "\n".join(report.errors)
+    )
+
+
+def test_paged_check_passes() -> None:
+    """`check("paged", paged_attention)` over the ci profile's draws (float16 and float32)."""
+    report = check("paged", paged_attention, examples=5, device=DEVICE, replay_dir=REPLAY_DIR)
+    _report_ok(report)
+
+
+def test_merge_check_passes() -> None:
+    """`check("merge", merge_attention_states)` over the ci profile's draws."""
+    report = check(
+        "merge", merge_attention_states, examples=4, device=DEVICE, replay_dir=REPLAY_DIR
+    )
+    _report_ok(report)
+
+
+def test_paged_check_pinned_cases() -> None:
+    """Pinned edge cases through the harness: more splits than blocks, block size 1, Lq >
+    seq_len, an fp8 cache, junk ids past num_blocks, HND, D = 72, Hk = Hq."""
+    base = Case(
+        variant="paged",
+        dtype="float16",
+        seed=3,
+        batch=2,
+        heads_q=4,
+        heads_k=2,
+        head_dim=32,
+        lq=3,
+        seq_lens=(19, 2),
+        block_size=8,
+        num_blocks=6,
+        block_tables=((4, 0, 2, -1), (5, 9, 9, 9)),
+    )
+    cases = [
+        replace(base, num_splits=64),
+        replace(base, kv_layout="HND", head_dim=72, num_splits=2),
+        replace(base, cache_dtype="float8_e4m3fn", descale="head", num_splits=3),
+        replace(base, heads_q=2, lq=1, num_splits=1, dtype="float32"),
+        replace(
+            base,
+            block_size=1,
+            num_blocks=23,
+            block_tables=((*range(19), 30), (21, 22, *[-1] * 18)),
+        ),
+    ]
+    _report_ok(check("paged", paged_attention, cases=cases, device=DEVICE, replay_dir=REPLAY_DIR))
+
+
+# ---------------------------------------------------------------- targeted properties
+
+
+@st.composite
+def paged_inputs(draw: st.DrawFn) -> PagedInputs:
+    """Small cases; shrinks towards one request of length 0, Lq = 1, Hk = 1, G = 1."""
+    hk = draw(st.sampled_from([1, 2]))
+    block_size = draw(st.sampled_from(BLOCK_SIZES))
+    return PagedInputs(
+        seq_lens=tuple(draw(st.lists(st.integers(0, 70), min_size=1, max_size=3))),
+        hq=hk * draw(st.sampled_from([1, 2, 4])),
+        hk=hk,
+        lq=draw(st.sampled_from([1, 2, 5])),
+        head_dim=draw(st.sampled_from([16, 40, 64])),
+        block_size=block_size,
+        dtype=draw(st.sampled_from([torch.float16, torch.float32])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=4)
+@given(case=paged_inputs())
+@example(case=PagedInputs(seq_lens=(63, 111), block_size=16, hq=2, hk=2))
+@example(case=PagedInputs(seq_lens=(5, 0), lq=4, block_size=32, hq=8, hk=1, head_dim=72))
+@example(case=PagedInputs(seq_lens=(20,), lq=5, hq=16, hk=1, head_dim=16))  # 80 rows: 2 row tiles
+def test_paged_never_reads_unused_entries_or_slots(case: PagedInputs) -> None:
+    """Junk block ids (-1, past num_blocks) and NaN / huge values in unused slots change
+    nothing: the result equals the clean-cache result bit for bit, and matches the oracle."""
+    clean = case.build(poison=0.0, junk=0)
+    out, lse = run(clean, num_splits=2)
+    for poison, junk in ((float("nan"), -1), (1e30, 2**30)):
+        dirty = case.build(poison=poison, junk=junk)
+        out2, lse2 = run(dirty, num_splits=2)
+        assert torch.equal(out, out2), f"output changed with poison={poison}, junk={junk}"
+        assert torch.equal(lse, lse2), f"lse changed with poison={poison}, junk={junk}"
+    assert_matches_oracle(case, clean, out, lse)
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_paged_split_counts_agree(block_size: int) -> None:
+    """num_splits from 1 to more than the tiles (empty splits) all match the oracle."""
+    case = PagedInputs(seq_lens=(45, 3, 0), lq=2, block_size=block_size, seed=block_size)
+    x = case.build()
+    for num_splits in (1, 2, 3, 7, 40):
+        out, lse = run(x, num_splits=num_splits)
+        assert_matches_oracle(case, x, out, lse)
+
+
+def test_paged_hnd_equals_nhd() -> None:
+    """The same cache in both layouts gives bitwise equal results."""
+    case = PagedInputs(seq_lens=(29, 50), lq=3, hq=4, hk=2, block_size=16)
+    x = case.build()
+    a = run(x, num_splits=3)
+    b = run(to_hnd(x), num_splits=3, kv_layout="HND")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_paged_fp8_cache(cache_dtype: torch.dtype) -> None:
+    """fp8 caches with per-kv-head k_descale and scalar v_descale, split and not."""
+    case = PagedInputs(seq_lens=(33, 9), lq=2, cache_dtype=cache_dtype, block_size=8)
+    x = case.build(poison=0.0)
+    for num_splits in (1, 3):
+        out, lse = run(x, num_splits=num_splits)
+        assert_matches_oracle(case, x, out, lse)
+
+
+def test_paged_empty_rows_exact() -> None:
+    """seq_len 0, and rows i < Lq - seq_len (no visible key): out exactly 0, lse -inf."""
+    case = PagedInputs(seq_lens=(0, 2), lq=4, hq=2, hk=1)
+    x = case.build()
+    for num_splits in (1, 4):
+        out, lse = run(x, num_splits=num_splits)
+        assert torch.equal(out[0], torch.zeros_like(out[0]))
+        assert bool(torch.isneginf(lse[0]).all())
+        assert torch.equal(out[1, :, :2], torch.zeros_like(out[1, :, :2]))
+        assert bool(torch.isneginf(lse[1, :, :2]).all())
+        assert bool(torch.isfinite(lse[1, :, 2:]).all())
+        assert_matches_oracle(case, x, out, lse)
+
+
+def test_merge_infinite_lse_exact() -> None:
+    """A state with lse -inf contributes nothing even when its out is NaN; all -inf rows give
+    exactly 0 and -inf; a single live state is returned unchanged."""
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 4, 16, generator=gen).to(DEVICE)
+    lse = torch.randn(3, 4, generator=gen).to(DEVICE)
+    lse[0] = NEG_INF
+    out[0] = float("nan")
+    lse[1, 1:] = NEG_INF
+    out[1, 1:] = float("nan")
+    lse[2, 2] = NEG_INF
+    out[2, 2] = float("nan")
+    merged, merged_lse = merge_attention_states(out, lse)
+    assert torch.equal(merged[0], torch.zeros_like(merged[0]))
+    assert bool(torch.isneginf(merged_lse[0]))
+    assert torch.equal(merged[1], out[1, 0]) and torch.equal(merged_lse[1], lse[1, 0])
+    assert bool(torch.isfinite(merged[2]).all())
+    want, want_lse = ref.merge_attention_states(out, lse)
+    for quantity, got, ref_value in (("out", merged, want), ("lse", merged_lse, want_lse)):
+        rule = lookup("merge", "float32", quantity)
+        c = compare(
+            f"merge/float32/{quantity}", quantity, got, ref_value, None, rule, torch.float32
+        )
+        assert c.passed, str(c)
+
+
+def test_merge_returns_dtypes_and_shapes() -> None:
+    """(..., S, D) in, (..., D) in out's dtype and (...) float32 out; strided input accepted."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 5, 3, 24, generator=gen).to(torch.float16).to(DEVICE)
+    out = base.transpose(1, 2)[:, :, :, :16]  # (2, 3, 5, 16), non-contiguous
+    lse = torch.randn(2, 3, 5, generator=gen).to(DEVICE)
+    merged, merged_lse = merge_attention_states(out, lse)
+    assert merged.shape == (2, 3, 16) and merged.dtype == torch.float16
+    assert merged_lse.shape == (2, 3) and merged_lse.dtype == torch.float32
+    want, _ = ref.merge_attention_states(out, lse)
+    rule = lookup("merge", "float16", "out")
+    base_out, _ = ref.merge_attention_states(out, lse, compute_dtype=torch.float32)
+    c = compare("merge/float16/out", "out", merged, want, base_out.half(), rule, torch.float16)
+    assert c.passed, str(c)
+
+
+# ---------------------------------------------------------------- split choice, errors
+
+
+def test_default_num_splits_fills_the_gpu() -> None:
+    """Splits bring B * Hk programs up to WAVES whole waves of the SMs (rounded down), never
+    below MIN_TILES_PER_SPLIT tiles per split, and never below 1."""
+    sms = arch_from_name("sm90").num_sms
+    long_one = default_num_splits(8, 131072, 64, sms)
+    assert WAVES * sms - 8 < 8 * long_one <= WAVES * sms, long_one
+    assert default_num_splits(32 * 8, 8192, 64, sms) == WAVES * sms // 256
+    assert default_num_splits(64 * 8, 8192, 64, sms) == 1
+    assert default_num_splits(8, 1024, 64, sms) == 1024 // 64 // MIN_TILES_PER_SPLIT
+    assert default_num_splits(8, 0, 64, sms) == 1
+
+
+def test_pick_config_by_arch_and_cache() -> None:
+    """16-key tiles under the interpreter (pages of 8 span tiles, pages of 32 hold two); on a
+    GPU fp8 caches take tiles of twice the keys (the same bytes), D > 128 half."""
+    assert pick_config(16, 128, torch.float16, CPU_INTERPRETER).block_n == 16
+    sm90 = arch_from_name("sm90")
+    bf16 = pick_config(16, 128, torch.bfloat16, sm90).block_n
+    assert pick_config(16, 128, torch.float8_e4m3fn, sm90).block_n == 2 * bf16
+    assert pick_config(16, 256, torch.bfloat16, sm90).block_n == bf16 // 2
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"block_tables": "used_out_of_range"}, ValueError),
+        ({"seq_lens": "too_long"}, ValueError),
+        ({"num_splits": 0}, ValueError),
+        ({"kv_layout": "NDH"}, ValueError),
+        ({"k_descale": "on_fp16_cache"}, ValueError),
+        ({"q": "int"}, TypeError),
+    ],
+    ids=lambda v: next(iter(v.values())) if isinstance(v, dict) else v.__name__,
+)
+def test_paged_bad_input_raises(change: dict, error: type) -> None:
+    """Bad input raises a ValueError / TypeError naming the argument before any launch."""
+    x = PagedInputs(seq_lens=(20, 4)).build(poison=0.0)
+    kwargs: dict = {}
+    key, what = next(iter(change.items()))
+    if what == "used_out_of_range":
+        x["block_tables"] = x["block_tables"].clone()
+        x["block_tables"][0, 1] = 999
+    elif what == "too_long":
+        x["seq_lens"] = torch.tensor([20, 10_000], dtype=torch.int32, device=DEVICE)
+    elif what == "on_fp16_cache":
+        x["k_descale"] = torch.tensor(1.0, device=DEVICE)
+    elif what == "int":
+        x["q"] = x["q"].to(torch.int32)
+    else:
+        kwargs[key] = what
+    with pytest.raises(error, match=key.split("_")[0] if key != "q" else "q"):
+        paged_attention(**x, **kwargs)
+
+
+def test_merge_bad_input_raises() -> None:
+    """lse of the wrong shape or dtype raises before any launch."""
+    out = torch.zeros(2, 3, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="lse"):
+        merge_attention_states(out, torch.zeros(2, 4, device=DEVICE))
+    with pytest.raises(TypeError, match="lse"):
+        merge_attention_states(out, torch.zeros(2, 3, device=DEVICE, dtype=torch.float16))
