@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from attnverify.arch import Arch, current_arch
+from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import check_merge_inputs, check_paged_inputs
 
 LOG2E = 1.4426950408889634
@@ -490,6 +491,8 @@ def plan_paged(
     """Validate inputs (reads seq_lens / block_tables on the host) and resolve the launch plan.
 
     Engines that replay one shape (CUDA graphs, benchmarks) plan once and call `launch_paged`.
+    With ATTNVERIFY_REQUIRE_VERIFIED=1 the first plan on an unverified device raises
+    `UnverifiedKernelError` (`attnverify.kernels._gate`).
     """
     meta = check_paged_inputs(
         q,
@@ -503,6 +506,7 @@ def plan_paged(
         num_splits,
         kv_layout,
     )
+    enforce_verified("paged", q.device)
     arch = current_arch(q.device)
     if config is None:
         config = pick_config(meta.block_size, q.shape[-1], k_cache.dtype, arch)
@@ -619,6 +623,7 @@ def merge_attention_states(
         TypeError, ValueError: shapes or dtypes outside the rules above.
     """
     check_merge_inputs(out, lse)
+    enforce_verified("merge", out.device)
     *lead, num_splits, head_dim = out.shape
     merged = torch.empty(*lead, head_dim, dtype=out.dtype, device=out.device)
     merged_lse = torch.empty(lead, dtype=torch.float32, device=out.device)

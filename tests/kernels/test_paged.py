@@ -29,6 +29,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attnverify.arch import CPU_INTERPRETER, arch_from_name
+from attnverify.kernels import _gate
 from attnverify.kernels.paged import (
     MIN_TILES_PER_SPLIT,
     WAVES,
@@ -364,6 +365,22 @@ def test_paged_bad_input_raises(change: dict, error: type) -> None:
         kwargs[key] = what
     with pytest.raises(error, match=key.split("_")[0] if key != "q" else "q"):
         paged_attention(**x, **kwargs)
+
+
+@pytest.mark.parametrize("variant", ["paged", "merge"])
+def test_gate_refuses_unverified(variant: str, monkeypatch, tmp_path) -> None:
+    """With ATTNVERIFY_REQUIRE_VERIFIED=1 and no record, the first call raises."""
+    monkeypatch.setenv("ATTNVERIFY_HOME", str(tmp_path))
+    monkeypatch.setenv(_gate.REQUIRE_ENV, "1")
+    _gate.clear_cache()
+    try:
+        with pytest.raises(_gate.UnverifiedKernelError, match=variant):
+            if variant == "paged":
+                paged_attention(**PagedInputs(seq_lens=(3,)).build(poison=0.0))
+            else:
+                merge_attention_states(torch.zeros(1, 2, 8), torch.zeros(1, 2))
+    finally:
+        _gate.clear_cache()
 
 
 def test_merge_bad_input_raises() -> None:
