@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from attnverify.arch import CPU_INTERPRETER, arch_from_name
 from attnverify.kernels import _gate
 from attnverify.kernels.paged import (
+    MERGE_MAX_BLOCK_S,
     MIN_TILES_PER_SPLIT,
     WAVES,
     default_num_splits,
@@ -308,6 +309,25 @@ def test_merge_returns_dtypes_and_shapes() -> None:
     base_out, _ = ref.merge_attention_states(out, lse, compute_dtype=torch.float32)
     c = compare("merge/float16/out", "out", merged, want, base_out.half(), rule, torch.float16)
     assert c.passed, str(c)
+
+
+def test_merge_more_states_than_one_step() -> None:
+    """S beyond MERGE_MAX_BLOCK_S takes several steps of the merge loop; -inf states anywhere."""
+    gen = torch.Generator().manual_seed(2)
+    s = MERGE_MAX_BLOCK_S + 44
+    out = torch.randn(2, s, 16, generator=gen).to(DEVICE)
+    lse = (torch.randn(2, s, generator=gen) * 4).to(DEVICE)
+    lse[0, ::3] = NEG_INF
+    out[0, ::3] = float("nan")
+    lse[1, MERGE_MAX_BLOCK_S:] = NEG_INF
+    merged, merged_lse = merge_attention_states(out, lse)
+    want, want_lse = ref.merge_attention_states(out, lse)
+    for quantity, got, ref_value in (("out", merged, want), ("lse", merged_lse, want_lse)):
+        rule = lookup("merge", "float32", quantity)
+        c = compare(
+            f"merge/float32/{quantity}", quantity, got, ref_value, None, rule, torch.float32
+        )
+        assert c.passed, str(c)
 
 
 # ---------------------------------------------------------------- split choice, errors
