@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -312,3 +314,74 @@ def test_fp8_split_head_dim_covers_without_2x_waste(head_dim: int) -> None:
     # D = 16 and 48 pad to multiples of the fp8 dot's minimum K (32); from 64 up at most 25%.
     bound = math.ceil(1.25 * head_dim) if head_dim >= 64 else 2 * kfp8.MIN_DOT_K
     assert d0 + d1 <= bound, (head_dim, d0, d1)
+
+
+class _Capture:
+    """Stands in for the jitted kernel: records the launch instead of running it."""
+
+    def __init__(self) -> None:
+        self.args: tuple = ()
+        self.kwargs: dict = {}
+
+    def __getitem__(self, grid: object) -> _Capture:
+        return self
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def compile_sm90(head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: int) -> str:
+    """Compile the exact specialisation `_launch_fwd` would launch, for sm90, with Triton's
+    bundled ptxas; returns its PTX. Needs a process without TRITON_INTERPRET (JIT functions)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+    from triton.runtime.jit import mangle_type
+
+    kernel, capture = kfp8._fp8_fwd_kernel, _Capture()
+    kfp8._fp8_fwd_kernel = capture
+    try:
+        x = _inputs(lq=64, lk=64, d=head_dim)
+        v = kfp8._v_for_arch(x["v"], arch_from_name("sm90")) if v_layout == "seq" else x["v"]
+        args = (x["q"], x["k"], v, x["q_descale"], x["k_descale"], x["v_descale"], 0.1, causal)
+        kfp8._launch_fwd(
+            *args, torch.bfloat16, True, config=kfp8.GPU_CONFIGS[config], use_tma=use_tma
+        )
+    finally:
+        kfp8._fp8_fwd_kernel = kernel
+    options = {k: capture.kwargs.pop(k) for k in ("num_warps", "num_stages")}
+    values = dict(zip(kernel.arg_names, capture.args, strict=False)) | capture.kwargs
+    signature, constexprs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        kind = "constexpr" if name in capture.kwargs else mangle_type(values[name], True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[(i,)] = values[name]
+    src = ASTSource(kernel, signature, constexprs=constexprs)
+    return compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the GPU compiles the kernel in other tests")
+@pytest.mark.parametrize(
+    ("head_dim", "causal", "use_tma", "v_layout", "config"),
+    [(128, True, True, "seq", 1), (80, False, False, "row", 6)],
+    ids=["D128-causal-tma", "D80-pointer-rowV"],
+)
+def test_fp8_kernel_compiles_for_sm90(
+    head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: int
+) -> None:
+    """The interpreter cannot catch what only the compiler rejects (non-constexpr globals, dot
+    shape limits, TMA lowering): compile two specialisations for sm90 in a JIT-mode process."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = (
+        f"import test_fp8; ptx = test_fp8.compile_sm90({head_dim}, {causal}, {use_tma}, "
+        f"{v_layout!r}, {config}); print('wgmma', 'wgmma.mma_async' in ptx, 'tma', "
+        "'cp.async.bulk.tensor' in ptx)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(__file__).parent)])
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-4:] == ["wgmma", "True", "tma", str(use_tma)], done.stdout
