@@ -10,13 +10,13 @@ Gradient bugs keep the forward exact and corrupt only the backward, through
 `torch.autograd.Function`s (`GroupFirstHead`, `ExpandFirstOnly`, `ValueFrom` in `_kernels`) or
 gradient hooks on private views of the inputs (never on the caller's tensors).
 
-Modules: one per variant (`gqa` forward, `gqa_backward`, `varlen`, `paged`, `merge`, `fp8`); the
+Modules: one per variant (`gqa` forward, `gqa_backward`, `gqa_semantics`, `varlen`, `paged`, `merge`, `fp8`); the
 correct kernels the bugs bend (`gqa_kernel`, `varlen_by_ranges`, `paged_kernel`,
 `paged_split_kernel` + `merge_correct`, `fp8_kernel`) are exported so
 `test_false_alarms.py` can prove they pass `check` themselves.
 """
 
-from . import fp8, gqa, gqa_backward, merge, paged, varlen
+from . import fp8, gqa, gqa_backward, gqa_semantics, merge, paged, varlen
 from ._kernels import gqa_kernel
 from ._registry import BUGS, PlantedBug, planted
 from .fp8 import fp8_kernel
@@ -31,6 +31,7 @@ __all__ = [
     "gqa",
     "gqa_backward",
     "gqa_kernel",
+    "gqa_semantics",
     "merge",
     "merge_correct",
     "paged",

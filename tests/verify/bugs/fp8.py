@@ -152,3 +152,32 @@ def fp8_causal_top_left(
         compute_dtype=torch.float32,
     )
     return finish(out, lse, out_dtype, return_lse)
+
+
+@planted("fp8", dtype="float8_e4m3fn")
+def fp8_descales_swapped(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_descale: Tensor,
+    k_descale: Tensor,
+    v_descale: Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    return_lse: bool = False,
+) -> Any:
+    """k_descale and v_descale swapped (argument order of a different fp8 API)."""
+    return fp8_kernel(
+        q,
+        k,
+        v,
+        q_descale,
+        v_descale,
+        k_descale,
+        causal=causal,
+        scale=scale,
+        out_dtype=out_dtype,
+        return_lse=return_lse,
+    )

@@ -67,3 +67,14 @@ def merge_exp2_on_natural_lse(out: Tensor, lse: Tensor) -> Any:
     o = o / torch.where(has, total, 1.0)
     l = torch.where(has, torch.log(torch.where(has, total, 1.0)) + m, NEG_INF).squeeze(-1)
     return _merge_finish(o, l, out.dtype)
+
+
+@planted("merge")
+def merge_no_max_subtraction(out: Tensor, lse: Tensor) -> Any:
+    """Weights exp(lse_s) / sum exp(lse) without subtracting the max: overflows for large lse."""
+    lf = lse.float()
+    w = torch.exp(lf)
+    total = w.sum(-1, keepdim=True)
+    o = torch.where(w[..., None] > 0, w[..., None] * out.float(), 0.0).sum(-2) / total
+    o = torch.where(total > 0, o, 0.0)
+    return _merge_finish(o, torch.log(total).squeeze(-1), out.dtype)

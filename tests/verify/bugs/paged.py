@@ -483,3 +483,53 @@ def paged_per_tensor_descale(
         kv_layout=kv_layout,
         return_lse=return_lse,
     )
+
+
+@planted("paged")
+def paged_block_size_assumed_16(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    seq_lens: Tensor,
+    *,
+    scale: float | None = None,
+    k_descale: Tensor | None = None,
+    v_descale: Tensor | None = None,
+    num_splits: int | None = None,
+    kv_layout: str = "NHD",
+    return_lse: bool = False,
+) -> Any:
+    """Page size hard-coded to 16: token t read at block_tables[t // 16], slot t % 16."""
+    if kv_layout == "HND":
+        k_cache, v_cache = (c.transpose(1, 2) for c in (k_cache, v_cache))
+    num_blocks, block_size = k_cache.shape[:2]
+    flat_k, flat_v = (
+        c.reshape(num_blocks * block_size, 1, *c.shape[2:]) for c in (k_cache, v_cache)
+    )
+    lens = seq_lens.tolist()
+    tables = block_tables.tolist()
+    rows = []
+    for b, n in enumerate(lens):
+        tokens = [
+            (tables[b][min(t // 16, len(tables[b]) - 1)] % num_blocks) * block_size + t % 16
+            for t in range(n)
+        ]
+        rows.append([min(i, num_blocks * block_size - 1) for i in tokens])
+    width = max((len(r) for r in rows), default=0) or 1
+    table = torch.tensor(
+        [r + [0] * (width - len(r)) for r in rows], dtype=torch.int32, device=q.device
+    )
+    return paged_kernel(
+        q,
+        flat_k,
+        flat_v,
+        table,
+        seq_lens,
+        scale=scale,
+        k_descale=k_descale,
+        v_descale=v_descale,
+        num_splits=num_splits,
+        kv_layout="NHD",
+        return_lse=return_lse,
+    )

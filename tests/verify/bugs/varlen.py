@@ -306,3 +306,35 @@ def varlen_dkdv_one_head(
         scale=scale,
         return_lse=return_lse,
     )
+
+
+@planted("varlen")
+def varlen_keys_bounded_by_max_seqlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """Key loop bounded by max_seqlen_k instead of the sequence's own length (reads past its end)."""
+    ranges_k = seq_ranges(cu_seqlens_k)
+    longest = (
+        max_seqlen_k if max_seqlen_k is not None else max((b - a for a, b in ranges_k), default=0)
+    )
+    ranges_k = [(a, min(a + longest, k.shape[0])) for a, _ in ranges_k]
+    return varlen_by_ranges(
+        q,
+        k,
+        v,
+        seq_ranges(cu_seqlens_q),
+        ranges_k,
+        causal=causal,
+        scale=scale,
+        return_lse=return_lse,
+    )
