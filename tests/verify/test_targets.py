@@ -100,6 +100,14 @@ def test_module_function_resolves_dotted_attributes() -> None:
     )
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANT_FUNCTIONS))
+def test_attnverify_target_is_our_kernel(variant: str) -> None:
+    import attnverify.kernels
+
+    got = resolve_target("attnverify", variant)
+    assert got is getattr(attnverify.kernels, VARIANT_FUNCTIONS[variant])
+
+
 @pytest.mark.parametrize(
     ("name", "variant"),
     [
