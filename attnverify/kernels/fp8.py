@@ -9,23 +9,31 @@ float32 natural log. Causal is bottom-right aligned; rows with no visible key gi
 Numerics (as FlashAttention-3 fp8):
 - q_descale * k_descale * scale is folded into the softmax scale (log2 units, exp2);
 - the unnormalised probabilities P = exp(s - m) are rounded to V's fp8 dtype before P @ V
-  (an fp8 x fp8 tensor-core product with fp32 accumulation); the row sum uses unrounded P;
-- v_descale / row sum multiplies the output tile once, at the end.
+  (an fp8 x fp8 tensor-core product); the row sum uses the unrounded P;
+- v_descale / row sum multiplies the output tile once, at the end;
+- on sm90 the fp8 tensor cores accumulate with reduced precision (scores, hence lse, carry
+  ~1e-4 relative error; see `QK_ACC_CHUNK`); under the interpreter P is first rounded onto the
+  fp8 grid exactly (`_round_to_fp8_grid`), because the interpreter's cast mis-rounds.
 
 V layout: on arches whose fp8 tensor-core GEMM needs a K-major B operand (`Arch.fp8_v_k_major`:
 NVIDIA Ada/Hopper) V is made sequence-contiguous (`v.stride(-2) == 1`) before the launch, by
 `prepare_fp8_v`; elsewhere V keeps its own strides. The kernel reads every tensor through its
 strides, so the result does not depend on the layout V arrives in.
 
+Loads: K and V tiles come through TMA descriptors on NVIDIA sm90+ when their strides are
+16-byte aligned (out-of-range rows and columns read 0), else through masked pointer loads.
+Programs: a 1-D grid of query blocks; causal runs longest blocks first over all heads.
+
 Head dims that are not a power of two are split into two power-of-two column chunks, never
 padded to the next power of two: D = 80 -> 64 + 32 (16 lanes masked), 96 -> 64 + 32,
 144 -> 128 + 32. Chunks are at least 32 wide (the K minimum of an fp8 dot).
 
-Oracle: `attnverify.reference.fp8.fp8_attention`.
+Oracle: `attnverify.reference.fp8.fp8_attention`. Device notes: `ci/notes_fp8.md`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -77,14 +85,16 @@ GPU_CONFIGS = [
     for bn, w, s in ((128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3),
                      (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
 ]  # fmt: skip
-# Tuned separately per head dim, causality and V layout (K-major V pipelines differently).
+# Tuned per head dim, causality, load path, V layout (K-major V pipelines differently) and
+# accumulation precision.
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK"]
 
 # Accumulation precision of Q K^T on sm90 (Triton's max_num_imprecise_acc; ignored elsewhere).
 # Hopper's fp8 MMA adds products with reduced precision, so scores (hence lse) carry ~1e-4..1e-3
 # relative error. Promoting to fp32 after every QK_ACC_CHUNK products only helps partly, since
 # each 32-product MMA step is itself imprecise; measured on an H200 (ci/notes_fp8.md): 0 (the
-# hardware default) 777 TFLOP/s, worst lse error ratio 648; 32: 602 TFLOP/s, ratio 95.
+# hardware default) 777 TFLOP/s, lse error 46x the fp32 baseline's (median over a random
+# sweep); 32: 602 TFLOP/s, 20x.
 QK_ACC_CHUNK = 0
 
 
@@ -113,24 +123,15 @@ def split_head_dim(head_dim: int) -> tuple[int, int]:
     return d0, d1
 
 
+# fmt: off
 @triton.jit
-def _load_tile(
-    base,
-    offs_r,
-    offs_c,
-    stride_r,
-    stride_c,
-    n_rows,
-    n_cols,
-    MASK_R: tl.constexpr,
-    MASK_C: tl.constexpr,
-):
+def _load_tile(base, offs_r, offs_c, stride_r, stride_c, n_rows, n_cols,
+               MASK_R: tl.constexpr, MASK_C: tl.constexpr):
     """Load the [R, C] tile base + r * stride_r + c * stride_c; masked-off lanes read 0."""
     ptrs = base + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c
     if MASK_R and MASK_C:
-        tile = tl.load(
-            ptrs, mask=(offs_r[:, None] < n_rows) & (offs_c[None, :] < n_cols), other=0.0
-        )
+        tile = tl.load(ptrs, mask=(offs_r[:, None] < n_rows) & (offs_c[None, :] < n_cols),
+                       other=0.0)
     elif MASK_R:
         tile = tl.load(ptrs, mask=offs_r[:, None] < n_rows, other=0.0)
     elif MASK_C:
@@ -165,7 +166,6 @@ def _round_to_fp8_grid(p, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr):
     return (p + magic) - magic
 
 
-# fmt: off
 @triton.jit
 def _kv_tiles(
     k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk, start_n, n_left,
@@ -523,17 +523,19 @@ def _launch_fwd(
     }
     if config is None and interpreter_active():
         config = INTERPRETER_CONFIG
-    if config is None:
-        grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]) * hq * b,)
-        _fp8_fwd_tuned[grid](*args, **meta)
-    else:
-        names = ("k_desc0", "k_desc1", "v_desc0", "v_desc1")
-        _set_block_shapes({**dict(zip(names, descs, strict=True)), **meta, **config.kwargs})
-        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]) * hq * b,)
-        _fp8_fwd_kernel[grid](
-            *args, **meta, **config.kwargs, num_warps=config.num_warps,
-            num_stages=config.num_stages,
-        )  # fmt: skip
+    # Launch on q's GPU (the current device may be another one).
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        if config is None:
+            grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]) * hq * b,)
+            _fp8_fwd_tuned[grid](*args, **meta)
+        else:
+            names = ("k_desc0", "k_desc1", "v_desc0", "v_desc1")
+            _set_block_shapes({**dict(zip(names, descs, strict=True)), **meta, **config.kwargs})
+            grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]) * hq * b,)
+            _fp8_fwd_kernel[grid](
+                *args, **meta, **config.kwargs, num_warps=config.num_warps,
+                num_stages=config.num_stages,
+            )  # fmt: skip
     return out, lse
 
 
