@@ -85,9 +85,10 @@ GPU_CONFIGS = [
     for bn, w, s in ((128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3),
                      (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
 ]  # fmt: skip
-# Tuned per head dim, causality, load path, V layout (K-major V pipelines differently) and
-# accumulation precision.
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK"]
+# Tuned per head dim, causality, load path, V layout (K-major V pipelines differently),
+# accumulation precision and Lk's power of two up to 16384 (`lk_bucket`, an argument the kernel
+# does not read): a config tuned on a short first call is not reused for long sequences.
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK", "lk_bucket"]
 
 # Accumulation precision of Q K^T on sm90 (Triton's max_num_imprecise_acc; ignored elsewhere).
 # Hopper's fp8 MMA adds products with reduced precision, so scores (hence lse) carry ~1e-4..1e-3
@@ -290,8 +291,8 @@ def _store_out(base, acc, offs_m, offs_d, stride_om, n_rows, n_cols, MASK_D: tl.
 # Lengths, group size and the strides of descales / lse vary per call and gain nothing from
 # specialisation: one compile serves them all.
 @triton.jit(do_not_specialize=[
-    "Lq", "Lk", "Hq", "GROUP", "stride_lb", "stride_lh", "stride_qdb", "stride_qdh", "stride_kdb",
-    "stride_kdh", "stride_vdb", "stride_vdh",
+    "Lq", "Lk", "Hq", "GROUP", "lk_bucket", "stride_lb", "stride_lh", "stride_qdb", "stride_qdh",
+    "stride_kdb", "stride_kdh", "stride_vdb", "stride_vdh",
 ])
 def _fp8_fwd_kernel(
     Q, K, V, Out, Lse, QD, KD, VD, k_desc0, k_desc1, v_desc0, v_desc1,
@@ -301,7 +302,7 @@ def _fp8_fwd_kernel(
     stride_ob, stride_oh, stride_om,
     stride_lb, stride_lh,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
-    Lq, Lk, Hq, GROUP, sm_scale,
+    Lq, Lk, Hq, GROUP, sm_scale, lk_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr,
     HAS_D1: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_TMA: tl.constexpr,
     V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
@@ -503,7 +504,7 @@ def _launch_fwd(
         q, k, v, out, lse_arg, q_descale, k_descale, v_descale, *descs,
         *q.stride(), *k.stride(), *v.stride(), *out.stride()[:3], *lse_strides,
         *_descale_strides(q_descale), *_descale_strides(k_descale), *_descale_strides(v_descale),
-        lq, lk, hq, hq // hk, scale,
+        lq, lk, hq, hq // hk, scale, min(max(lk, 1), 16384).bit_length(),
     )  # fmt: skip
     meta = {
         "HEAD_DIM": d,
