@@ -4,7 +4,7 @@ Two families of correct implementations:
 - the `reference` target (the float64 oracle rounded to kernel dtypes) for every variant, in
   float16, float32 and bfloat16 (bf16 is fine here: the oracle is torch, not the Triton
   interpreter whose bf16 `tl.dot` is wrong), fp8 in its fp8 dtypes;
-- the correct "kernels" the planted bugs are built on (tests/verify/bugs.py: `gqa_kernel`,
+- the correct "kernels" the planted bugs are built on (tests/verify/bugs/: `gqa_kernel`,
   `varlen_by_ranges`, `paged_kernel`, `paged_split_kernel` with a correct merge, `fp8_kernel`),
   computing in the input precision: if one of them were flagged, a planted bug's failure would
   prove nothing about its defect.

@@ -1,11 +1,9 @@
-"""Every planted bug (tests/verify/bugs.py) is flagged by `check` within the default `ci` budget.
+"""Every planted bug (tests/verify/bugs/) is flagged by `check` within the default `ci` budget.
 
 One test per bug: `check(bug.variant, bug)` with the `ci` profile's example count and size
 budget, drawing the bug's dtype (float16, or float32 for bugs that only show in IEEE fp32) on
 the CPU. A bug counts as flagged only by a failed comparison or an error of the implementation,
-never by a harness error (an oracle or baseline that raised). Bugs whose class the strategies do not yet reach within the budget
-are marked `xfail(strict=True)` with the strategy feature they need: when the strategy learns
-it, the test XPASSes, fails, and the mark must go.
+never by a harness error (an oracle or baseline that raised).
 
 Shrinking a failure to a minimal case is the runner's business, not detection's: it is turned
 off here (the profile's `shrink_calls` set to 0, and hypothesis' replays of a failing case
@@ -30,16 +28,6 @@ from .bugs import BUGS, PlantedBug
 HARNESS_ERROR = "harness error"
 MIN_BUGS = 24
 
-# Bug -> the strategy feature it needs that the default ci draws do not yet reach reliably.
-NEEDS_STRATEGY: dict[str, str] = {}
-
-
-def _param(bug: PlantedBug) -> object:
-    marks = []
-    if bug.name in NEEDS_STRATEGY:
-        marks.append(pytest.mark.xfail(strict=True, reason=NEEDS_STRATEGY[bug.name]))
-    return pytest.param(bug, id=f"{bug.variant}-{bug.name}", marks=marks)
-
 
 @pytest.fixture
 def detection_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +49,7 @@ def detection_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "run_case", run_once)
 
 
-@pytest.mark.parametrize("bug", [_param(b) for b in BUGS])
+@pytest.mark.parametrize("bug", BUGS, ids=[f"{b.variant}-{b.name}" for b in BUGS])
 def test_planted_bug_is_flagged(bug: PlantedBug, tmp_path: Path, detection_only: None) -> None:
     report = check(
         bug.variant, bug, dtypes=[bug.dtype], device="cpu", profile="ci", replay_dir=tmp_path
