@@ -268,3 +268,18 @@ def test_specs_bench_cases_are_real_model_shapes(variant: str) -> None:
     if variant != "merge":
         assert first.heads_q >= 16 and first.head_dim in (72, 80, 128), first.short()[:200]
         assert get_spec(variant).flops(first) > 1e9
+
+
+@pytest.mark.parametrize("profile", ["device", "thorough"])
+@settings(max_examples=30)
+@given(data=st.data())
+def test_strategies_large_profiles_respect_their_budget(profile: str, data: st.DataObject) -> None:
+    variant = data.draw(st.sampled_from(VARIANTS))
+    case = data.draw(cases(variant, profile))
+    b = budget(profile)
+    assert _work(case) <= b.max_work and case.heads_q <= b.max_heads_q, case.short()
+    assert case.head_dim <= b.max_head_dim and case.heads_q % case.heads_k == 0
+    for n in (*case.seqlens_q, *case.seqlens_k, *case.seq_lens, case.lq, case.lk):
+        assert n <= b.max_len, case.short()
+    if variant == "paged":
+        assert case.num_blocks <= b.max_blocks + 3, case.short()
