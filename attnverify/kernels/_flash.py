@@ -128,6 +128,13 @@ def _wide(x):
 
 
 @triton.jit
+def _aligned(stride_z, stride_h, stride_r, ALIGN: tl.constexpr):
+    """Strides the host passed divided by ALIGN, times ALIGN: the compiler then knows every
+    row start is ALIGN-element aligned (vector loads, async copies) even when D = 72."""
+    return stride_z * ALIGN, stride_h * ALIGN, stride_r * ALIGN
+
+
+@triton.jit
 def _base(X, z, h, row, stride_z, stride_h, stride_r):
     """Scalar pointer to X[z, h, row, 0] with 64-bit offsets."""
     return X + z.to(tl.int64) * stride_z + h.to(tl.int64) * stride_h + row.to(tl.int64) * stride_r
@@ -262,6 +269,7 @@ def _flash_fwd_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     """Forward: one program per (query block, query head, batch); writes out and lse.
 
@@ -270,6 +278,10 @@ def _flash_fwd_kernel(
     """
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
+    stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
+    stride_kz, stride_kh, stride_kn = _aligned(stride_kz, stride_kh, stride_kn, ALIGN)
+    stride_vz, stride_vh, stride_vn = _aligned(stride_vz, stride_vh, stride_vn, ALIGN)
+    stride_oz, stride_oh, stride_om = _aligned(stride_oz, stride_oh, stride_om, ALIGN)
     pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start_q, len_q, start_k, len_k, blk = _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN)
     m0 = blk * BLOCK_M
@@ -483,7 +495,7 @@ def _flash_bwd_dkdv_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DBIAS_MODE: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dk, dv (per query head) and dS for dbias: one program per (KV block, query head, batch).
 
@@ -492,6 +504,12 @@ def _flash_bwd_dkdv_kernel(
     """
     BLOCK_N: tl.constexpr = BLOCK_OUTER
     BLOCK_M: tl.constexpr = BLOCK_INNER
+    stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
+    stride_kz, stride_kh, stride_kn = _aligned(stride_kz, stride_kh, stride_kn, ALIGN)
+    stride_vz, stride_vh, stride_vn = _aligned(stride_vz, stride_vh, stride_vn, ALIGN)
+    stride_doz, stride_doh, stride_dom = _aligned(stride_doz, stride_doh, stride_dom, ALIGN)
+    stride_dkz, stride_dkh, stride_dkn = _aligned(stride_dkz, stride_dkh, stride_dkn, ALIGN)
+    stride_dvz, stride_dvh, stride_dvn = _aligned(stride_dvz, stride_dvh, stride_dvn, ALIGN)
     pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start_q, len_q, start_k, len_k, blk = _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN)
     n0 = blk * BLOCK_N
@@ -650,10 +668,16 @@ def _flash_bwd_dq_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dq: one program per (query block, query head, batch), no atomics."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
+    stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
+    stride_kz, stride_kh, stride_kn = _aligned(stride_kz, stride_kh, stride_kn, ALIGN)
+    stride_vz, stride_vh, stride_vn = _aligned(stride_vz, stride_vh, stride_vn, ALIGN)
+    stride_doz, stride_doh, stride_dom = _aligned(stride_doz, stride_doh, stride_dom, ALIGN)
+    stride_dqz, stride_dqh, stride_dqm = _aligned(stride_dqz, stride_dqh, stride_dqm, ALIGN)
     pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start_q, len_q, start_k, len_k, blk = _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN)
     m0 = blk * BLOCK_M
@@ -880,12 +904,27 @@ def _stride_kw(prefix: str, axes: str, strides: tuple[int, ...]) -> dict[str, in
     return {f"stride_{prefix}{a}": s for a, s in zip(axes, strides, strict=True)}
 
 
-def _named(prefix: str, x: torch.Tensor, is_varlen: bool) -> dict[str, int]:
-    return _stride_kw(prefix, "zhmd", _strides(x, is_varlen))
+ALIGN = 8  # elements: 16 bytes of float16 / bfloat16 (D % 8 == 0 by contract)
 
 
-def _named_kv(prefix: str, x: torch.Tensor, is_varlen: bool) -> dict[str, int]:
-    return _stride_kw(prefix, "zhnd", _strides(x, is_varlen))
+def _alignment(is_varlen: bool, *tensors: torch.Tensor) -> int:
+    """ALIGN when every z/h/row stride of `tensors` is a multiple of it and D is unit-stride
+    (the usual layouts), else 1. Strides reach the kernels divided by this value."""
+    ok = all(
+        x.stride(-1) == 1 and all(s % ALIGN == 0 for s in _strides(x, is_varlen)[:3])
+        for x in tensors
+    )
+    return ALIGN if ok else 1
+
+
+def _named(prefix: str, x: torch.Tensor, is_varlen: bool, align: int) -> dict[str, int]:
+    z, h, r, d = _strides(x, is_varlen)
+    return _stride_kw(prefix, "zhmd", (z // align, h // align, r // align, d))
+
+
+def _named_kv(prefix: str, x: torch.Tensor, is_varlen: bool, align: int) -> dict[str, int]:
+    z, h, r, d = _strides(x, is_varlen)
+    return _stride_kw(prefix, "zhnd", (z // align, h // align, r // align, d))
 
 
 def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kwargs: object):
@@ -924,6 +963,7 @@ def flash_forward(
     common = _prepare(q, problem, mask, bias, config)
     vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
+    al = _alignment(vl, q, k, v, out)
     lists = q
     if mask is not None:
         lists = live_block_lists(
@@ -934,8 +974,8 @@ def flash_forward(
         _fwd, common.grid_rows, config,
         Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work_rows, Lists=lists,
         **_stride_kw("t", "zhmn", _broadcast(lists) if mask is not None else (0, 0, 0, 0)),
-        **_named("q", q, vl), **_named_kv("k", k, vl), **_named_kv("v", v, vl),
-        **_named("o", out, vl),
+        **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
+        **_named("o", out, vl, al), ALIGN=al,
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
         **common.kwargs,
     )  # fmt: skip
@@ -1016,10 +1056,11 @@ def flash_backward(
     lse = lse.contiguous()
     lse_strides = _stride_kw("l", "zhm", _lse_strides(lse, vl))
     common = _prepare(q, problem, mask, bias, config_dkdv)
+    al = _alignment(vl, q, k, v, do, dq, dk, dv)
     shared = dict(
-        Q=q, K=k, V=v, DO=do, Lse=lse, Delta=delta,
-        **_named("q", q, vl), **_named_kv("k", k, vl), **_named_kv("v", v, vl),
-        **_named("do", do, vl), **lse_strides, scale=problem.scale,
+        Q=q, K=k, V=v, DO=do, Lse=lse, Delta=delta, ALIGN=al,
+        **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
+        **_named("do", do, vl, al), **lse_strides, scale=problem.scale,
     )  # fmt: skip
     if need_dbias:
         db_buf, mode = _dbias_buffer(q, problem, bias, common.kwargs["BLOCK_OUTER"])
@@ -1028,14 +1069,14 @@ def flash_backward(
     _launch(
         _dkdv, common.grid_cols, config_dkdv,
         DK=dk, DV=dv, DB=db_buf, Work=common.work_cols,
-        **_named_kv("dk", dk, vl), **_named_kv("dv", dv, vl),
+        **_named_kv("dk", dk, vl, al), **_named_kv("dv", dv, vl, al),
         **_stride_kw("db", "zhmn", db_buf.stride() if mode else (0, 0, 0, 0)),
         DBIAS_MODE=mode, **shared, **common.kwargs,
     )  # fmt: skip
     common = _prepare(q, problem, mask, bias, config_dq)
     _launch(
         _dq, common.grid_rows, config_dq,
-        DQ=dq, Work=common.work_rows, **_named("dq", dq, vl), **shared, **common.kwargs,
+        DQ=dq, Work=common.work_rows, **_named("dq", dq, vl, al), **shared, **common.kwargs,
     )  # fmt: skip
     if need_dbias:
         dbias = _reduce_dbias(db_buf, bias, problem)
