@@ -393,7 +393,14 @@ def check(
                 progress(i + 1, len(cases), result)
         report.seconds = time.perf_counter() - start
         return report
-    names = [dtype_name(d) for d in dtypes] if dtypes else list(spec.default_dtypes(dev))
+    names = (
+        [dtype_name(d) for d in dtypes] if dtypes is not None else list(spec.default_dtypes(dev))
+    )
+    if not names:
+        report.errors.append(
+            f"{variant}: no input dtype to check on {dev} (e.g. an arch without fp8); "
+            "pass dtypes= to force one"
+        )
     count = examples if examples is not None else settings.get_profile(profile).max_examples
     total = (count + (len(spec.pinned_cases()) if pinned else 0)) * len(names)
     for dtype in names:

@@ -182,3 +182,9 @@ def test_runner_pinned_case_failure_is_reported_with_replay(tmp_path: Path) -> N
     (failure,) = report.failures
     assert failure.case in get_spec("gqa").pinned_cases(), failure.case.short()
     assert failure.replay_path and Path(failure.replay_path).exists()
+
+
+def test_runner_no_dtype_is_an_error_not_a_vacuous_pass(tmp_path: Path) -> None:
+    report = check("gqa", reference_impl("gqa"), dtypes=[], replay_dir=tmp_path)
+    assert report.num_cases == 0 and not report.passed
+    assert "no input dtype" in str(report), str(report)
