@@ -16,7 +16,7 @@ from attnverify import reference
 from attnverify.verify import Case, check
 from attnverify.verify.case import VARIANTS
 from attnverify.verify.specs import get_spec
-from attnverify.verify.tolerance import ARCH_KINDS, RULES, lookup
+from attnverify.verify.tolerance import ARCH_KINDS, RULES, arch_kind, lookup
 
 from .emulation import flash_fp8, flash_gqa, round_tf32, tf32
 
@@ -93,3 +93,23 @@ def test_tolerance_flash_emulation_passes(dtype: str, tmp_path) -> None:
 def test_tolerance_flash_fp8_emulation_passes(tmp_path) -> None:
     report = check("fp8", flash_fp8, examples=EXAMPLES, seed=5, replay_dir=tmp_path)
     assert report.passed, str(report)
+
+
+def test_tolerance_named_arch_outranks_gpu_and_wildcard() -> None:
+    """An arch-named entry applies to that arch only; other GPUs and the interpreter keep the
+    general fp8 lse rule."""
+    general = lookup("fp8", "float8_e4m3fn", "lse", "interpreter")
+    assert lookup("fp8", "float8_e4m3fn", "lse", "sm100") == general
+    hopper = lookup("fp8", "float8_e4m3fn", "lse", "sm90")
+    assert hopper != general
+    assert hopper.floor_ulps > general.floor_ulps
+    assert lookup("fp8", "float8_e4m3fn", "out", "sm90") == lookup(
+        "fp8", "float8_e4m3fn", "out", "interpreter"
+    )
+
+
+def test_tolerance_arch_kind_names_the_gpu_arch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """arch_kind gives "interpreter" on the CPU and the (possibly overridden) arch name on a GPU."""
+    assert arch_kind("cpu") == "interpreter"
+    monkeypatch.setenv("ATTNVERIFY_ARCH", "sm90")
+    assert arch_kind("cuda:0") == "sm90"
