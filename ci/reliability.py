@@ -295,7 +295,7 @@ def _kernel_valid(entry: str, kw: dict) -> dict:
 
 def run_bad_input(_: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT / "tests" / "reference"))
-    import test_validation as catalog  # noqa: PLC0415
+    import test_validation as catalog
 
     kernel_fns = {
         "varlen": K.varlen_attention,
