@@ -22,9 +22,11 @@ WORK_FIELDS = 5  # start_q, len_q, start_k, len_k, block index within the sequen
 class HeadDimSplit:
     """A head dim D covered by one power-of-two tile, plus an optional power-of-two remainder.
 
-    `d0 + d1 >= head_dim`; lanes past `head_dim` are masked on load (read as 0) and on store.
-    Examples: 72 = 64 + 16 (8 lanes valid), 80 = 64 + 16, 96 = 64 + 32, 128 = 128, 136 = 128 + 16,
-    8 = 16 (8 lanes valid). `d1 == 0` means a single tile.
+    Tile 0 covers lanes [0, d0); tile 1 (if `d1 > 0`) covers [D - d1, D), so it ends exactly at
+    D and is loaded without lane masks: the lanes it shares with tile 0 are zeroed in one
+    operand of each product and never stored. Only D = 8 (a single 16-lane tile) masks lanes.
+    Examples: 72 = 64 + 16 (lanes 56..71), 80 = 64 + 16, 96 = 64 + 32, 136 = 128 + 16,
+    200 = 128 + 128 (lanes 72..199). `d1 == 0` means a single tile.
     """
 
     head_dim: int
@@ -118,37 +120,11 @@ def block_any(mask: torch.Tensor, block: int) -> torch.Tensor:
     return tiles.to(torch.uint8).contiguous()
 
 
-def live_block_lists(
-    flags: torch.Tensor, seqlen_q: int, seqlen_k: int, block: int, *, causal: bool
-) -> torch.Tensor:
-    """Per query tile, the KV tiles that hold any visible key: a count, then their indices.
-
-    Args:
-        flags: (Bm, Hm, nq or 1, nk or 1) uint8 from `block_any` (size-1 dims broadcast).
-        seqlen_q, seqlen_k: Lq, Lk; tiles are `block x block`.
-        causal: also drop tiles entirely above the bottom-right diagonal.
-
-    Returns:
-        (Bm, Hm, ceil(Lq / block), ceil(Lk / block) + 1) int32, contiguous: entry 0 is the
-        number of live KV tiles, entries 1.. their indices in increasing order.
-    """
-    nq, nk = -(-seqlen_q // block), -(-seqlen_k // block)
-    live = flags.bool().expand(flags.shape[0], flags.shape[1], nq, nk)
-    if causal:
-        rows = torch.arange(nq, device=flags.device).unsqueeze(1)
-        cols = torch.arange(nk, device=flags.device).unsqueeze(0)
-        live = live & (cols * block <= rows * block + block - 1 + seqlen_k - seqlen_q)
-    count = live.sum(dim=-1, dtype=torch.int32).unsqueeze(-1)
-    order = torch.argsort((~live).to(torch.uint8), dim=-1, stable=True).to(torch.int32)
-    return torch.cat([count, order], dim=-1).contiguous()
-
-
 __all__ = [
     "MIN_DOT_TILE",
     "WORK_FIELDS",
     "HeadDimSplit",
     "block_any",
-    "live_block_lists",
     "split_head_dim",
     "use_interpreter",
     "varlen_work_table",

@@ -9,7 +9,9 @@ bias); the differences are constexpr flags, never copies of a kernel:
   a kv-headed one (Hm == Hk) is read by query head h at h // G. Tiles whose mask block is all
   False (host-built `_common.block_any`) are skipped: no K/V loads, no math.
 - GQA: query head h reads kv head h // G.
-- Head dims: D = D0 (power of two) + D1 (power-of-two remainder tile), masked past D.
+- Head dims: D = D0 (power of two) + D1 (power-of-two remainder tile ending at D, its overlap
+  with D0 zeroed), see `_common.HeadDimSplit`; row strides reach the kernels divided by 8 so
+  the compiler knows rows are 16-byte aligned (D = 72 loads vectorize).
 Any Lq / Lk: interior tiles run unmasked, boundary and diagonal tiles masked.
 
 Layout handled here: every tensor as (z, h, row, d) with explicit strides (varlen: z stride 0,
@@ -33,7 +35,6 @@ from attnverify.arch import interpreter_active
 from attnverify.kernels._common import (
     HeadDimSplit,
     block_any,
-    live_block_lists,
     split_head_dim,
     varlen_work_table,
 )
@@ -81,8 +82,6 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
         return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
 
     kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
-    if args["HAS_MASK"]:
-        kept = [c for c in kept if c.kwargs["BLOCK_INNER"] == args["MASK_BLOCK"]] or kept
     if not kept:
         kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
     return kept[:1] if os.environ.get(AUTOTUNE_ENV) == "0" else kept
@@ -204,10 +203,10 @@ def _fwd_tile(
     d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
-    MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr,
+    MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i."""
-    if _tile_active(flag_ptr, SKIP_EMPTY):
+    if _tile_active(flag_ptr, HAS_MASK):
         cols_ok = cols < len_k
         # [BLOCK_N, D0], [BLOCK_N, D1]
         k0 = _load_tile(k_ptrs + k_off0, cols_ok, d0_ok, MASKED, MASK_D0)
@@ -254,7 +253,7 @@ def _row_range(m0, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 @triton.jit
 def _flash_fwd_kernel(
-    Q, K, V, Out, Lse, Mask, Bias, Flags, Work, Lists,
+    Q, K, V, Out, Lse, Mask, Bias, Flags, Work,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -263,7 +262,6 @@ def _flash_fwd_kernel(
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_fz, stride_fh, stride_fm, stride_fn,
-    stride_tz, stride_th, stride_tm, stride_tn,
     seqlen_q, seqlen_k, group, mask_head_div, bias_head_div, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr,
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
@@ -271,11 +269,7 @@ def _flash_fwd_kernel(
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
     ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """Forward: one program per (query block, query head, batch); writes out and lse.
-
-    With a mask and BLOCK_N == MASK_BLOCK the KV loop walks `Lists` (per query block: the
-    count of live KV tiles, then their indices), so time follows the live tiles only.
-    """
+    """Forward: one program per (query block, query head, batch); writes out and lse."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -323,11 +317,7 @@ def _flash_fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, HEAD_D0], tl.float32)
     acc1 = tl.zeros([BLOCK_M, HEAD_D1], tl.float32)
     shift = len_k - len_q
-    USE_LISTS: tl.constexpr = HAS_MASK and BLOCK_N == MASK_BLOCK
     n_full, n_end = _row_range(m0, len_q, len_k, BLOCK_M, BLOCK_N, IS_CAUSAL)
-    if USE_LISTS:
-        n_full = n_full * 0
-        n_end = n_full
     for n0 in range(0, n_full, BLOCK_N):
         n64 = _wide(n0)
         acc0, acc1, m_i, l_i = _fwd_tile(
@@ -335,7 +325,7 @@ def _flash_fwd_kernel(
             k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, HAS_MASK,
+            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
         )  # fmt: skip
     for n0 in range(n_full, n_end, BLOCK_N):
         n64 = _wide(n0)
@@ -344,23 +334,8 @@ def _flash_fwd_kernel(
             k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, HAS_MASK,
+            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
         )  # fmt: skip
-    if USE_LISTS:
-        # block-sparse: walk only the live KV tiles of this query block (host-built list)
-        t_base = _base(Lists, z, h // mask_head_div, m0 // MASK_BLOCK, stride_tz, stride_th,
-                       stride_tm)  # fmt: skip
-        for i in range(0, tl.load(t_base)):
-            n0 = tl.load(t_base + (i + 1) * stride_tn) * BLOCK_N
-            n64 = _wide(n0)
-            acc0, acc1, m_i, l_i = _fwd_tile(
-                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-                k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
-                b_base + n64 * stride_bn + b_off, f_base, rows, n0 + offs_n, len_q, len_k, shift,
-                qk_scale, d0_ok, d1_ok,
-                True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, False,
-            )  # fmt: skip
-
     has_key = l_i > 0
     inv_l = 1.0 / tl.where(has_key, l_i, 1.0)
     lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
@@ -964,16 +939,9 @@ def flash_forward(
     vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
     al = _alignment(vl, q, k, v, out)
-    lists = q
-    if mask is not None:
-        lists = live_block_lists(
-            common.kwargs["Flags"], problem.seqlen_q, problem.seqlen_k,
-            common.kwargs["MASK_BLOCK"], causal=problem.causal,
-        )  # fmt: skip
     _launch(
         _fwd, common.grid_rows, config,
-        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work_rows, Lists=lists,
-        **_stride_kw("t", "zhmn", _broadcast(lists) if mask is not None else (0, 0, 0, 0)),
+        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work_rows,
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("o", out, vl, al), ALIGN=al,
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
