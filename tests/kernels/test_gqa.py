@@ -196,3 +196,17 @@ def test_gqa_opcheck():
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
     assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_gqa_block_any_marks_tiles_with_any_true():
+    from attnverify.kernels._common import block_any
+
+    mask = torch.zeros(1, 1, 70, 40, dtype=torch.bool)
+    mask[0, 0, 33, 39] = True  # tile (1, 1) of 32x32 tiles
+    mask[0, 0, 69, 0] = True  # tile (2, 0): the partial last row tile
+    flags = block_any(mask, 32)
+    want = torch.zeros(1, 1, 3, 2, dtype=torch.uint8)
+    want[0, 0, 1, 1] = want[0, 0, 2, 0] = 1
+    assert torch.equal(flags, want), f"{flags.tolist()} != {want.tolist()}"
+    row = block_any(torch.ones(2, 1, 1, 40, dtype=torch.bool), 32)
+    assert tuple(row.shape) == (2, 1, 1, 2), f"broadcast rows keep size 1; got {tuple(row.shape)}"

@@ -181,3 +181,34 @@ def test_varlen_opcheck():
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
     assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@given(d=st.integers(1, 32).map(lambda n: 8 * n))
+@example(d=72)
+@example(d=136)
+def test_varlen_head_dim_split_covers_d_without_power_of_two_padding(d):
+    from attnverify.kernels._common import split_head_dim
+
+    split = split_head_dim(d)
+    assert split.d0 & (split.d0 - 1) == 0 and split.d0 >= 16, f"d0={split.d0} for D={d}"
+    if split.has_d1:
+        assert split.d0 < d and split.d1 <= split.d0, f"split {split} for D={d}"
+        assert split.d1 & (split.d1 - 1) == 0 and split.d1 >= 16, f"d1={split.d1} for D={d}"
+        assert split.d0 + split.d1 >= d, f"split {split} leaves lanes of D={d} uncovered"
+    else:
+        assert split.d0 >= d, f"single tile {split.d0} < D={d}"
+    if d in (72, 80, 136):
+        assert split.padded == d + (-d % 16), f"D={d} must cost at most a 16-lane tile: {split}"
+
+
+def test_varlen_work_table_longest_first():
+    from attnverify.kernels._common import varlen_work_table
+
+    lens = [256, 0, 8192, 300]
+    starts = [0, 256, 256, 8448]
+    table = varlen_work_table(lens, lens, starts, starts, 128, rows_are_queries=True, device="cpu")
+    assert table.shape == (64 + 3 + 2, 5), f"one item per 128-row block; got {tuple(table.shape)}"
+    assert table[:, 3].tolist() == sorted(table[:, 3].tolist(), reverse=True), "not longest first"
+    assert table[0].tolist() == [256, 8192, 256, 8192, 0], f"first item {table[0].tolist()}"
+    blocks = sorted((int(r[0]), int(r[4])) for r in table if int(r[1]) == 300)
+    assert blocks == [(8448, 0), (8448, 1), (8448, 2)], f"blocks of the 300-token sequence {blocks}"
