@@ -344,9 +344,9 @@ def term_magnitudes(
     if bias is not None:
         score_mag = score_mag + expand_heads(bias, hq, hk).abs()
     score_mag = torch.where(finite, score_mag, 0.0)
-    lse_mag = torch.maximum(
-        score_mag.amax(dim=-1), torch.where(torch.isfinite(lse), lse.abs(), 0.0)
-    )
+    lse_abs = torch.where(torch.isfinite(lse), lse.abs(), 0.0)
+    # Lk = 0: no summand at all (amax over an empty dim would raise)
+    lse_mag = torch.maximum(score_mag.amax(dim=-1), lse_abs) if score_mag.shape[-1] else lse_abs
     if dout is None:
         return {
             name: float(x.max()) if x.numel() else 0.0
@@ -358,7 +358,7 @@ def term_magnitudes(
     b, lk = q.shape[0], k.shape[2]
 
     def grouped(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(b, hk, hq // hk, lk, -1).sum(dim=2)
+        return x.reshape(b, hk, hq // hk, lk, x.shape[-1]).sum(dim=2)
 
     mags = {
         "out": out_mag,
