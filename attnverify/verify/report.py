@@ -311,7 +311,7 @@ class ProgressBar:
         self.failures = 0
         self.total: int | None = None
         self.start = time.monotonic()
-        self.last_draw = 0.0
+        self.last_draw = self.start
         self.last_tenth = 0
 
     def __call__(self, done: int, total: int | None, result: Any = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -16,8 +15,6 @@ import pytest
 from attnverify import records
 from attnverify.verify.cli import draw_cases, main
 from attnverify.verify.report import ProgressBar
-
-MERGE_KERNEL = importlib.util.find_spec("attnverify.kernels.paged")
 
 
 def run_cli(*argv: str) -> tuple[int, str]:
@@ -156,7 +153,6 @@ def test_cli_bench_needs_a_gpu(home: Path) -> None:
     assert code == 2 and "bench needs a GPU" in text
 
 
-@pytest.mark.skipif(MERGE_KERNEL is None, reason="attnverify/kernels/paged.py not written yet")
 def test_cli_verify_interpreter_sharded_appends_one_record_per_device(home: Path) -> None:
     code, text = run_cli("verify", "--variant", "merge", "--examples", "2", "--devices", "cpu,cpu")
     assert code == 0, text
