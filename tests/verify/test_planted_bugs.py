@@ -6,20 +6,18 @@ the CPU. A bug counts as flagged only by a failed comparison or an error of the 
 never by a harness error (an oracle or baseline that raised).
 
 Shrinking a failure to a minimal case is the runner's business, not detection's: it is turned
-off here (the profile's `shrink_calls` set to 0, and hypothesis' replays of a failing case
-served from the first run) so the catalog fits the CI time budget. Which case flags a bug does
-not change.
+off here (the profile's `shrink_calls` set to 0) so the catalog fits the CI time budget. Which
+case flags a bug does not change.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from attnverify.verify import Case, CaseResult, check, runner
+from attnverify.verify import check
 from attnverify.verify import profiles as verify_profiles
 from attnverify.verify.case import VARIANTS
 
@@ -31,22 +29,9 @@ MIN_BUGS = 24
 
 @pytest.fixture
 def detection_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ci budget with shrinking off (examples and sizes unchanged), and each case run once.
-
-    Hypothesis replays a failing example several times (flakiness check, final report); cases
-    are deterministic, so the replays reuse the first result instead of rerunning it.
-    """
+    """The ci budget with shrinking off (examples and sizes unchanged)."""
     ci = verify_profiles.BUDGETS["ci"]
     monkeypatch.setitem(verify_profiles.BUDGETS, "ci", dataclasses.replace(ci, shrink_calls=0))
-    results: dict[Case, CaseResult] = {}
-    run_case = runner.run_case
-
-    def run_once(spec: Any, case: Case, impl: Any, **kwargs: Any) -> CaseResult:
-        if case not in results:
-            results[case] = run_case(spec, case, impl, **kwargs)
-        return results[case]
-
-    monkeypatch.setattr(runner, "run_case", run_once)
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[f"{b.variant}-{b.name}" for b in BUGS])
