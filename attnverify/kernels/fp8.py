@@ -638,6 +638,8 @@ def fp8_attention(
     Raises:
         TypeError, ValueError: bad shapes, dtypes, descales, head dim or out_dtype; an arch
             without fp8 or without one of the input dtypes (the message lists the arch's dtypes).
+        UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
+            kernel source on this device (the message names the `attnverify verify` command).
     """
     scale = check_fp8_inputs(
         q, k, v, q_descale, k_descale, v_descale, scale, out_dtype, HEAD_DIM_MULTIPLE

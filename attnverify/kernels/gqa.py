@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
+from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import check_gqa_inputs, resolve_scale
 
 # ------------------------------------------------------------------ launchers
@@ -194,11 +195,14 @@ def gqa_attention(
     Raises:
         TypeError, ValueError: before any launch, from `attnverify.validation`, for inputs
             outside the rules above (dtypes, ranks, head dim, Hq % Hk, mask/bias shapes).
+        UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
+            kernel source on this device (the message names the `attnverify verify` command).
     """
     if torch.compiler.is_compiling():
         scale = resolve_scale(scale, q.shape[-1])
     else:
         scale = check_gqa_inputs(q, k, v, mask, bias, scale)
+        enforce_verified("gqa", q.device)
     out, lse = _gqa_fwd_op(q, k, v, mask, bias, causal, scale)
     return (out, lse) if return_lse else out
 

@@ -574,6 +574,8 @@ def paged_attention(
     Raises:
         TypeError, ValueError: inputs outside the rules above (see `attnverify.validation`),
             before any launch.
+        UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
+            kernel source on this device (the message names the `attnverify verify` command).
     """
     plan = plan_paged(
         q,
@@ -621,6 +623,8 @@ def merge_attention_states(
 
     Raises:
         TypeError, ValueError: shapes or dtypes outside the rules above.
+        UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
+            kernel source on this device (the message names the `attnverify verify` command).
     """
     check_merge_inputs(out, lse)
     enforce_verified("merge", out.device)

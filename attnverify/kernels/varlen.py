@@ -14,6 +14,7 @@ import itertools
 import torch
 
 from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
+from attnverify.kernels._gate import enforce_verified
 from attnverify.reference.varlen import cu_seqlens_from_grid_thw
 from attnverify.validation import check_varlen_inputs, resolve_scale
 
@@ -199,6 +200,8 @@ def varlen_attention(
     Raises:
         TypeError, ValueError: before any launch, from `attnverify.validation`, for inputs
             outside the rules above (dtypes, ranks, head dim, Hq % Hk, cu_seqlens, maxima).
+        UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
+            kernel source on this device (the message names the `attnverify verify` command).
     """
     if torch.compiler.is_compiling():
         scale = resolve_scale(scale, q.shape[-1])
@@ -207,6 +210,7 @@ def varlen_attention(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale
         )
         scale = meta.scale
+        enforce_verified("varlen", q.device)
     out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     return (out, lse) if return_lse else out
 

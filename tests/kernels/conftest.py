@@ -1,7 +1,5 @@
-"""Kernel tests: run Triton through its CPU interpreter when there is no GPU.
-
-TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection
-of this folder (the root conftest imports no Triton). On a CUDA machine kernels compile.
+"""Kernel tests (the root conftest selects the Triton interpreter when there is no GPU; on a
+CUDA machine kernels compile).
 
 Fixture `judge` compares a kernel's tensors with the float64 oracle under the project's
 tolerance policy (`attnverify.verify.tolerance`, rules b-d, exact structural zeros).
@@ -9,14 +7,8 @@ tolerance policy (`attnverify.verify.tolerance`, rules b-d, exact structural zer
 
 from __future__ import annotations
 
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
+import torch
 
 from attnverify.verify.compare import compare
 from attnverify.verify.tolerance import arch_kind, lookup
