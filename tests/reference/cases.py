@@ -4,10 +4,10 @@ Strategies draw metadata only (shapes, lengths, flags, broadcast shapes, block t
 values come from a `torch.Generator` seeded with the case's seed. Each strategy shrinks
 towards one small sequence / one head / D = 8 / no mask, bias, causal or split.
 
-`AGREEMENT` is the one comparison bound these tests use: two float64 computations of the same
-attention (the torch oracle against the numpy cross-oracle, or against itself rearranged) must
-agree to it, relative to the magnitude of the values. It belongs in
-`attnverify/verify/tolerance.py` once that module exists.
+`ORACLE_AGREEMENT` (attnverify/verify/tolerance.py, with its evidence) is the one comparison
+bound these tests use: two float64 computations of the same attention (the torch oracle against
+the numpy cross-oracle, or against itself rearranged) must agree to it, relative to the
+magnitude of the values.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import torch
 from hypothesis import strategies as st
 
 from attnverify.reference import quantize_fp8
-
-AGREEMENT = 1e-12
+from attnverify.verify.tolerance import ORACLE_AGREEMENT
 
 HEAD_DIMS = (8, 16, 24, 72)
 HEAD_PAIRS = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (6, 3))
@@ -61,7 +60,7 @@ def assert_agree(
     want: torch.Tensor | np.ndarray,
     condition: float = 1.0,
 ) -> float:
-    """Assert two float64 results agree to AGREEMENT * condition * max(1, max |want|).
+    """Assert two float64 results agree to ORACLE_AGREEMENT * condition * max(1, max |want|).
 
     `condition` is the size of the largest score (see `score_condition`) where it exceeds 1:
     rounding a score s costs ~eps * |s| in exp(s - lse), so huge scores (fp8 values near the
@@ -71,7 +70,9 @@ def assert_agree(
     diff = max_abs_diff(got, want)
     b = want.detach().numpy() if isinstance(want, torch.Tensor) else want
     finite = b[np.isfinite(b)]
-    bound = AGREEMENT * max(1.0, condition) * max(1.0, float(np.abs(finite).max(initial=0.0)))
+    bound = (
+        ORACLE_AGREEMENT * max(1.0, condition) * max(1.0, float(np.abs(finite).max(initial=0.0)))
+    )
     assert diff <= bound, (
         f"{path}: max abs diff {diff:.3e} > {bound:.3e} (shape {tuple(b.shape)}; inf means the "
         "shapes or the NaN/inf patterns differ)"
