@@ -39,7 +39,11 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
     b = profile_budget(profile)
     dtype = draw(st.sampled_from(list(dtypes)))
     d = draw(head_dims(b))
-    lq = draw(lengths(min(b.max_len, max(1, b.max_work // d))))
+    causal = draw(st.booleans())
+    # A third of causal cases decode-like (Lq <= 16 queries at the end of Lk keys): where a
+    # top-left or ignored causal mask shows.
+    short_q = causal and draw(st.sampled_from([False, False, True]))
+    lq = draw(lengths(16 if short_q else min(b.max_len, max(1, b.max_work // d))))
     lk = draw(lengths(min(b.max_len, max(1, b.max_work // (d * lq)))))
     room = heads_room(b, d, lq * lk, tiles(lq, lk))
     hq, hk = draw(head_counts(min(b.max_heads_q, room)))
@@ -52,7 +56,7 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
         mask_kind = draw(st.sampled_from(["random", "tiles", "rows"]))
         mask_tile = draw(st.sampled_from(TILE_SIZES)) if mask_kind == "tiles" else 0
     if draw(st.booleans()):
-        bias_shape = _broadcast_shape(draw, full, hk)
+        bias_shape = _broadcast_shape(draw, full, hk, keys_full_p=0.75)
         bias_dtype = draw(st.sampled_from([dtype, "float32"]))
     has_broadcast = any(x is not None and 1 in x for x in (mask_shape, bias_shape))
     return Case(
@@ -65,7 +69,7 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
         head_dim=d,
         lq=lq,
         lk=lk,
-        causal=draw(st.booleans()),
+        causal=causal,
         scale=draw(st.sampled_from([None, 0.5, 0.05])),
         distribution=draw(st.sampled_from(DISTRIBUTIONS)),
         layout=draw(st.sampled_from(LAYOUTS)),
@@ -78,13 +82,21 @@ def gqa_cases(draw: st.DrawFn, profile: str = "ci", dtypes: Sequence[str] = ("fl
     )
 
 
-def _broadcast_shape(draw: st.DrawFn, full: tuple[int, int, int, int], hk: int) -> tuple[int, ...]:
-    """(Bm, Hm, Lqm, Lkm): each dim 1 or full (broadcastable_shapes), the head dim 1, Hk or Hq."""
+def _broadcast_shape(
+    draw: st.DrawFn, full: tuple[int, int, int, int], hk: int, keys_full_p: float = 0.5
+) -> tuple[int, ...]:
+    """(Bm, Hm, Lqm, Lkm): each dim 1 or full (broadcastable_shapes), the head dim 1, Hk or Hq.
+
+    Hm = Hk (read at h // G) is drawn about half the time: the kv-headed class where a head
+    mapping goes wrong. With probability `keys_full_p` Lkm = Lk: a bias constant along keys
+    has an identically zero gradient, which hides every dbias bug.
+    """
     drawn = draw(broadcastable_shapes(full, min_dims=4, max_dims=4, min_side=1))
     # Where the full side is 1, broadcastable_shapes may draw any side; keep 1 there.
     shape = [s if s == f else 1 for s, f in zip(drawn, full, strict=True)]
-    heads = draw(st.sampled_from(sorted({1, hk, full[1]}, reverse=True)))
-    return (shape[0], heads, shape[2], shape[3])
+    heads = draw(st.sampled_from([full[1], hk, hk, 1]))
+    keys_full = draw(st.integers(0, 99)) < 100 * keys_full_p
+    return (shape[0], heads, shape[2], full[3] if keys_full else shape[3])
 
 
 def expanded(x: torch.Tensor, case: Case) -> torch.Tensor:

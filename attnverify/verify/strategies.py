@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from attnverify.verify.case import Case
 from attnverify.verify.profiles import Budget
 
-HEAD_DIMS = (64, 32, 128, 8, 16, 72, 80, 96, 112, 136, 144, 256)
+# Shrinks towards 64. Powers of two and not; D % 16 != 0 (8, 24, 40, 72, 88, 136, 200) in about
+# half the draws: the class where padded or split head-dim tiles go wrong.
+HEAD_DIMS = (64, 32, 128, 8, 16, 72, 80, 96, 112, 136, 144, 256, 24, 40, 88, 200)
 SPECIAL_LENGTHS = (1, 16, 17, 15, 32, 33, 63, 64, 65, 111, 127, 128, 129, 160, 255, 256, 257)
 TILE_SIZES = (16, 32, 64, 128)
 GROUP_SIZES = (1, 2, 3, 4, 8, 5)
@@ -33,7 +35,7 @@ def lengths(max_len: int, *, min_len: int = 1) -> st.SearchStrategy[int]:
 
 
 def head_dims(budget: Budget, multiple: int = 8) -> st.SearchStrategy[int]:
-    """Head dims D, powers of two and not (72, 80, 96, 112, 136, 144), up to the budget's
+    """Head dims D, powers of two and not (72, 80, 96, 112, 136, 144, ...), up to the budget's
     maximum, D % multiple == 0; shrinks towards 64."""
     return st.sampled_from([d for d in HEAD_DIMS if d <= budget.max_head_dim and d % multiple == 0])
 
