@@ -4,19 +4,8 @@ For each variant the shapes come from its spec (`VariantSpec.bench_cases()`: vis
 varlen, decoder GQA, decode batch x context grids). Every shape is verified once (one `check`
 case, forward quantities) before anything is timed: a shape whose verification fails gets no
 number. Then `triton.testing.do_bench` (median of repeated runs, same process) times our
-kernel and every baseline this torch and device offer:
-
-| variant | baselines |
-|---|---|
-| gqa | SDPA backends flash, cuDNN, efficient, math (when its scores fit `MATH_MAX_SCORES`), compiled FlexAttention |
-| varlen | SDPA per sequence (what models without a varlen kernel do), torch `varlen_attn`, compiled FlexAttention with a document mask |
-| fp8 | SDPA flash on the same tensors in bfloat16 (what fp8 replaces) |
-| merge | the same formula in eager torch (float32) |
-| paged | none in torch: the GB/s and % of copy bandwidth stand alone |
-
-Every call is made with `return_lse=False` (SDPA has no lse; asking an adapter for one would
-time an extra score matmul). FlexAttention's block mask is built once, outside the timing, as
-a model reuses it across layers.
+kernel and every baseline this torch and device offer (`attnverify.verify.baselines`; paged
+has none in torch, so its GB/s and % of copy bandwidth stand alone).
 
 Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
 the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(case)`) for
@@ -29,26 +18,24 @@ CPU: timing needs a GPU; `run` says so and returns 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-import torch.nn.functional as F
 
 from attnverify import records
+from attnverify.verify.baselines import Impl, baselines, call_of
 from attnverify.verify.report import format_table, utc_now
 
 OURS = "attnverify"
 BYTES_VARIANTS = ("paged", "merge")
-MATH_MAX_SCORES = 2**30
 PEAK_MATMUL_N = 8192
 PEAK_COPY_BYTES = 2**30
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -88,23 +75,6 @@ def measure_peaks(device: torch.device, timer: Timer = do_bench_timer) -> Peaks:
     ms = timer(lambda: dst.copy_(src))
     copy = 2.0 * PEAK_COPY_BYTES / (ms * 1e-3) / 1e9
     return Peaks(matmul_tflops=matmul, copy_gbps=copy)
-
-
-@dataclass
-class Impl:
-    """One implementation to time at one shape.
-
-    Attributes:
-        name: "attnverify", "sdpa-flash", "flex-compiled", ...
-        fn: zero-argument callable running it on the shape's inputs (None: unavailable).
-        context: a context manager factory held around the timing (SDPA backend choice).
-        reason: why it is unavailable (when fn is None).
-    """
-
-    name: str
-    fn: Callable[[], Any] | None
-    context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-    reason: str = ""
 
 
 @dataclass
@@ -161,197 +131,6 @@ def shape_length(case: Any) -> int:
     if case.variant == "merge":
         return math.prod(case.lead_shape)
     return case.lk
-
-
-def call_of(spec: Any, fn: Callable[..., Any], inputs: dict[str, Any]) -> Callable[[], Any]:
-    """A zero-argument call of `fn` on `inputs` in the spec's convention, without lse."""
-    args = [inputs[n] for n in spec.positional]
-    kwargs = {k: v for k, v in inputs.items() if k not in spec.positional}
-    if spec.returns_lse_flag:
-        kwargs["return_lse"] = False
-    return lambda: fn(*args, **kwargs)
-
-
-def _sdpa_backends() -> list[tuple[str, Any]]:
-    from torch.nn.attention import SDPBackend
-
-    names = [
-        ("sdpa-flash", "FLASH_ATTENTION"),
-        ("sdpa-cudnn", "CUDNN_ATTENTION"),
-        ("sdpa-efficient", "EFFICIENT_ATTENTION"),
-        ("sdpa-math", "MATH"),
-    ]
-    return [
-        (label, getattr(SDPBackend, attr)) for label, attr in names if hasattr(SDPBackend, attr)
-    ]
-
-
-def _in_backend(backend: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    from torch.nn.attention import sdpa_kernel
-
-    return lambda: sdpa_kernel([backend])
-
-
-def _gqa_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
-    from attnverify.verify.targets import sdpa_gqa_attention
-
-    call = call_of(spec, sdpa_gqa_attention, inputs)
-    scores = case.batch * case.heads_q * case.lq * case.lk
-    for label, backend in _sdpa_backends():
-        if label == "sdpa-math" and scores > MATH_MAX_SCORES:
-            yield Impl(label, None, reason=f"{scores} scores > {MATH_MAX_SCORES} (memory)")
-        else:
-            yield Impl(label, call, _in_backend(backend))
-    yield _flex_gqa(case, inputs)
-
-
-def _flex_module() -> Any:
-    from torch.nn.attention import flex_attention as flex
-
-    return flex
-
-
-def _flex_gqa(case: Any, inputs: dict[str, Any]) -> Impl:
-    """Compiled FlexAttention: bottom-right causal and the mask as a block mask built once,
-    the bias as a score_mod reading the (broadcast) bias tensor."""
-    try:
-        flex = _flex_module()
-    except ImportError as exc:
-        return Impl("flex-compiled", None, reason=str(exc))
-    q, k, v = inputs["q"], inputs["k"], inputs["v"]
-    b, hq, lq, _ = q.shape
-    hk, lk = k.shape[1], k.shape[2]
-    mask, bias, causal = inputs.get("mask"), inputs.get("bias"), inputs.get("causal", False)
-    shift = lk - lq
-    full_mask = None if mask is None else _heads_to_q(mask, hq, hk).expand(b, hq, lq, lk)
-
-    def mask_mod(bi: Any, h: Any, i: Any, j: Any) -> Any:
-        keep = j <= i + shift if causal else j >= 0
-        return keep & full_mask[bi, h, i, j] if full_mask is not None else keep
-
-    block_mask = None
-    if causal or full_mask is not None:
-        block_mask = flex.create_block_mask(mask_mod, b, hq, lq, lk, device=q.device)
-    score_mod = None
-    if bias is not None:
-        full_bias = _heads_to_q(bias, hq, hk).expand(b, hq, lq, lk)
-
-        def score_mod(score: Any, bi: Any, h: Any, i: Any, j: Any) -> Any:
-            return score + full_bias[bi, h, i, j].to(score.dtype)
-
-    compiled = torch.compile(flex.flex_attention, dynamic=False)
-    kwargs = {"score_mod": score_mod, "block_mask": block_mask, "scale": inputs.get("scale")}
-    kwargs["enable_gqa"] = hq != hk
-    return Impl("flex-compiled", lambda: compiled(q, k, v, **kwargs))
-
-
-def _heads_to_q(x: torch.Tensor, hq: int, hk: int) -> torch.Tensor:
-    """A (.., Hm, ..) mask/bias with Hm == Hk != Hq mapped to query heads (h reads h // G)."""
-    if x.shape[1] == hk and hk != hq:
-        return x.repeat_interleave(hq // hk, dim=1)
-    return x
-
-
-def _varlen_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
-    from attnverify.verify.targets import resolve_target, sdpa_varlen_attention
-
-    yield Impl("sdpa-per-sequence", call_of(spec, sdpa_varlen_attention, inputs))
-    try:
-        torch_varlen = resolve_target("torch-varlen", "varlen")
-    except ValueError as exc:
-        yield Impl("torch-varlen", None, reason=str(exc))
-    else:
-        yield Impl("torch-varlen", call_of(spec, torch_varlen, inputs))
-    yield _flex_varlen(case, inputs)
-
-
-def _flex_varlen(case: Any, inputs: dict[str, Any]) -> Impl:
-    """Compiled FlexAttention over the packed tokens with a document mask built once."""
-    try:
-        flex = _flex_module()
-    except ImportError as exc:
-        return Impl("flex-compiled", None, reason=str(exc))
-    q, k, v = (inputs[n].transpose(0, 1).unsqueeze(0) for n in ("q", "k", "v"))
-    device = q.device
-    doc_q = _documents(case.seqlens_q, device)
-    doc_k = _documents(case.seqlens_k, device)
-    causal = inputs.get("causal", False)
-    pos_q = torch.arange(doc_q.numel(), device=device) - _starts(case.seqlens_q, device)[doc_q]
-    pos_k = torch.arange(doc_k.numel(), device=device) - _starts(case.seqlens_k, device)[doc_k]
-    shift = torch.tensor(case.seqlens_k, device=device) - torch.tensor(
-        case.seqlens_q, device=device
-    )
-
-    def mask_mod(bi: Any, h: Any, i: Any, j: Any) -> Any:
-        same = doc_q[i] == doc_k[j]
-        return same & (pos_k[j] <= pos_q[i] + shift[doc_q[i]]) if causal else same
-
-    block_mask = flex.create_block_mask(
-        mask_mod, 1, q.shape[1], q.shape[2], k.shape[2], device=device
-    )
-    compiled = torch.compile(flex.flex_attention, dynamic=False)
-    kwargs = {"block_mask": block_mask, "scale": inputs.get("scale")}
-    kwargs["enable_gqa"] = q.shape[1] != k.shape[1]
-    return Impl("flex-compiled", lambda: compiled(q, k, v, **kwargs))
-
-
-def _documents(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.repeat_interleave(
-        torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
-    )
-
-
-def _starts(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor([0, *lengths], device=device).cumsum(0)[:-1]
-
-
-def _fp8_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
-    """SDPA flash in bfloat16 on the same (dequantized) tensors: what fp8 attention replaces."""
-    # Values do not change the timing; the descales are left out.
-    q, k, v = (inputs[n].to(torch.bfloat16).contiguous() for n in ("q", "k", "v"))
-    causal = bool(inputs.get("causal", False)) and q.shape[2] == k.shape[2]
-    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
-
-    def run() -> torch.Tensor:
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, scale=inputs.get("scale"), **gqa
-        )
-
-    for label, backend in _sdpa_backends():
-        if label == "sdpa-flash":
-            yield Impl("sdpa-flash-bf16", run, _in_backend(backend))
-
-
-def _merge_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
-    """The merge formula in eager torch, float32 (logsumexp, weights, weighted sum)."""
-    out, lse = inputs["out"], inputs["lse"]
-
-    def run() -> torch.Tensor:
-        total = torch.logsumexp(lse.float(), dim=-1, keepdim=True)
-        weights = torch.exp(lse.float() - total).nan_to_num(0.0)
-        return (weights.unsqueeze(-1) * out.float()).sum(dim=-2).to(out.dtype)
-
-    yield Impl("torch-eager", run)
-
-
-_BASELINES: dict[str, Callable[..., Iterator[Impl]]] = {
-    "gqa": _gqa_baselines,
-    "varlen": _varlen_baselines,
-    "fp8": _fp8_baselines,
-    "merge": _merge_baselines,
-}
-
-
-def baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> list[Impl]:
-    """The baselines of `case`'s variant available here; building one never raises (an
-    exception becomes an unavailable `Impl` with its message)."""
-    maker = _BASELINES.get(case.variant)
-    if maker is None:
-        return []
-    try:
-        return list(maker(spec, case, inputs))
-    except Exception as exc:
-        return [Impl("baselines", None, reason=f"{type(exc).__name__}: {exc}")]
 
 
 def _time(impl: Impl, timer: Timer) -> tuple[float | None, str]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from attnverify.verify import bench
+from attnverify.verify import baselines, bench
 from attnverify.verify.case import Case
 
 CPU = torch.device("cpu")
@@ -38,7 +38,7 @@ def no_flex_compile(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing() -> None:
         raise ImportError("flex_attention disabled in CPU tests")
 
-    monkeypatch.setattr(bench, "_flex_module", missing)
+    monkeypatch.setattr(baselines, "_flex_module", missing)
 
 
 def test_bench_verified_shape_gets_numbers_and_speedups(home: Path) -> None:

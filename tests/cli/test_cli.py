@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from attnverify import records
-from attnverify.verify.cli import draw_cases, main
+from attnverify.verify.cli import main
 from attnverify.verify.report import ProgressBar
+from attnverify.verify.shard import draw_cases
 
 
 def run_cli(*argv: str) -> tuple[int, str]:
