@@ -251,32 +251,46 @@ class PagedSpec(VariantSpec):
         return float(kv + qo)
 
     def bench_cases(self) -> list[Case]:
-        """Decode (Lq = 1), Hq = 32, Hk = 8, D = 128, block size 16 and 64: B = 32 at context
-        8192 and B = 1 at context 131072; bf16 and fp16 caches; blocks in a random order."""
-        out = []
-        for dtype in ("bfloat16", "float16"):
-            for block_size in (16, 64):
-                for batch, ctx in ((32, 8192), (1, 131072)):
-                    per = ctx // block_size
-                    pool = torch.randperm(batch * per, generator=generator(0)).tolist()
-                    tables = tuple(tuple(pool[i * per : (i + 1) * per]) for i in range(batch))
-                    out.append(
-                        Case(
-                            variant="paged",
-                            dtype=dtype,
-                            seed=0,
-                            batch=batch,
-                            heads_q=32,
-                            heads_k=8,
-                            head_dim=128,
-                            lq=1,
-                            seq_lens=(ctx,) * batch,
-                            block_size=block_size,
-                            num_blocks=batch * per,
-                            block_tables=tables,
-                        )
-                    )
-        return out
+        """Hq = 32, Hk = 8, D = 128, block size 16 and 64, blocks in a random order (issue 8's
+        grid): decode B = 32 at context 8192 and B = 1 at 131072 (bf16 and fp16 caches);
+        speculative decode Lq = 4 at B = 32, 8192; fp8 (e4m3) caches at B = 1 and B = 32,
+        context 32768, beside the same in bf16; B = 1 at context 1024 (launch-bound)."""
+        grid = [
+            (dtype, block, batch, ctx, 1, None)
+            for dtype in ("bfloat16", "float16")
+            for block in (16, 64)
+            for batch, ctx in ((32, 8192), (1, 131072))
+        ]
+        for block in (16, 64):
+            grid.append(("bfloat16", block, 32, 8192, 4, None))
+            for batch in (1, 32):
+                grid.append(("bfloat16", block, batch, 32768, 1, None))
+                grid.append(("bfloat16", block, batch, 32768, 1, "float8_e4m3fn"))
+            grid.append(("bfloat16", block, 1, 1024, 1, None))
+        return [_decode_case(*row) for row in grid]
+
+
+def _decode_case(
+    dtype: str, block_size: int, batch: int, ctx: int, lq: int, cache_dtype: str | None
+) -> Case:
+    """A paged bench case: every request at context `ctx`, its pages a random permutation."""
+    per = ctx // block_size
+    pool = torch.randperm(batch * per, generator=generator(0)).tolist()
+    return Case(
+        variant="paged",
+        dtype=dtype,
+        seed=0,
+        batch=batch,
+        heads_q=32,
+        heads_k=8,
+        head_dim=128,
+        lq=lq,
+        seq_lens=(ctx,) * batch,
+        block_size=block_size,
+        num_blocks=batch * per,
+        block_tables=tuple(tuple(pool[i * per : (i + 1) * per]) for i in range(batch)),
+        cache_dtype=cache_dtype,
+    )
 
 
 @st.composite
