@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The device-side run (a CUDA GPU machine): full verification with the `device` profile, the
 # compute-sanitizer pass over the representative case set, determinism, large offsets, the
-# bad-input catalog on the GPU, then the benchmarks. Logs go to the folder given (default
-# ./device-logs); the exit status is non-zero if any step failed.
+# bad-input catalog on the GPU, interpreter-vs-GPU agreement, then the benchmarks. Logs go to
+# the folder given (default ./device-logs); the exit status is non-zero if any step failed.
 #
 #   bash ci/device.sh [LOGDIR] [--quick]
 #
@@ -41,6 +41,11 @@ fi
 step determinism python3 ci/reliability.py determinism --repeats 20
 step offsets python3 ci/reliability.py offsets
 step bad-input python3 ci/reliability.py bad-input
+# Interpreter vs GPU agreement: the same float16/float32/e4m3 cases both ways (ci/agreement.py).
+agree=(verify --profile ci --seed 0 --dtype float16 --dtype float32 --dtype float8_e4m3fn)
+step agree-interpreter python3 -m attnverify "${agree[@]}" --device cpu --report "$logs/agree-cpu.json"
+step agree-gpu python3 -m attnverify "${agree[@]}" --device cuda:0 --report "$logs/agree-gpu.json"
+step agreement python3 ci/agreement.py "$logs/agree-cpu.json" "$logs/agree-gpu.json"
 step bench python3 -m attnverify bench --json "$logs/bench.json"
 tail -n 40 "$logs/verify.log" "$logs/bench.log"
 exit $status
