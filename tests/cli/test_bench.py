@@ -127,3 +127,32 @@ def test_bench_json_rows_carry_device_versions_and_time(home: Path, tmp_path: Pa
     pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) not installed")
     png = bench.plot(tmp_path / "b.png", rows)
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_paged_times_the_planned_launch_too(home: Path) -> None:
+    """Our paged kernel gets a second row, validated and planned once, then only launched."""
+    case = Case(
+        variant="paged",
+        dtype="float16",
+        seed=3,
+        heads_q=2,
+        heads_k=1,
+        head_dim=16,
+        seq_lens=(20,),
+        block_size=16,
+        num_blocks=3,
+        block_tables=((2, 0),),
+    )
+    rows = bench.bench_variant(
+        "paged",
+        target="attnverify",
+        device=CPU,
+        timer=wall_timer,
+        peaks=PEAKS,
+        out=io.StringIO(),
+        cases=[case],
+    )
+    by_impl = {r.impl: r for r in rows}
+    assert set(by_impl) == {"attnverify", "attnverify-planned"}, by_impl
+    for row in by_impl.values():
+        assert row.status == "ok" and row.ms is not None and row.unit == "GB/s", row
