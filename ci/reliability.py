@@ -203,6 +203,11 @@ def run_cases(_: argparse.Namespace) -> int:
     return 0
 
 
+def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit patterns (NaN payloads included), whatever the strides."""
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
 def run_determinism(args: argparse.Namespace) -> int:
     failed = 0
     for name, run in representative_cases().items():
@@ -210,7 +215,7 @@ def run_determinism(args: argparse.Namespace) -> int:
         moved = 0
         for _ in range(args.repeats - 1):
             for a, b in zip(first, run(), strict=True):
-                moved += int(not torch.equal(a.view(torch.uint8), b.view(torch.uint8)))
+                moved += int(not _bitwise_equal(a, b))
         failed += bool(moved)
         print(
             f"{'FAIL' if moved else 'ok  '} determinism {name}: {moved} differing tensors over {args.repeats} runs"
