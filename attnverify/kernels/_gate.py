@@ -7,12 +7,20 @@ versions) raises `UnverifiedKernelError` naming the command that fixes it. The c
 per (variant, device) and process; later calls cost one set lookup. The environment variable is
 read at that first call.
 
+The verifier itself must call unverified kernels (that is how a record comes to exist):
+`attnverify.verify.check` and `attnverify bench` run inside `verifier_calls()`, where the gate
+lets calls through without remembering them, so `ATTNVERIFY_REQUIRE_VERIFIED=1` set for a whole
+environment never stops the command its error message names.
+
 Never imports `attnverify.verify` (kernels do not depend on the verifier).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -21,6 +29,7 @@ from attnverify.records import load_records, normalize_device, record_status, re
 REQUIRE_ENV = "ATTNVERIFY_REQUIRE_VERIFIED"
 
 _checked: set[tuple[str, torch.device | str]] = set()
+_verifier = threading.local()
 
 
 class UnverifiedKernelError(RuntimeError):
@@ -71,14 +80,26 @@ def enforce_verified(variant: str, device: torch.device) -> None:
     """Called by every public kernel function: with `ATTNVERIFY_REQUIRE_VERIFIED=1`, the first
     call per (variant, device) runs `require_verified`; otherwise, and afterwards, a no-op.
 
-    A failed check is not cached: every later call raises again until a record exists.
+    A failed check is not cached: every later call raises again until a record exists. Inside
+    `verifier_calls()` it returns at once and caches nothing.
     """
     key = (variant, device)
-    if key in _checked:
+    if key in _checked or getattr(_verifier, "depth", 0):
         return
     if os.environ.get(REQUIRE_ENV, "0") == "1":
         require_verified(variant, device)
     _checked.add(key)
+
+
+@contextlib.contextmanager
+def verifier_calls() -> Iterator[None]:
+    """Kernel calls inside are the verifier's own (check, bench): the gate lets them through and
+    remembers nothing, so later calls outside are still checked. Nests; per thread."""
+    _verifier.depth = getattr(_verifier, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _verifier.depth -= 1
 
 
 def clear_cache() -> None:
@@ -93,5 +114,6 @@ __all__ = [
     "enforce_verified",
     "is_verified",
     "require_verified",
+    "verifier_calls",
     "verify_command",
 ]

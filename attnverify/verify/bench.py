@@ -194,6 +194,25 @@ def bench_shape(
     replay file); baselines are still timed for reference. `ours=None`: ours is skipped with
     `ours_reason`.
     """
+    from attnverify.kernels._gate import verifier_calls
+
+    with verifier_calls():  # timing an unverified shape is the point: the gate lets it through
+        return _bench_shape(
+            spec, case, ours, device, timer, peaks, ours_name, ours_reason, replay_dir
+        )
+
+
+def _bench_shape(
+    spec: Any,
+    case: Any,
+    ours: Callable[..., Any] | None,
+    device: torch.device,
+    timer: Timer,
+    peaks: Peaks | None,
+    ours_name: str,
+    ours_reason: str,
+    replay_dir: Path | None,
+) -> list[BenchRow]:
     from attnverify.verify.runner import check
 
     inputs = spec.make_inputs(case, device)

@@ -88,3 +88,19 @@ def test_gate_imports_no_verifier_and_no_triton() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gate_lets_the_verifier_through_and_still_guards_other_calls(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ATTNVERIFY_REQUIRE_VERIFIED=1 and no record, `check` (what `attnverify verify`
+    runs) can still call the kernel, and a plain call afterwards is still refused."""
+    from attnverify.kernels import merge_attention_states
+    from attnverify.verify import check
+
+    monkeypatch.setenv(_gate.REQUIRE_ENV, "1")
+    report = check("merge", merge_attention_states, examples=2, device="cpu", pinned=False)
+    assert report.passed, str(report)
+    out, lse = torch.randn(2, 3, 16), torch.randn(2, 3)
+    with pytest.raises(_gate.UnverifiedKernelError, match="--variant merge"):
+        merge_attention_states(out, lse)
