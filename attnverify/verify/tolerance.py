@@ -44,12 +44,13 @@ import torch
 from attnverify.arch import current_arch
 
 WILDCARD = "*"
+# Arch keys besides arch names ("sm90"): any GPU, and Triton's CPU interpreter.
 ARCH_KINDS = ("gpu", "interpreter")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """Numbers for one (variant, dtype, quantity, arch kind).
+    """Numbers for one (variant, dtype, quantity, arch).
 
     Attributes:
         ratio: max-abs error may be this many times the baseline's (rule b).
