@@ -2,9 +2,10 @@
 
 Subcommands (each prints one line per check and exits non-zero if any check failed):
     cases        run the representative case set once: forward + backward of every kernel on
-                 lengths that are not block multiples, empty rows and sequences, partial last
-                 pages, GQA groups crossing tiles, strided inputs. This is what the
-                 compute-sanitizer tools (memcheck, racecheck, initcheck, synccheck) execute.
+                 the harness's pinned edge cases (lengths off the block sizes, empty rows and
+                 sequences, partial last pages, GQA groups crossing tiles, strided inputs).
+                 This is what the compute-sanitizer tools (memcheck, racecheck, initcheck,
+                 synccheck) execute.
     determinism  the same case set `--repeats` times: outputs, lse and gradients bitwise equal.
     offsets      tensors with more than 2^31 elements / index * stride past 2^31 through
                  views, checked against the float64 oracle on sampled rows.
@@ -18,17 +19,22 @@ RELIABILITY_DEVICE=cpu TRITON_INTERPRET=1 runs the same code through the interpr
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from attnverify import kernels as K
 from attnverify import reference as R
+from attnverify.verify.case import VARIANTS
 from attnverify.verify.compare import compare
+from attnverify.verify.specs import get_spec
+from attnverify.verify.targets import resolve_target
 from attnverify.verify.tolerance import lookup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,158 +47,27 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator(device=DEV).manual_seed(seed)
-
-
-def _randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=_gen(seed), device=DEV, dtype=torch.float32).to(dtype)
-
-
-def _grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int) -> Outputs:
-    grad_out = _randn(*out.shape, dtype=out.dtype, seed=seed)
-    return list(torch.autograd.grad(out, inputs, grad_out))
-
-
-def case_varlen(dtype: torch.dtype, causal: bool) -> Callable[[], Outputs]:
-    """Packed 77 / 0 / 123 / 1 tokens, Hq=6, Hk=2, D=72, q sliced from a packed qkv buffer."""
-    cu = torch.tensor([0, 77, 77, 200, 201], dtype=torch.int32, device=DEV)
-    qkv = _randn(201, 10, 72, dtype=dtype, seed=1)
-
-    def run() -> Outputs:
-        q, k, v = (t.detach().requires_grad_() for t in qkv.split([6, 2, 2], dim=1))
-        out, lse = K.varlen_attention(q, k, v, cu, cu, causal=causal, return_lse=True)
-        return [out, lse, *_grads(out, [q, k, v], 2)]
-
-    return run
-
-
-def case_gqa(dtype: torch.dtype, causal: bool) -> Callable[[], Outputs]:
-    """B=2, Hq=6, Hk=2, Lq=77, Lk=133, D=80; kv-headed mask with a blank tile and an empty row,
-    a (1, 1, Lq, 1) bias; q transposed from (B, Lq, Hq, D)."""
-    q0 = _randn(2, 77, 6, 80, dtype=dtype, seed=3).transpose(1, 2)
-    k0 = _randn(2, 2, 133, 80, dtype=dtype, seed=4)
-    v0 = _randn(2, 2, 133, 80, dtype=dtype, seed=5)
-    mask = torch.rand(2, 2, 77, 133, generator=_gen(6), device=DEV) > 0.3
-    mask[:, :, :, 64:128] = False
-    mask[0, 1, 5] = False
-    bias0 = _randn(1, 1, 77, 1, dtype=dtype, seed=7)
-
-    def run() -> Outputs:
-        q, k, v, bias = (t.detach().requires_grad_() for t in (q0, k0, v0, bias0))
-        out, lse = K.gqa_attention(q, k, v, mask=mask, bias=bias, causal=causal, return_lse=True)
-        return [out, lse, *_grads(out, [q, k, v, bias], 8)]
-
-    return run
-
-
-def case_fp8(causal: bool) -> Callable[[], Outputs]:
-    """B=2, Hq=4, Hk=2, Lq=100, Lk=150, D=80, per-(B, Hk) descales, row-major V."""
-    e4m3 = torch.float8_e4m3fn
-    q, qd = R.quantize_fp8(
-        _randn(2, 4, 100, 80, dtype=torch.float32, seed=9), e4m3, "head", kv_heads=2
-    )
-    k, kd = R.quantize_fp8(_randn(2, 2, 150, 80, dtype=torch.float32, seed=10), e4m3, "head")
-    v, vd = R.quantize_fp8(_randn(2, 2, 150, 80, dtype=torch.float32, seed=11), e4m3, "head")
-
-    def run() -> Outputs:
-        return list(K.fp8_attention(q, k, v, qd, kd, vd, causal=causal, return_lse=True))
-
-    return run
-
-
-def case_paged(
-    cache_dtype: torch.dtype, lq: int, num_splits: int | None, layout: str
-) -> Callable[[], Outputs]:
-    """B=3 with seq_lens 0 / 17 / 300, block 16, Hq=8, Hk=2, D=128; unused slots NaN, unused
-    block-table entries -1, blocks permuted over a pool with spares."""
-    block, hk, d, nblocks = 16, 2, 128, 40
-    shape = (nblocks, block, hk, d) if layout == "NHD" else (nblocks, hk, block, d)
-    k_cache = _randn(*shape, dtype=torch.float32, seed=12)
-    v_cache = _randn(*shape, dtype=torch.float32, seed=13)
-    seq_lens = torch.tensor([0, 17, 300], dtype=torch.int32, device=DEV)
-    perm = torch.randperm(nblocks, generator=torch.Generator().manual_seed(14)).to(DEV, torch.int32)
-    tables = torch.full((3, 20), -1, dtype=torch.int32, device=DEV)
-    tables[1, :2] = perm[:2]
-    tables[2, :19] = perm[2:21]
-    for cache in (k_cache, v_cache):
-        _poison_unused(cache, tables, seq_lens, block, layout)
-    q = _randn(3, 8, lq, d, dtype=torch.bfloat16, seed=15)
-    kd = vd = None
-    if cache_dtype == torch.bfloat16:
-        k_cache, v_cache = k_cache.to(cache_dtype), v_cache.to(cache_dtype)
-    else:
-        kd = torch.tensor([0.5, 0.3], device=DEV)
-        vd = torch.tensor([0.7, 0.2], device=DEV)
-        k_cache = (k_cache / _per_head(kd, layout)).to(cache_dtype)
-        v_cache = (v_cache / _per_head(vd, layout)).to(cache_dtype)
-
-    def run() -> Outputs:
-        return list(
-            K.paged_attention(
-                q,
-                k_cache,
-                v_cache,
-                tables,
-                seq_lens,
-                k_descale=kd,
-                v_descale=vd,
-                num_splits=num_splits,
-                kv_layout=layout,
-                return_lse=True,
-            )
-        )
-
-    return run
-
-
-def _per_head(descale: torch.Tensor, layout: str) -> torch.Tensor:
-    """A (Hk,) descale shaped to broadcast over a cache of `layout`."""
-    return descale.view(1, 1, -1, 1) if layout == "NHD" else descale.view(1, -1, 1, 1)
-
-
-def _poison_unused(
-    cache: torch.Tensor, tables: torch.Tensor, seq_lens: torch.Tensor, block: int, layout: str
-) -> None:
-    used = torch.zeros(cache.shape[0], block, dtype=torch.bool, device=DEV)
-    for b, n in enumerate(seq_lens.tolist()):
-        for j in range(n):
-            used[tables[b, j // block], j % block] = True
-    slots = cache if layout == "NHD" else cache.transpose(1, 2)
-    slots[~used] = float("nan")
-
-
-def case_merge() -> Callable[[], Outputs]:
-    """out (3, 8, 5, 128) with whole -inf splits (out NaN there) and an all -inf row."""
-    out = _randn(3, 8, 5, 128, dtype=torch.float32, seed=16)
-    lse = _randn(3, 8, 5, dtype=torch.float32, seed=17)
-    lse[:, :, 2] = -math.inf
-    out[:, :, 2] = float("nan")
-    lse[1, 3] = -math.inf
-
-    def run() -> Outputs:
-        return list(K.merge_attention_states(out, lse))
-
-    return run
-
-
 def representative_cases() -> dict[str, Callable[[], Outputs]]:
-    """Every kernel, forward and backward, on the shapes where out-of-bounds and races live."""
+    """Every kernel, forward and backward, on the harness's pinned edge cases (each variant
+    spec's `pinned_cases()`: lengths off the block sizes, empty rows and sequences, partial
+    last pages, more splits than blocks, GQA groups crossing tiles, strided and packed inputs,
+    NaN in unused cache slots) in every dtype the variant takes on this device."""
     cases: dict[str, Callable[[], Outputs]] = {}
-    for dtype in (torch.bfloat16, torch.float16):
-        for causal in (False, True):
-            tag = f"{str(dtype)[6:]}/{'causal' if causal else 'full'}"
-            cases[f"varlen/{tag}"] = case_varlen(dtype, causal)
-            cases[f"gqa/{tag}"] = case_gqa(dtype, causal)
-    cases["gqa/float32/full"] = case_gqa(torch.float32, False)
-    for causal in (False, True):
-        cases[f"fp8/e4m3/{'causal' if causal else 'full'}"] = case_fp8(causal)
-    for cache_dtype in (torch.bfloat16, torch.float8_e4m3fn):
-        for lq, splits, layout in ((1, None, "NHD"), (4, 3, "HND"), (1, 64, "NHD"), (3, 1, "NHD")):
-            name = f"paged/{str(cache_dtype)[6:]}/lq{lq}/splits{splits}/{layout}"
-            cases[name] = case_paged(cache_dtype, lq, splits, layout)
-    cases["merge/float32"] = case_merge()
+    for variant in VARIANTS:
+        spec = get_spec(variant)
+        impl = resolve_target("attnverify", variant)
+        for dtype in spec.default_dtypes(DEV):
+            for index, pinned in enumerate(spec.pinned_cases()):
+                case = dataclasses.replace(pinned, dtype=dtype)
+                inputs = spec.make_inputs(case, DEV)
+                cases[f"{variant}/{dtype}/pinned{index}"] = functools.partial(
+                    _run_impl, spec, impl, inputs, case
+                )
     return cases
+
+
+def _run_impl(spec: Any, impl: Callable[..., Any], inputs: dict, case: Any) -> Outputs:
+    return list(spec.run_impl(impl, inputs, case, grads=True).values())
 
 
 def run_cases(_: argparse.Namespace) -> int:
