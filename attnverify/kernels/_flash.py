@@ -251,7 +251,25 @@ def _row_range(m0, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 # ------------------------------------------------------------------ forward
 
 
-@triton.jit
+# Lengths, group and head divisors, and the lse / tile-flag strides vary per call and gain
+# nothing from specialisation: one compile serves them all (the verifier draws hundreds of
+# shapes; each specialisation is a compile per autotune config).
+_VARYING = [
+    "seqlen_q",
+    "seqlen_k",
+    "group",
+    "mask_head_div",
+    "bias_head_div",
+    "stride_lz",
+    "stride_lh",
+    "stride_fz",
+    "stride_fh",
+    "stride_fm",
+    "stride_fn",
+]
+
+
+@triton.jit(do_not_specialize=_VARYING)
 def _flash_fwd_kernel(
     Q, K, V, Out, Lse, Mask, Bias, Flags, Work,
     stride_qz, stride_qh, stride_qm, stride_qd,
@@ -451,7 +469,7 @@ def _dkdv_tile(
     return dk0, dk1, dv0, dv1, dbq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _flash_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV, DB, Mask, Bias, Flags, Work,
     stride_qz, stride_qh, stride_qm, stride_qd,
@@ -626,7 +644,7 @@ def _dq_tile(
     return dq0, dq1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _flash_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ, Mask, Bias, Flags, Work,
     stride_qz, stride_qh, stride_qm, stride_qd,

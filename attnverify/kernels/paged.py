@@ -135,7 +135,24 @@ def _kv_tile(
     return k, v
 
 
-@triton.jit
+# Per-call sizes (group, query count, split count) and the strides of the split partials and
+# descales vary with the request mix and gain nothing from specialisation: one compile serves
+# them all.
+@triton.jit(
+    do_not_specialize=[
+        "stride_btb",
+        "stride_lb",
+        "stride_lh",
+        "stride_lm",
+        "stride_ls",
+        "stride_kds",
+        "stride_vds",
+        "group_size",
+        "num_queries",
+        "num_row_tiles",
+        "num_splits",
+    ]
+)
 def _paged_fwd_kernel(
     q_ptr,
     k_ptr,
@@ -286,7 +303,16 @@ def _paged_fwd_kernel(
     tl.store(lse_ptr + l_rows, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "stride_or",
+        "stride_os",
+        "stride_lr",
+        "stride_ls",
+        "stride_mlr",
+        "num_splits",
+    ]
+)
 def _merge_kernel(
     out_ptr,
     lse_ptr,
