@@ -376,6 +376,13 @@ def _merge_kernel(
 # ---------------------------------------------------------------- launchers
 
 
+def _block_size_and_heads(cache: torch.Tensor, kv_layout: str) -> tuple[int, int]:
+    """(block_size, Hk) of a cache in either layout."""
+    return (
+        (cache.shape[1], cache.shape[2]) if kv_layout == "NHD" else (cache.shape[2], cache.shape[1])
+    )
+
+
 def _cache_strides(cache: torch.Tensor, kv_layout: str) -> tuple[int, int, int, int]:
     """(block, slot, head, d) strides of a cache in either layout."""
     if kv_layout == "NHD":
@@ -429,8 +436,7 @@ def launch_paged(
     Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32.
     """
     b, hq, lq, head_dim = q.shape
-    block_size = k_cache.shape[1] if kv_layout == "NHD" else k_cache.shape[2]
-    hk = k_cache.shape[2] if kv_layout == "NHD" else k_cache.shape[1]
+    block_size, hk = _block_size_and_heads(k_cache, kv_layout)
     group = hq // hk
     out = torch.empty(b, hq, lq, head_dim, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hq, lq, dtype=torch.float32, device=q.device)
@@ -491,6 +497,89 @@ def launch_paged(
     return out, lse
 
 
+def _stand_in(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A storage-free CPU tensor of x's shape and dtype: for checks that read no values."""
+    return None if x is None else torch.empty((), dtype=x.dtype).expand(x.shape)
+
+
+def _check_paged_values(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, num_blocks: int
+) -> int | None:
+    """The value rules of `check_paged_inputs` on the device, one host read: the longest
+    seq_len, or None where a rule may be broken (0 <= seq_len <= capacity; the first
+    ceil(seq_len / block_size) ids of a row in [0, num_blocks)).
+
+    None is exact except for a pool of no blocks (the id filled in for unread entries, 0, is
+    then out of range): the caller rechecks on the host, which words the error.
+    """
+    batch, max_blocks = block_tables.shape
+    if batch == 0:
+        return 0
+    lens_lo, lens_hi = torch.aminmax(seq_lens)
+    values = [lens_lo, lens_hi]
+    if max_blocks:
+        # [B, max_blocks] the entries a request reads: page p holds keys p * block_size..
+        first_key = torch.arange(max_blocks, device=seq_lens.device) * block_size
+        read = first_key[None, :] < seq_lens[:, None]
+        values += torch.aminmax(torch.where(read, block_tables, 0))
+    lo_len, hi_len, *ids = torch.stack(values).tolist()  # the one synchronisation
+    ok = lo_len >= 0 and hi_len <= max_blocks * block_size
+    if ids:
+        ok = ok and ids[0] >= 0 and ids[1] < num_blocks
+    return hi_len if ok else None
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None,
+    k_descale: torch.Tensor | None,
+    v_descale: torch.Tensor | None,
+    num_splits: int | None,
+    kv_layout: str,
+) -> tuple[float, int]:
+    """`attnverify.validation.check_paged_inputs`, with one host synchronisation and no loop
+    over requests: returns (scale, longest seq_len).
+
+    The shape / dtype rules run on storage-free stand-ins; the value rules (seq_lens range,
+    ids of the pages read) on the device (`_check_paged_values`). Bad input, or input the fast
+    path does not cover (non-tensors, several devices), goes through `check_paged_inputs` on
+    the real tensors, so the error and its message are that function's, raised before any
+    launch.
+    """
+    args = (q, k_cache, v_cache, block_tables, seq_lens, scale, k_descale, v_descale)
+    tensors = [x for x in (*args[:5], k_descale, v_descale) if x is not None]
+    fast = (
+        all(isinstance(x, torch.Tensor) for x in tensors)
+        and len({x.device for x in tensors}) == 1
+        and block_tables.dim() == 2
+    )
+    longest = None
+    if fast:
+        try:
+            meta = check_paged_inputs(
+                *map(_stand_in, (q, k_cache, v_cache)),
+                _stand_in(block_tables[:, :0]),
+                torch.zeros((), dtype=seq_lens.dtype).expand(seq_lens.shape),
+                scale,
+                _stand_in(k_descale),
+                _stand_in(v_descale),
+                num_splits,
+                kv_layout,
+            )
+        except (TypeError, ValueError):
+            fast = False
+        else:
+            longest = _check_paged_values(block_tables, seq_lens, meta.block_size, meta.num_blocks)
+    if longest is None:  # raises check_paged_inputs's error (or, rarely, passes on the host)
+        meta = check_paged_inputs(*args, num_splits, kv_layout)
+        longest = max(meta.seq_lens, default=0)
+    return meta.scale, longest
+
+
 @dataclass(frozen=True)
 class PagedPlan:
     """Everything `launch_paged` needs besides tensors, resolved once per call shape."""
@@ -514,13 +603,14 @@ def plan_paged(
     kv_layout: str = "NHD",
     config: PagedConfig | None = None,
 ) -> PagedPlan:
-    """Validate inputs (reads seq_lens / block_tables on the host) and resolve the launch plan.
+    """Validate inputs (`check_inputs`: one host synchronisation) and resolve the launch plan.
 
-    Engines that replay one shape (CUDA graphs, benchmarks) plan once and call `launch_paged`.
-    With ATTNVERIFY_REQUIRE_VERIFIED=1 the first plan on an unverified device raises
-    `UnverifiedKernelError` (`attnverify.kernels._gate`).
+    The default split count follows the longest seq_len of these inputs; any count is correct
+    for any lengths, so a plan may serve later calls with other lengths (a CUDA graph: see
+    `launch_paged`). With ATTNVERIFY_REQUIRE_VERIFIED=1 the first plan on an unverified device
+    raises `UnverifiedKernelError` (`attnverify.kernels._gate`).
     """
-    meta = check_paged_inputs(
+    scale, longest = check_inputs(
         q,
         k_cache,
         v_cache,
@@ -534,15 +624,14 @@ def plan_paged(
     )
     enforce_verified("paged", q.device)
     arch = current_arch(q.device)
+    block_size, hk = _block_size_and_heads(k_cache, kv_layout)
     if config is None:
-        config = pick_config(meta.block_size, q.shape[-1], k_cache.dtype, arch)
+        config = pick_config(block_size, q.shape[-1], k_cache.dtype, arch)
     if num_splits is None:
-        group_rows = (q.shape[1] // meta.num_kv_heads) * q.shape[2]
-        programs = q.shape[0] * meta.num_kv_heads * triton.cdiv(group_rows, MAX_BLOCK_M)
-        num_splits = default_num_splits(
-            programs, max(meta.seq_lens, default=0), config.block_n, arch.num_sms
-        )
-    return PagedPlan(scale=meta.scale, num_splits=num_splits, config=config)
+        group_rows = (q.shape[1] // hk) * q.shape[2]
+        programs = q.shape[0] * hk * triton.cdiv(group_rows, MAX_BLOCK_M)
+        num_splits = default_num_splits(programs, longest, config.block_n, arch.num_sms)
+    return PagedPlan(scale=scale, num_splits=num_splits, config=config)
 
 
 # ---------------------------------------------------------------- public functions
