@@ -2,7 +2,7 @@
 
     attnverify verify [--variant V ...] [--target T] [--dtype D ...] [--examples N] [--seed S]
                       [--profile ci|device|thorough] [--device cuda:0|cpu] [--devices all]
-                      [--report out.json] [--junit out.xml] [--markdown out.md]
+                      [--jobs N] [--report out.json] [--junit out.xml] [--markdown out.md]
                       [--replay-dir DIR] [--no-grads]
     attnverify replay FILE [--target T] [--device D] [--no-grads]
     attnverify status [--variant V ...] [--device D]
@@ -267,6 +267,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         out.write(f"error: {exc}\n")
         return EXIT_USAGE
+    # --jobs N: N worker processes per device (cases dealt round-robin over them); on a GPU the
+    # run is bound by Triton's compiles, which then proceed in parallel on the host's cores.
+    devices = [device for device in devices for _ in range(args.jobs)]
     interpreter = devices[0].type == "cpu"
     profile = (
         args.profile or os.environ.get("ATTNVERIFY_PROFILE") or ("ci" if interpreter else "device")
@@ -440,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(verify)
     verify.add_argument(
         "--devices", help="'all' (one worker per visible GPU) or a list 'cuda:0,cuda:1'"
+    )
+    verify.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="worker processes per device (default 1); a GPU run is bound by Triton compiles, "
+        "which N workers do in parallel",
     )
     verify.add_argument("--report", type=Path, help="write a JSON report here")
     verify.add_argument("--junit", type=Path, help="write JUnit XML here")
