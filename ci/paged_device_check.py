@@ -2,20 +2,27 @@
 
 Run on a CUDA device from the repository root:
 
-    PYTHONPATH=. python3 ci/paged_device_check.py --out "$OUT" [--sweep]
+    PYTHONPATH=. python3 ci/paged_device_check.py --out "$OUT" [--sections warm,sweep,...]
 
-1. Correctness: randomized cases (bf16 / fp16 / fp8 e4m3 / e5m2 caches, block sizes 8..256,
-   split counts 1..64, Lq 1..16, NHD / HND, D including non-powers of two, NaN in every unused
-   cache slot, -1 and out-of-range ids in unused block-table entries, zero-length requests),
-   judged by `attnverify.verify.compare` with the `paged` / `merge` tolerance rules; each case
-   also runs one of ALT_CONFIGS through `launch_paged`; one case with block offsets past 2^31
-   elements.
-2. Timing (triton.testing.do_bench, median; L2 flushed between calls): Hq=32, Hk=8, D=128,
-   block 16 and 64, against SDPA cuDNN / flash on the same KV stored contiguously and a large
-   device-to-device copy, all in this process. The paged kernel is timed on the launcher path
-   (`plan_paged` once: validation reads seq_lens / block_tables on the host, a sync) and on
-   the public path (validation on every call). ALT_CONFIGS are timed beside the default;
-   B=1 ctx 1024 also under a CUDA graph. `--sweep` adds ALT_CONFIGS x split counts.
+Sections (in this order; `--sections` picks some):
+- warm: compile every kernel specialisation the later sections launch, in parallel worker
+  processes (Triton's disk cache then serves this process): compiles dominate a device run.
+- correctness: randomized cases (bf16 / fp16 / fp8 e4m3 / e5m2 caches, block sizes 8..256,
+  split counts 1..64, Lq 1..16, NHD / HND, D including non-powers of two, NaN in every unused
+  cache slot, -1 and out-of-range ids in unused block-table entries, zero-length requests),
+  judged by `attnverify.verify.compare` with the `paged` / `merge` tolerance rules; each case
+  also runs one of ALT_CONFIGS through `launch_paged`; one case with block offsets past 2^31.
+- sweep: launch settings (SWEEP) x split counts for fp8 and bf16 caches at context 32768,
+  B = 1 and 32, block 16 and 64; each setting first passes an oracle check on a poisoned
+  cache of the same specialisation.
+- targets: issue 8's table with the default path: bf16 B=32 ctx 8192 against SDPA cuDNN /
+  flash on the same KV stored contiguously, B=1 ctx 131072 against the copy bandwidth and
+  num_splits=1, fp8 against bf16 at ctx 32768, Lq = 4, B=1 ctx 1024, the merge share, and
+  the public path (`paged_attention`, validation every call) against the launcher path
+  (`plan_paged` once, `launch_paged` timed).
+- graph: `launch_paged` captured in a CUDA graph replays the eager result bit for bit, also
+  after new lengths and queries are copied into the captured inputs; replay timing.
+Timings: triton.testing.do_bench medians with L2 flushed between calls, all in this process.
 Results and their reading: ci/notes_paged.md.
 
 Writes `paged_device.jsonl` (one JSON object per result) and `paged_device.log` under --out.
@@ -26,10 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import random
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,12 +60,37 @@ from attnverify.verify.compare import compare
 from attnverify.verify.tolerance import lookup
 
 HQ, HK, D = 32, 8, 128
-# Launch settings compared in this run (each also verified on a share of the random cases).
+
+
+def named_config(name: str) -> PagedConfig:
+    """ "bn128-w4-s5" -> PagedConfig(block_n=128, num_warps=4, num_stages=5); a fourth part
+    "r128" caps the registers per thread (maxnreg)."""
+    bn, w, st, *reg = name.split("-")
+    maxnreg = int(reg[0][1:]) if reg else None
+    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg)
+
+
+# Launch settings timed by the sweep, per cache dtype (the first of each is today's default).
+# Stages >= 5 give the K / V tiles two buffers (the block-table read takes a pipeline stage);
+# a register cap lets more programs share an SM (ptxas for sm90: bn64-w4-s5 168 -> 128
+# registers without spills, so 4 programs per SM instead of 3).
+SWEEP = {
+    "float8_e4m3fn": [
+        "bn128-w4-s3",
+        "bn128-w4-s5",
+        "bn64-w4-s5",
+        "bn64-w4-s5-r128",
+        "bn128-w8-s5",
+        "bn128-w8-s5-r128",
+        "bn64-w8-s5",
+        "bn32-w4-s5",
+    ],
+    "float8_e5m2": ["bn128-w4-s3", "bn128-w4-s5", "bn64-w4-s5-r128"],
+    "bfloat16": ["bn64-w4-s3", "bn64-w4-s5", "bn32-w4-s5", "bn64-w4-s3-r128"],
+}
+# Launch settings checked beside the default on each random correctness case.
 ALT_CONFIGS = [
-    ("bn64", PagedConfig(64, 4, 3)),
-    ("bn128", PagedConfig(128, 4, 3)),
-    ("bn32", PagedConfig(32, 4, 2)),
-    ("bn128-w8", PagedConfig(128, 8, 3)),
+    (n, named_config(n)) for n in ("bn128-w4-s5", "bn64-w4-s5-r128", "bn32-w4-s5", "bn64-w4-s3")
 ]
 DEVICE = "cuda"  # --device cpu: a dry run under TRITON_INTERPRET=1 (tiny shapes, no timing)
 DRY = False
@@ -178,7 +212,8 @@ def correctness(
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     failures = 0
     worst: dict[str, float] = {}
-    dtypes = [torch.bfloat16, torch.float16, *FP8, torch.bfloat16]
+    bf16 = torch.float16 if DRY else torch.bfloat16  # the interpreter's bf16 dot is wrong
+    dtypes = [bf16, torch.float16, *FP8, bf16]
     stop = time.time() + budget_s
     done = 0
     for idx in range(num_cases):
@@ -504,11 +539,69 @@ def section(log: Log, name: str, fn, *args) -> None:
     torch.cuda.empty_cache() if not DRY else None
 
 
-def cfg(name: str) -> PagedConfig:
-    return dict(ALT_CONFIGS)[name]
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------- warm-up (parallel compiles)
+
+
+def warm_job(job: tuple[str, int, str | None, tuple[int, ...]]) -> str:
+    """Worker process: launch one (cache dtype, block size, config) at each split count, so
+    Triton compiles and stores the specialisation the timed launch will use (same dtypes,
+    strides divisible by 16, split partials in float32 for splits > 1)."""
+    name, block_size, cfg_name, splits = job
+    dtype = getattr(torch, name)
+    t0 = time.time()
+    inp = bench_inputs(2, 2048, block_size, dtype)
+    for ns in splits:
+        time_paged(inp, num_splits=ns, config=named_config(cfg_name) if cfg_name else None)
+    torch.cuda.synchronize()
+    return (
+        f"{name} bs={block_size} {cfg_name or 'default'} splits={splits}: {time.time() - t0:.0f} s"
+    )
+
+
+def warm_merge() -> str:
+    """Worker process: the merge kernel for every split-count tile (BLOCK_S 2..256)."""
+    t0 = time.time()
+    for s in (2, 4, 8, 16, 64, 128, 256):
+        part = torch.zeros(HQ, s, D, device=DEVICE)
+        merged = torch.empty(HQ, D, device=DEVICE, dtype=torch.bfloat16)
+        launch_merge(
+            part, torch.zeros(HQ, s, device=DEVICE), merged, torch.empty(HQ, device=DEVICE)
+        )
+    torch.cuda.synchronize()
+    return f"merge: {time.time() - t0:.0f} s"
+
+
+def warm(log: Log, sections: set[str], workers: int) -> None:
+    """Compile the specialisations of the sweep and targets sections in `workers` processes."""
+    jobs: list = []
+    if "sweep" in sections:
+        for name, names in SWEEP.items():
+            for block_size in (16, 64):
+                jobs += [(name, block_size, n, (2,)) for n in names]
+    if "targets" in sections or "graph" in sections:
+        for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+            for block_size in (16, 64):
+                jobs.append((name, block_size, None, (1, 2)))
+    jobs = list(dict.fromkeys(jobs))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(warm_merge)] + [pool.submit(warm_job, j) for j in jobs]
+        for f in futures:
+            try:
+                log.line("warm " + f.result())
+            except Exception as exc:
+                log.line(f"warm: ERROR {type(exc).__name__}: {str(exc)[-300:]}")
+
+
+# ---------------------------------------------------------------- issue 8's targets
 
 
 def t_decode_b32(t: Table, block_size: int) -> None:
+    """bf16 B=32 ctx 8192 (default, public) vs SDPA; Lq = 4 vs Lq = 1."""
     b, ctx = size(32, 8192)
     nb = kv_bytes(b, ctx, torch.bfloat16)
     if block_size == 16:
@@ -521,11 +614,8 @@ def t_decode_b32(t: Table, block_size: int) -> None:
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
     us, n = time_paged(inp)
     t.add(f"paged bf16 {tag} default", us, nb, splits=n)
-    t.add(f"paged bf16 {tag} public (validation each call)", time_public(inp), nb)
-    for name in ("bn128", "bn32"):
-        for ns in (None, 4):
-            u, n2 = time_paged(inp, config=cfg(name), num_splits=ns)
-            t.add(f"paged bf16 {tag} {name}", u, nb, splits=n2)
+    up = time_public(inp)
+    t.add(f"paged bf16 {tag} public (validation each call)", up, nb, vs_launcher=round(up / us, 2))
     del inp
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16, lq=4)
     nb4 = kv_bytes(b, ctx, torch.bfloat16, 4)
@@ -549,52 +639,27 @@ def t_long(t: Table, block_size: int, bw: float) -> None:
         speedup_vs_1split=round(us1 / us, 2),
     )
     t.add(f"paged bf16 {tag} num_splits=1", us1, nb)
-    for name in ("bn128",):
-        u, n2 = time_paged(inp, config=cfg(name))
-        t.add(
-            f"paged bf16 {tag} {name}",
-            u,
-            nb,
-            splits=n2,
-            pct_of_copy=round(100 * nb / (u * 1e-6) / bw, 1),
-        )
 
 
 def t_fp8(t: Table, block_size: int) -> None:
+    """Default path: fp8 caches against the bf16 cache, B = 1 and 32, ctx 32768."""
     for b0 in (1, 32):
         b, ctx = size(b0, 32768)
         tag = f"B={b} ctx={ctx} bs={block_size}"
         inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
-        nbb = kv_bytes(b, ctx, torch.bfloat16)
         ub, n = time_paged(inp)
-        t.add(f"paged bf16 {tag} default", ub, nbb, splits=n)
-        up, n = time_paged(inp, config=cfg("bn32"))
-        t.add(f"paged bf16 {tag} bn32", up, nbb, splits=n)
-        best_bf16 = min(ub, up)
+        t.add(f"paged bf16 {tag} default", ub, kv_bytes(b, ctx, torch.bfloat16), splits=n)
         del inp
         for dt in FP8:
             inp = bench_inputs(b, ctx, block_size, dt)
-            nbf = kv_bytes(b, ctx, dt)
-            name_dt = str(dt).removeprefix("torch.")
             uf, n = time_paged(inp)
             t.add(
-                f"paged {name_dt} {tag} default",
+                f"paged {dtype_name(dt)} {tag} default",
                 uf,
-                nbf,
+                kv_bytes(b, ctx, dt),
                 splits=n,
-                vs_bf16_default=round(ub / uf, 2),
-                vs_best_bf16=round(best_bf16 / uf, 2),
+                speedup_vs_bf16=round(ub / uf, 2),
             )
-            for name in ("bn128-w8", "bn64", "bn32"):
-                u, n = time_paged(inp, config=cfg(name))
-                t.add(
-                    f"paged {name_dt} {tag} {name}",
-                    u,
-                    nbf,
-                    splits=n,
-                    vs_bf16_default=round(ub / u, 2),
-                    vs_best_bf16=round(best_bf16 / u, 2),
-                )
             del inp
 
 
@@ -608,7 +673,7 @@ def t_short(t: Table, block_size: int) -> None:
     us, n = time_paged(inp)
     t.add(f"paged bf16 {tag} default, stream launches", us, nb, splits=n)
     t.add(f"paged bf16 {tag} public, stream", time_public(inp), nb)
-    for ns in (1, 2, 8):
+    for ns in (1, 8):
         us, n = time_paged(inp, num_splits=ns, graph=True)
         t.add(f"paged bf16 {tag} CUDA graph", us, nb, splits=n)
 
@@ -617,81 +682,220 @@ def t_merge(t: Table, block_size: int) -> None:
     b, ctx = size(1, 65536)
     tag = f"B={b} ctx={ctx} bs={block_size}"
     inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
-    us, n = time_paged(inp)
-    t.add(f"paged bf16 {tag} default", us, kv_bytes(b, ctx, torch.bfloat16), splits=n)
+    usg, n = time_paged(inp, graph=True)
     part = torch.randn(b * HQ, n, D, device=DEVICE)
     part_lse = torch.randn(b * HQ, n, device=DEVICE)
     merged = torch.empty(b * HQ, D, device=DEVICE, dtype=inp[0].dtype)
     merged_lse = torch.empty(b * HQ, device=DEVICE)
-    um = bench(lambda: launch_merge(part, part_lse, merged, merged_lse))
-    t.log.line(
-        f"merge alone ({tag}, Hq={HQ}, splits={n}): {um:.2f} us = {100 * um / us:.1f}% of the call"
-    )
-    t.log.record(kind="merge", us=um, pct=100 * um / us, splits=n, block_size=block_size)
     umg = bench(lambda: launch_merge(part, part_lse, merged, merged_lse), graph=True)
-    usg, _ = time_paged(inp, graph=True)
     t.log.line(
-        f"merge alone, CUDA graph: {umg:.2f} us = {100 * umg / usg:.1f}% of the graphed call ({usg:.1f} us)"
+        f"merge alone ({tag}, Hq={HQ}, splits={n}), CUDA graph: {umg:.2f} us = "
+        f"{100 * umg / usg:.1f}% of the graphed call ({usg:.1f} us)"
     )
     t.log.record(kind="merge-graph", us=umg, pct=100 * umg / usg, splits=n, block_size=block_size)
 
 
-def timings(log: Log) -> None:
+def targets(log: Log) -> None:
     t = Table(log)
     bw = copy_bandwidth()
     log.line(f"copy bandwidth (D2D, read + write): {bw / 1e12:.3f} TB/s")
     log.record(kind="copy", tbs=bw / 1e12)
     for block_size in (16, 64):
-        section(log, f"decode B=32 bs={block_size}", t_decode_b32, t, block_size)
-        section(log, f"long B=1 bs={block_size}", t_long, t, block_size, bw)
         section(log, f"fp8 bs={block_size}", t_fp8, t, block_size)
+        section(log, f"decode B=32 bs={block_size}", t_decode_b32, t, block_size)
         section(log, f"short bs={block_size}", t_short, t, block_size)
+        section(log, f"long B=1 bs={block_size}", t_long, t, block_size, bw)
         section(log, f"merge bs={block_size}", t_merge, t, block_size)
 
 
-def sweep_one(
-    t: Table, block_size: int, b0: int, ctx0: int, splits: list, dtype: torch.dtype
-) -> None:
-    b, ctx = size(b0, ctx0)
-    inp = bench_inputs(b, ctx, block_size, dtype)
-    nb = kv_bytes(b, ctx, dtype)
-    for name, config in ALT_CONFIGS:
-        for ns in splits:
-            if time.time() > DEADLINE:
-                return
-            label = (
-                f"sweep {str(dtype).removeprefix('torch.')} B={b} ctx={ctx} bs={block_size} {name}"
-            )
-            try:
-                us, n = time_paged(inp, num_splits=ns, config=config)
-            except Exception as exc:
-                t.log.line(f"{label} splits={ns}: {type(exc).__name__} {str(exc)[:120]}")
+# ---------------------------------------------------------------- launch-setting sweep
+
+
+def config_ok(log: Log, dtype: torch.dtype, block_size: int, cfg: PagedConfig, label: str) -> bool:
+    """The setting against the oracle on a poisoned pool (the timed specialisation)."""
+    gen = torch.Generator(device=DEVICE).manual_seed(block_size)
+    lens = [1000, 37, 0, 3 * block_size] if not DRY else [40, 3]
+    if DRY and dtype == torch.bfloat16:  # the interpreter's bf16 dot is wrong
+        dtype = torch.float16
+    k, v, tables, seq_lens = make_cache(
+        gen, lens, block_size=block_size, hk=HK, head_dim=D, dtype=dtype, layout="NHD"
+    )
+    q_dtype = torch.float16 if DRY else torch.bfloat16
+    q = torch.randn(len(lens), HQ, 1, D, generator=gen, device=DEVICE).to(q_dtype)
+    kd = vd = torch.tensor(0.5, device=DEVICE) if dtype in FP8 else None
+    kwargs = dict(k_descale=kd, v_descale=vd)
+    plan = plan_paged(q, k, v, tables, seq_lens, num_splits=3, config=cfg, **kwargs)
+    out, lse = launch_paged(
+        q,
+        k,
+        v,
+        tables,
+        seq_lens,
+        kd,
+        vd,
+        scale=plan.scale,
+        num_splits=3,
+        kv_layout="NHD",
+        config=cfg,
+    )
+    ref_out, ref_lse = ref.paged_attention(q, k, v, tables, seq_lens, return_lse=True, **kwargs)
+    base_out, base_lse = ref.paged_attention(
+        q, k, v, tables, seq_lens, return_lse=True, compute_dtype=q_dtype, **kwargs
+    )
+    comps = judge(label, dtype, out, lse, ref_out, ref_lse, base_out, base_lse)
+    for c in comps:
+        if not c.passed:
+            log.line(str(c))
+    return all(c.passed for c in comps)
+
+
+def sweep_one(t: Table, name: str, block_size: int) -> None:
+    """Every SWEEP setting of one cache dtype: B = 1 and 32 at ctx 32768, default splits and
+    twice as many; speed-up against the bf16 default at the same shape."""
+    dtype = getattr(torch, name)
+    shapes = [size(1, 32768), size(32, 32768)]
+    bf16_us = {}
+    for b, ctx in shapes:
+        inp = bench_inputs(b, ctx, block_size, torch.bfloat16)
+        bf16_us[b] = time_paged(inp)[0]
+        del inp
+    for cfg_name in SWEEP[name]:
+        cfg = named_config(cfg_name)
+        label = f"sweep {name} bs={block_size} {cfg_name}"
+        if time.time() > DEADLINE:
+            return
+        try:
+            if not config_ok(t.log, dtype, block_size, cfg, label):
+                t.log.line(f"{label}: WRONG RESULT, not timed")
                 continue
-            t.add(label, us, nb, splits=n)
+            for b, ctx in shapes:
+                inp = bench_inputs(b, ctx, block_size, dtype)
+                us, n = time_paged(inp, config=cfg)
+                for ns in (n, min(2 * n, 256)):
+                    u = us if ns == n else time_paged(inp, num_splits=ns, config=cfg)[0]
+                    t.add(
+                        f"{label} B={b} ctx={ctx}",
+                        u,
+                        kv_bytes(b, ctx, dtype),
+                        splits=ns,
+                        speedup_vs_bf16_default=round(bf16_us[b] / u, 3),
+                    )
+                del inp
+        except Exception as exc:
+            t.log.line(f"{label}: {type(exc).__name__} {str(exc)[:200]}")
 
 
 def sweep(log: Log) -> None:
-    """Every compared config at a few split counts (as long as time remains)."""
     t = Table(log)
-    bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
-    section(log, "sweep fp8 B=1", sweep_one, t, 16, 1, 32768, [None, 16, 33], fp8)
-    section(log, "sweep fp8 B=32", sweep_one, t, 16, 32, 32768, [None, 4], fp8)
-    section(log, "sweep bf16 B=32", sweep_one, t, 16, 32, 8192, [2, 4], bf16)
-    section(log, "sweep bf16 B=1", sweep_one, t, 16, 1, 131072, [None, 33], bf16)
+    for name in SWEEP:
+        for block_size in (16, 64):
+            section(log, f"sweep {name} bs={block_size}", sweep_one, t, name, block_size)
+
+
+# ---------------------------------------------------------------- CUDA graph replay
+
+
+def graph_one(log: Log, b0: int, ctx0: int, block_size: int, dtype: torch.dtype) -> bool:
+    """Capture `launch_paged` (planned once), replay: bitwise equal to eager, also after new
+    lengths and queries are copied into the captured tensors. Logs the replay time."""
+    b, ctx = size(b0, ctx0)
+    q, k, v, tables, lens, kd, vd = bench_inputs(b, ctx, block_size, dtype)
+    plan = plan_paged(q, k, v, tables, lens, k_descale=kd, v_descale=vd)
+
+    def call():
+        return launch_paged(
+            q,
+            k,
+            v,
+            tables,
+            lens,
+            kd,
+            vd,
+            scale=plan.scale,
+            num_splits=plan.num_splits,
+            kv_layout="NHD",
+            config=plan.config,
+        )
+
+    eager = call()  # compiles outside the capture
+    if DRY:
+        return True
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call()
+    ok = True
+    gen = torch.Generator(device=DEVICE).manual_seed(5)
+    for step in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        same = all(torch.equal(a, e) for a, e in zip(captured, eager, strict=True))
+        log.line(
+            f"graph B={b} ctx={ctx} bs={block_size} {dtype_name(dtype)} replay {step}: "
+            f"{'bitwise equal to eager' if same else 'DIFFERS from eager'}"
+        )
+        ok = ok and same
+        # new values in the captured inputs: shorter contexts, other queries
+        lens.copy_(torch.randint(0, ctx + 1, lens.shape, generator=gen, device=DEVICE).int())
+        q.copy_(torch.randn(q.shape, generator=gen, device=DEVICE).to(q.dtype))
+        eager = call()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(200):
+        graph.replay()
+    stop.record()
+    torch.cuda.synchronize()
+    us = start.elapsed_time(stop) * 1e3 / 200
+    log.line(
+        f"graph B={b} ctx={ctx} bs={block_size} {dtype_name(dtype)}: {us:.1f} us per replay "
+        f"(back to back, L2 warm), splits={plan.num_splits}"
+    )
+    log.record(
+        kind="graph",
+        b=b,
+        ctx=ctx,
+        block_size=block_size,
+        dtype=dtype_name(dtype),
+        ok=ok,
+        us=us,
+        splits=plan.num_splits,
+    )
+    return ok
+
+
+def graphs(log: Log) -> int:
+    failures = 0
+    for b, ctx, dtype in ((1, 1024, torch.bfloat16), (32, 8192, torch.float8_e4m3fn)):
+        try:
+            failures += not graph_one(log, b, ctx, 16, dtype)
+        except Exception:
+            failures += 1
+            log.line(f"graph B={b}: ERROR\n{traceback.format_exc()[-1500:]}")
+    return failures
+
+
+SECTIONS = ("warm", "correctness", "sweep", "targets", "graph")
 
 
 def main() -> int:
     global DEVICE, DRY, DEADLINE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
     parser.add_argument("--cases", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sweep", action="store_true", help="sweep launch settings at the end")
-    parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--workers", type=int, default=12, help="warm-up compile processes")
     parser.add_argument("--budget-s", type=float, default=330.0, help="stop timing after this")
     parser.add_argument("--correctness-s", type=float, default=140.0, help="stop drawing cases")
     parser.add_argument("--device", default="cuda", help="cpu: dry run of the script logic")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if sections - set(SECTIONS):
+        parser.error(f"--sections: unknown {sorted(sections - set(SECTIONS))}; valid: {SECTIONS}")
     DEADLINE = time.time() + args.budget_s
     DEVICE = args.device
     DRY = DEVICE == "cpu"
@@ -704,14 +908,22 @@ def main() -> int:
             f"device: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}, "
             f"triton {triton.__version__}"
         )
-    t0 = time.time()
     failures = 0
-    if not args.skip_correctness:
-        failures = correctness(log, args.cases, args.seed, not DRY, args.correctness_s)
-    log.line(f"[correctness: {time.time() - t0:.0f} s]")
-    timings(log)
-    if args.sweep:
+    t0 = time.time()
+    if "warm" in sections and not DRY:
+        warm(log, sections, args.workers)
+        log.line(f"[warm: {time.time() - t0:.0f} s]")
+    if "correctness" in sections:
+        t0 = time.time()
+        failures += correctness(log, args.cases, args.seed, not DRY, args.correctness_s)
+        log.line(f"[correctness: {time.time() - t0:.0f} s]")
+    if "graph" in sections:
+        failures += graphs(log)
+    if "sweep" in sections:
         sweep(log)
+    if "targets" in sections:
+        targets(log)
+    log.line(f"done: {failures} failures")
     return 1 if failures else 0
 
 

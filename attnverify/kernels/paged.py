@@ -53,11 +53,14 @@ class PagedConfig:
     Attributes:
         block_n: keys per KV tile (a tile spans pages when block_size < block_n).
         num_warps, num_stages: Triton launch settings (stages of the software pipeline).
+        maxnreg: registers per thread the compiler may use (None: its own choice); a cap
+            lets more programs share an SM.
     """
 
     block_n: int
     num_warps: int
     num_stages: int
+    maxnreg: int | None = None
 
 
 def pick_config(
@@ -486,6 +489,7 @@ def launch_paged(
         FP16_DOT=k_cache.dtype.itemsize == 1 and q.dtype != torch.float32,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
         num_warps=config.num_warps,
+        maxnreg=config.maxnreg,
     )
     if num_splits > 1:
         launch_merge(
