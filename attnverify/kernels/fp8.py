@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 import triton
@@ -46,6 +47,7 @@ except ImportError:  # triton without host TMA descriptors: pointer loads only
     TensorDescriptor = None
 
 from attnverify.arch import Arch, current_arch, interpreter_active
+from attnverify.kernels._flash import AUTOTUNE_ENV
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import FP8_DTYPES, check_fp8_inputs, check_tensor
 
@@ -61,9 +63,6 @@ FP8_MANTISSA_BITS = {
     torch.float8_e5m2fnuz: 2,
 }
 
-# The interpreter runs one small pinned config (CPU time grows with the tile size).
-INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
-
 
 def _set_block_shapes(nargs: dict) -> None:
     """Config pre-hook: TMA block shapes [1, 1, BLOCK_N, BLOCK_D] (V K-major: BLOCK_D, BLOCK_N)."""
@@ -78,10 +77,19 @@ def _set_block_shapes(nargs: dict) -> None:
             )
 
 
+def _config(
+    block_m: int, block_n: int, warps: int, stages: int, *, ahead: bool = False
+) -> triton.Config:
+    """A launch config: tile sizes, warps, pipeline stages, and the loop over the unmasked key
+    tiles (`ahead`: `_attend_tiles_ahead`, else `_attend_tiles`)."""
+    meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, "QK_AHEAD": ahead}
+    return triton.Config(meta, num_warps=warps, num_stages=stages, pre_hook=_set_block_shapes)
+
+
+# The interpreter runs one small pinned config (CPU time grows with the tile size).
+INTERPRETER_CONFIG = _config(32, 32, 4, 1)
 GPU_CONFIGS = [
-    triton.Config(
-        {"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_block_shapes
-    )
+    _config(128, bn, w, s)
     for bn, w, s in ((128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3),
                      (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
 ]  # fmt: skip
@@ -89,6 +97,12 @@ GPU_CONFIGS = [
 # accumulation precision and Lk's power of two up to 16384 (`lk_bucket`, an argument the kernel
 # does not read): a config tuned on a short first call is not reused for long sequences.
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "USE_TMA", "V_SEQ_CONTIG", "QK_ACC_CHUNK", "lk_bucket"]
+# Shorter key ranges launch the first config `_prune_configs` keeps, untuned: tuning gains little
+# there, and every new autotune key compiles every config (the verifier draws hundreds of keys).
+TUNE_MIN_LK = 2048
+# Tile of `_transpose_v_kernel` (sequence x head dim, bytes).
+TRANSPOSE_BLOCK_L = 128
+TRANSPOSE_BLOCK_D = 64
 
 # Accumulation precision of Q K^T on sm90 (Triton's max_num_imprecise_acc; ignored elsewhere).
 # Hopper's fp8 MMA adds products with reduced precision, so scores (hence lse) carry ~1e-4..1e-3
@@ -168,18 +182,14 @@ def _round_to_fp8_grid(p, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr):
 
 
 @triton.jit
-def _kv_tiles(
-    k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk, start_n, n_left,
-    stride_kn, stride_kd, stride_vn, stride_vd,
+def _k_tiles(
+    k_ptr, k_desc0, k_desc1, off_b, off_hk, start_n, n_left, stride_kn, stride_kd,
     MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
+    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Key tile start_n: K^T chunks [BLOCK_D, BLOCK_N] and V chunks [BLOCK_N, BLOCK_D].
-
-    Pointer loads mask keys >= Lk (MASKED) and padded head-dim lanes; TMA loads zero-fill
-    whatever lies outside the (B, H, L, D) box. Unused chunk-1 tiles are returned as chunk 0.
-    """
+    """K^T chunks [BLOCK_D0, BLOCK_N], [BLOCK_D1, BLOCK_N] of key tile start_n (k_ptr points
+    at key start_n). Pointer loads mask keys >= Lk (MASKED) and padded head-dim lanes; TMA loads
+    zero-fill whatever lies outside the (B, H, L, D) box. An unused chunk 1 is chunk 0."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = tl.arange(0, BLOCK_D1)
@@ -187,20 +197,44 @@ def _kv_tiles(
     MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 > HEAD_DIM
     if USE_TMA:
         kt0 = k_desc0.load([off_b, off_hk, start_n, 0]).reshape([BLOCK_N, BLOCK_D0]).T
+    else:
+        kt0 = _load_tile(k_ptr, offs_d0, offs_n, stride_kd, stride_kn, HEAD_DIM, n_left,
+                         MASK_D0, MASKED)
+    kt1 = kt0
+    if HAS_D1:
+        if USE_TMA:
+            kt1 = k_desc1.load([off_b, off_hk, start_n, BLOCK_D0]).reshape([BLOCK_N, BLOCK_D1]).T
+        else:
+            kt1 = _load_tile(k_ptr + BLOCK_D0 * stride_kd, offs_d1, offs_n, stride_kd, stride_kn,
+                             HEAD_DIM - BLOCK_D0, n_left, MASK_D1, MASKED)
+    return kt0, kt1
+
+
+@triton.jit
+def _v_tiles(
+    v_ptr, v_desc0, v_desc1, off_b, off_hk, start_n, n_left, stride_vn, stride_vd,
+    MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr, USE_TMA: tl.constexpr,
+    V_SEQ_CONTIG: tl.constexpr,
+):
+    """V chunks [BLOCK_N, BLOCK_D0], [BLOCK_N, BLOCK_D1] of key tile start_n (v_ptr points at
+    key start_n); masking and zero fill as `_k_tiles`. An unused chunk 1 is chunk 0."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = tl.arange(0, BLOCK_D1)
+    MASK_D0: tl.constexpr = BLOCK_D0 > HEAD_DIM
+    MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 > HEAD_DIM
+    if USE_TMA:
         if V_SEQ_CONTIG:
             v0 = v_desc0.load([off_b, off_hk, 0, start_n]).reshape([BLOCK_D0, BLOCK_N]).T
         else:
             v0 = v_desc0.load([off_b, off_hk, start_n, 0]).reshape([BLOCK_N, BLOCK_D0])
     else:
-        kt0 = _load_tile(k_ptr, offs_d0, offs_n, stride_kd, stride_kn, HEAD_DIM, n_left,
-                         MASK_D0, MASKED)
         v0 = _load_tile(v_ptr, offs_n, offs_d0, stride_vn, stride_vd, n_left, HEAD_DIM,
                         MASKED, MASK_D0)
-    kt1 = kt0
     v1 = v0
     if HAS_D1:
         if USE_TMA:
-            kt1 = k_desc1.load([off_b, off_hk, start_n, BLOCK_D0]).reshape([BLOCK_N, BLOCK_D1]).T
             if V_SEQ_CONTIG:
                 v1 = v_desc1.load([off_b, off_hk, BLOCK_D0, start_n])
                 v1 = v1.reshape([BLOCK_D1, BLOCK_N]).T
@@ -208,11 +242,58 @@ def _kv_tiles(
                 v1 = v_desc1.load([off_b, off_hk, start_n, BLOCK_D0])
                 v1 = v1.reshape([BLOCK_N, BLOCK_D1])
         else:
-            kt1 = _load_tile(k_ptr + BLOCK_D0 * stride_kd, offs_d1, offs_n, stride_kd, stride_kn,
-                             HEAD_DIM - BLOCK_D0, n_left, MASK_D1, MASKED)
             v1 = _load_tile(v_ptr + BLOCK_D0 * stride_vd, offs_n, offs_d1, stride_vn, stride_vd,
                             n_left, HEAD_DIM - BLOCK_D0, MASKED, MASK_D1)
-    return kt0, kt1, v0, v1
+    return v0, v1
+
+
+@triton.jit
+def _scores(q0, q1, kt0, kt1, HAS_D1: tl.constexpr, QK_ACC_CHUNK: tl.constexpr):
+    """Raw fp8 scores Q K^T: [BLOCK_M, BLOCK_D] x [BLOCK_D, BLOCK_N] -> [BLOCK_M, BLOCK_N] fp32."""
+    if QK_ACC_CHUNK > 0:
+        qk = tl.dot(q0, kt0, max_num_imprecise_acc=QK_ACC_CHUNK)
+        if HAS_D1:
+            qk = tl.dot(q1, kt1, qk, max_num_imprecise_acc=QK_ACC_CHUNK)
+    else:
+        qk = tl.dot(q0, kt0)
+        if HAS_D1:
+            qk = tl.dot(q1, kt1, qk)
+    return qk
+
+
+@triton.jit
+def _softmax_step(
+    qk, m_i, l_i, qk_scale, offs_m, start_n, n_left, causal_offset, p_dtype: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+    EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
+):
+    """Online-softmax update for the raw scores qk of key tile start_n.
+
+    Returns P rounded to p_dtype (V's fp8 dtype) [BLOCK_M, BLOCK_N], the rescale factor alpha
+    of the running accumulator [BLOCK_M], and the new running max and row sum [BLOCK_M].
+    MASKED tiles hide keys >= Lk and (causal) keys j > i + causal_offset; unmasked tiles are
+    visible to every row of the block and need no key mask.
+    """
+    if MASKED:
+        offs_n = tl.arange(0, BLOCK_N)
+        # [BLOCK_M, BLOCK_N] scores in log2 units, hidden keys -inf
+        visible = offs_n[None, :] < n_left
+        if IS_CAUSAL:
+            visible = visible & (start_n + offs_n[None, :] <= offs_m[:, None] + causal_offset)
+        s = tl.where(visible, qk * qk_scale, float("-inf"))
+        # [BLOCK_M]; rows with nothing visible yet keep m = -inf: subtract 0 (no NaN)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+    else:
+        # qk_scale >= 0: max(qk) * scale is the max score; one FMA per element
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if EXACT_P_ROUNDING:
+        p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
+    return p.to(p_dtype), alpha, m_new, l_i
 
 
 @triton.jit
@@ -227,55 +308,76 @@ def _attend_tiles(
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
     QK_ACC_CHUNK: tl.constexpr,
 ):
-    """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`.
-
-    MASKED tiles mask keys >= Lk and (causal) keys j > i + causal_offset; unmasked tiles are
-    visible to every row of the block and need no key mask.
-    """
-    offs_n = tl.arange(0, BLOCK_N)
-    p_dtype = v_ptr.dtype.element_ty
+    """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`."""
+    p_dtype: tl.constexpr = v_ptr.dtype.element_ty
     for start_n in tl.range(start, end, BLOCK_N):
         n_left = Lk - start_n
-        kt0, kt1, v0, v1 = _kv_tiles(
-            k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk, start_n, n_left,
-            stride_kn, stride_kd, stride_vn, stride_vd,
-            MASKED, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        )
-        # [BLOCK_M, BLOCK_D] x [BLOCK_D, BLOCK_N] -> [BLOCK_M, BLOCK_N]
-        if QK_ACC_CHUNK > 0:
-            qk = tl.dot(q0, kt0, max_num_imprecise_acc=QK_ACC_CHUNK)
-            if HAS_D1:
-                qk = tl.dot(q1, kt1, qk, max_num_imprecise_acc=QK_ACC_CHUNK)
-        else:
-            qk = tl.dot(q0, kt0)
-            if HAS_D1:
-                qk = tl.dot(q1, kt1, qk)
-        if MASKED:
-            # [BLOCK_M, BLOCK_N] scores in log2 units, hidden keys -inf
-            visible = offs_n[None, :] < n_left
-            if IS_CAUSAL:
-                visible = visible & (start_n + offs_n[None, :] <= offs_m[:, None] + causal_offset)
-            s = tl.where(visible, qk * qk_scale, float("-inf"))
-            # [BLOCK_M]; rows with nothing visible yet keep m = -inf: subtract 0 (no NaN)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_new[:, None])
-        else:
-            # qk_scale >= 0: max(qk) * scale is the max score; one FMA per element
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if EXACT_P_ROUNDING:
-            p = _round_to_fp8_grid(p, P_MANT, P_MIN_EXP)
-        p8 = p.to(p_dtype)
+        kt0, kt1 = _k_tiles(k_ptr, k_desc0, k_desc1, off_b, off_hk, start_n, n_left,
+                            stride_kn, stride_kd, MASKED, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
+                            HAS_D1, USE_TMA)
+        v0, v1 = _v_tiles(v_ptr, v_desc0, v_desc1, off_b, off_hk, start_n, n_left,
+                          stride_vn, stride_vd, MASKED, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
+                          HAS_D1, USE_TMA, V_SEQ_CONTIG)
+        qk = _scores(q0, q1, kt0, kt1, HAS_D1, QK_ACC_CHUNK)
+        p8, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, qk_scale, offs_m, start_n, n_left,
+                                            causal_offset, p_dtype, MASKED, IS_CAUSAL, BLOCK_N,
+                                            EXACT_P_ROUNDING, P_MANT, P_MIN_EXP)
         # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
         acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
         if HAS_D1:
             acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
-        m_i = m_new
         k_ptr += BLOCK_N * stride_kn
         v_ptr += BLOCK_N * stride_vn
+    return acc0, acc1, l_i, m_i
+
+
+@triton.jit
+def _attend_tiles_ahead(
+    acc0, acc1, l_i, m_i, q0, q1,
+    k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+    start, end, offs_m, Lk, causal_offset, qk_scale,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    IS_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
+    EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr,
+):
+    """`_attend_tiles` over unmasked tiles [start, end), end > start, with the scores of tile
+    j + 1 issued before the softmax of tile j, so the tensor cores work on Q K^T while the
+    exponentials run (FlashAttention-3's intra-warpgroup overlap). Same arithmetic, same bits."""
+    p_dtype: tl.constexpr = v_ptr.dtype.element_ty
+    kt0, kt1 = _k_tiles(k_ptr, k_desc0, k_desc1, off_b, off_hk, start, Lk - start,
+                        stride_kn, stride_kd, False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
+                        HAS_D1, USE_TMA)
+    qk = _scores(q0, q1, kt0, kt1, HAS_D1, QK_ACC_CHUNK)
+    for start_n in tl.range(start, end - BLOCK_N, BLOCK_N):
+        k_ptr += BLOCK_N * stride_kn
+        kt0, kt1 = _k_tiles(k_ptr, k_desc0, k_desc1, off_b, off_hk, start_n + BLOCK_N, Lk,
+                            stride_kn, stride_kd, False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
+                            HAS_D1, USE_TMA)
+        qk_next = _scores(q0, q1, kt0, kt1, HAS_D1, QK_ACC_CHUNK)
+        v0, v1 = _v_tiles(v_ptr, v_desc0, v_desc1, off_b, off_hk, start_n, Lk,
+                          stride_vn, stride_vd, False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
+                          HAS_D1, USE_TMA, V_SEQ_CONTIG)
+        p8, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, qk_scale, offs_m, start_n, Lk,
+                                            causal_offset, p_dtype, False, IS_CAUSAL, BLOCK_N,
+                                            EXACT_P_ROUNDING, P_MANT, P_MIN_EXP)
+        # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
+        acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
+        if HAS_D1:
+            acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
+        v_ptr += BLOCK_N * stride_vn
+        qk = qk_next
+    last = end - BLOCK_N
+    v0, v1 = _v_tiles(v_ptr, v_desc0, v_desc1, off_b, off_hk, last, Lk, stride_vn, stride_vd,
+                      False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG)
+    p8, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, qk_scale, offs_m, last, Lk, causal_offset,
+                                        p_dtype, False, IS_CAUSAL, BLOCK_N, EXACT_P_ROUNDING,
+                                        P_MANT, P_MIN_EXP)
+    acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
+    if HAS_D1:
+        acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
     return acc0, acc1, l_i, m_i
 
 
@@ -308,7 +410,7 @@ def _fp8_fwd_kernel(
     V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
     QK_ACC_CHUNK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_AHEAD: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head); 1-D grid of
     cdiv(Lq, BLOCK_M) * Hq * B programs."""
@@ -376,14 +478,25 @@ def _fp8_fwd_kernel(
 
     k_ptr = K + off_b64 * stride_kb + off_hk64 * stride_kh
     v_ptr = V + off_b64 * stride_vb + off_hk64 * stride_vh
-    acc0, acc1, l_i, m_i = _attend_tiles(
-        acc0, acc1, l_i, m_i, q0, q1,
-        k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
-        0, full_end, offs_m, Lk, causal_offset, qk_scale,
-        stride_kn, stride_kd, stride_vn, stride_vd,
-        False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
-    )
+    if QK_AHEAD:
+        if full_end > 0:
+            acc0, acc1, l_i, m_i = _attend_tiles_ahead(
+                acc0, acc1, l_i, m_i, q0, q1,
+                k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+                0, full_end, offs_m, Lk, causal_offset, qk_scale,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
+                EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
+            )
+    else:
+        acc0, acc1, l_i, m_i = _attend_tiles(
+            acc0, acc1, l_i, m_i, q0, q1,
+            k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+            0, full_end, offs_m, Lk, causal_offset, qk_scale,
+            stride_kn, stride_kd, stride_vn, stride_vd,
+            False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA,
+            V_SEQ_CONTIG, EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
+        )
     k_ptr += full_end.to(tl.int64) * stride_kn
     v_ptr += full_end.to(tl.int64) * stride_vn
     acc0, acc1, l_i, m_i = _attend_tiles(
@@ -412,6 +525,28 @@ def _fp8_fwd_kernel(
         lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
         lse_ptr = Lse + off_b64 * stride_lb + off_h64 * stride_lh
         tl.store(lse_ptr + offs_m, lse, mask=offs_m < Lq)
+
+
+@triton.jit
+def _transpose_v_kernel(
+    X, Y, Hk, Lk, stride_xb, stride_xh, stride_xn, stride_xd, stride_yb, stride_yh, stride_yd,
+    HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Y[b, h, d, n] = X[b, h, n, d] for one [BLOCK_L, BLOCK_D] tile; Y's rows are contiguous.
+    Grid (B * Hk, cdiv(Lk, BLOCK_L), cdiv(D, BLOCK_D)); bytes moved as uint8."""
+    bh = tl.program_id(0)
+    off_b = (bh // Hk).to(tl.int64)
+    off_h = (bh % Hk).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    keep = (offs_n[:, None] < Lk) & (offs_d[None, :] < HEAD_DIM)
+    x_ptrs = (X + off_b * stride_xb + off_h * stride_xh + offs_n[:, None] * stride_xn
+              + offs_d[None, :] * stride_xd)
+    # [BLOCK_L, BLOCK_D]
+    tile = tl.load(x_ptrs, mask=keep)
+    y_ptrs = Y + off_b * stride_yb + off_h * stride_yh + offs_d[:, None] * stride_yd + offs_n[None, :]
+    # [BLOCK_D, BLOCK_L]
+    tl.store(y_ptrs, tl.trans(tile), mask=tl.trans(keep))
 # fmt: on
 
 
@@ -485,8 +620,9 @@ def _launch_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Allocate out (B, Hq, Lq, D) and lse (B, Hq, Lq), launch.
 
-    `config` pins a config (default: autotuned on GPU, `INTERPRETER_CONFIG` under the
-    interpreter); `use_tma` forces TMA loads on or off (default: where `_tma_eligible`).
+    `config` pins a config (default: autotuned on GPU from Lk = `TUNE_MIN_LK` on unless
+    ATTNVERIFY_AUTOTUNE=0, else the first config `_prune_configs` keeps; `INTERPRETER_CONFIG`
+    under the interpreter); `use_tma` forces TMA loads on or off (default: where `_tma_eligible`).
     """
     b, hq, lq, d = q.shape
     hk, lk = k.shape[1], k.shape[2]
@@ -524,6 +660,8 @@ def _launch_fwd(
     }
     if config is None and interpreter_active():
         config = INTERPRETER_CONFIG
+    if config is None and (lk < TUNE_MIN_LK or os.environ.get(AUTOTUNE_ENV) == "0"):
+        config = _prune_configs(GPU_CONFIGS, {}, **meta)[0]
     # Launch on q's GPU (the current device may be another one).
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         if config is None:
@@ -564,7 +702,18 @@ def _v_for_arch(v: torch.Tensor, arch: Arch) -> torch.Tensor:
     b, hk, lk, d = v.shape
     buf = torch.empty((b, hk, d, -(-lk // 16) * 16), dtype=v.dtype, device=v.device)
     vt = buf[..., :lk]
-    vt.copy_(v.transpose(-1, -2))
+    if v.numel() == 0 or not (v.is_cuda or interpreter_active()):
+        vt.copy_(v.transpose(-1, -2))
+    else:
+        # A tiled Triton transpose runs near copy bandwidth; torch's strided fp8 copy does not.
+        x, y = v.view(torch.uint8), buf.view(torch.uint8)
+        block_d = min(TRANSPOSE_BLOCK_D, triton.next_power_of_2(d))
+        grid = (b * hk, triton.cdiv(lk, TRANSPOSE_BLOCK_L), triton.cdiv(d, block_d))
+        with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():
+            _transpose_v_kernel[grid](
+                x, y, hk, lk, *x.stride(), *y.stride()[:3], HEAD_DIM=d,
+                BLOCK_L=TRANSPOSE_BLOCK_L, BLOCK_D=block_d,
+            )  # fmt: skip
     return vt.transpose(-1, -2)
 
 

@@ -25,6 +25,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+import triton
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -190,6 +191,23 @@ def test_fp8_tma_and_pointer_loads_agree(v_layout: str) -> None:
     )
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fp8_scores_ahead_loop_is_bitwise_the_plain_loop(causal: bool) -> None:
+    """`_attend_tiles_ahead` (Q K^T of the next tile issued before this tile's softmax) only
+    reorders work: same out and lse bits as `_attend_tiles`, with one or several unmasked tiles
+    (Lk = 100 with 32-key tiles: 3 unmasked and a masked tail; causal: 0 to 2 per block)."""
+    x = _inputs(hq=2, hk=1, lq=70, lk=100, d=80)
+    args = (x["q"], x["k"], x["v"], x["q_descale"], x["k_descale"], x["v_descale"], 0.125, causal)
+    outs = [
+        kfp8._launch_fwd(*args, torch.float16, True, config=kfp8._config(32, 32, 4, 1, ahead=a))
+        for a in (False, True)
+    ]
+    (out_plain, lse_plain), (out_ahead, lse_ahead) = outs
+    assert torch.equal(out_plain, out_ahead) and torch.equal(lse_plain, lse_ahead), (
+        f"ahead vs plain loop: max |diff| = {(out_plain.float() - out_ahead.float()).abs().max()}"
+    )
+
+
 @pytest.mark.parametrize(("lq", "lk", "causal"), [(5, 0, False), (40, 9, True), (3, 0, True)])
 def test_fp8_empty_rows(lq: int, lk: int, causal: bool) -> None:
     """Rows with no visible key (Lk = 0; causal rows i < Lq - Lk): out exactly 0, lse -inf,
@@ -330,9 +348,12 @@ class _Capture:
         self.args, self.kwargs = args, kwargs
 
 
-def compile_sm90(head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: int) -> str:
-    """Compile the exact specialisation `_launch_fwd` would launch, for sm90, with Triton's
-    bundled ptxas; returns its PTX. Needs a process without TRITON_INTERPRET (JIT functions)."""
+def compile_sm90(
+    head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: triton.Config
+) -> str:
+    """Compile the exact specialisation `_launch_fwd` would launch with `config`, for sm90, with
+    Triton's bundled ptxas; returns its PTX. Needs a process without TRITON_INTERPRET (JIT
+    functions)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
     from triton.runtime.jit import mangle_type
@@ -343,9 +364,7 @@ def compile_sm90(head_dim: int, causal: bool, use_tma: bool, v_layout: str, conf
         x = _inputs(lq=64, lk=64, d=head_dim)
         v = kfp8._v_for_arch(x["v"], arch_from_name("sm90")) if v_layout == "seq" else x["v"]
         args = (x["q"], x["k"], v, x["q_descale"], x["k_descale"], x["v_descale"], 0.1, causal)
-        kfp8._launch_fwd(
-            *args, torch.bfloat16, True, config=kfp8.GPU_CONFIGS[config], use_tma=use_tma
-        )
+        kfp8._launch_fwd(*args, torch.bfloat16, True, config=config, use_tma=use_tma)
     finally:
         kfp8._fp8_fwd_kernel = kernel
     options = {k: capture.kwargs.pop(k) for k in ("num_warps", "num_stages")}
@@ -363,19 +382,24 @@ def compile_sm90(head_dim: int, causal: bool, use_tma: bool, v_layout: str, conf
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the GPU compiles the kernel in other tests")
 @pytest.mark.parametrize(
     ("head_dim", "causal", "use_tma", "v_layout", "config"),
-    [(128, True, True, "seq", 1), (80, False, False, "row", 6)],
-    ids=["D128-causal-tma", "D80-pointer-rowV"],
+    [
+        (128, True, True, "seq", "GPU_CONFIGS[0]"),
+        (80, False, False, "row", "GPU_CONFIGS[-1]"),
+        (128, False, True, "seq", "_config(128, 128, 8, 2, ahead=True)"),
+    ],
+    ids=["D128-causal-tma", "D80-pointer-rowV", "D128-tma-ahead"],
 )
 def test_fp8_kernel_compiles_for_sm90(
-    head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: int
+    head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: str
 ) -> None:
     """The interpreter cannot catch what only the compiler rejects (non-constexpr globals, dot
-    shape limits, TMA lowering): compile two specialisations for sm90 in a JIT-mode process."""
+    shape limits, TMA lowering): compile specialisations for sm90 in a JIT-mode process.
+    `config` is an expression in `attnverify.kernels.fp8`."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     code = (
-        f"import test_fp8; ptx = test_fp8.compile_sm90({head_dim}, {causal}, {use_tma}, "
-        f"{v_layout!r}, {config}); print('wgmma', 'wgmma.mma_async' in ptx, 'tma', "
-        "'cp.async.bulk.tensor' in ptx)"
+        f"import test_fp8; from test_fp8 import kfp8; ptx = test_fp8.compile_sm90({head_dim}, "
+        f"{causal}, {use_tma}, {v_layout!r}, kfp8.{config}); print('wgmma', "
+        "'wgmma.mma_async' in ptx, 'tma', 'cp.async.bulk.tensor' in ptx)"
     )
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "0"}
