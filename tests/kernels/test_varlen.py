@@ -177,7 +177,7 @@ def test_varlen_opcheck():
         x.requires_grad_()
     result = torch.library.opcheck(
         torch.ops.attnverify.varlen_fwd,
-        (q, k, v, c, c, True, 0.2),
+        (q, k, v, c, c, True, 0.2, False),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
     assert all(v == "SUCCESS" for v in result.values()), result
@@ -201,14 +201,36 @@ def test_varlen_head_dim_split_covers_d_without_power_of_two_padding(d):
         assert split.padded == d + (-d % 16), f"D={d} must cost at most a 16-lane tile: {split}"
 
 
-def test_varlen_work_table_longest_first():
-    from attnverify.kernels._common import varlen_work_table
+def plan_model(lens_rows: list[int], lens_cols: list[int], block: int) -> list[tuple]:
+    """The plan in plain Python: sequences heaviest first (longer other side, then lower
+    index), each with its first item; then the item count."""
+    starts_r = [0, *itertools.accumulate(lens_rows)]
+    starts_c = [0, *itertools.accumulate(lens_cols)]
+    order = sorted(range(len(lens_rows)), key=lambda n: (-lens_cols[n], n))
+    rows, first = [], 0
+    for n in order:
+        rows.append((first, starts_r[n], lens_rows[n], starts_c[n], lens_cols[n]))
+        first += -(-lens_rows[n] // block)
+    return [*rows, first]
 
-    lens = [256, 0, 8192, 300]
-    starts = [0, 256, 256, 8448]
-    table = varlen_work_table(lens, lens, starts, starts, 128, rows_are_queries=True, device="cpu")
-    assert table.shape == (64 + 3 + 2, 5), f"one item per 128-row block; got {tuple(table.shape)}"
-    assert table[:, 3].tolist() == sorted(table[:, 3].tolist(), reverse=True), "not longest first"
-    assert table[0].tolist() == [256, 8192, 256, 8192, 0], f"first item {table[0].tolist()}"
-    blocks = sorted((int(r[0]), int(r[4])) for r in table if int(r[1]) == 300)
-    assert blocks == [(8448, 0), (8448, 1), (8448, 2)], f"blocks of the 300-token sequence {blocks}"
+
+@settings(max_examples=6)
+@given(
+    lens=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300)), min_size=1, max_size=70),
+    block=st.sampled_from([16, 32, 128]),
+)
+@example(lens=[(256, 256), (0, 0), (8192, 8192), (300, 300)], block=128)
+@example(lens=[(5, 0), (0, 9), (5, 0)], block=16)
+def test_varlen_plan_heaviest_first_covers_every_block(lens, block):
+    from attnverify.kernels._flash_plan import max_items, varlen_plan
+
+    lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
+    plan = varlen_plan(cu(lens_q), cu(lens_k), block, rows_are_queries=True).tolist()
+    want = plan_model(lens_q, lens_k, block)
+    got = [tuple(r) for r in plan[:-1]] + [plan[-1][0]]
+    assert got == want, f"plan {got} != model {want}"
+    assert want[-1] <= max_items(sum(lens_q), len(lens), block), "grid bound below item count"
+    cols = varlen_plan(cu(lens_k), cu(lens_q), block, rows_are_queries=False).tolist()
+    swapped = plan_model(lens_k, lens_q, block)
+    got = [(r[0], r[3], r[4], r[1], r[2]) for r in cols[:-1]] + [cols[-1][0]]
+    assert got == swapped, f"key-side plan {got} != model {swapped}"
