@@ -436,6 +436,26 @@ def launch_paged(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Allocate, launch the attention kernel (and the merge when num_splits > 1); no host sync.
 
+    No validation: the inputs must have passed `plan_paged` (or `check_inputs`). Lengths and
+    block ids are read on the device, so one launch serves any seq_lens / block_tables values
+    of the planned shapes, which makes it capturable in a CUDA graph (the way to reach a few
+    microseconds per short decode step; Python launches cost about 25 us)::
+
+        plan = plan_paged(q, k_cache, v_cache, block_tables, seq_lens)  # validates once
+        run = lambda: launch_paged(q, k_cache, v_cache, block_tables, seq_lens, None, None,
+                                   scale=plan.scale, num_splits=plan.num_splits,
+                                   kv_layout="NHD", config=plan.config)
+        run()  # compiles the kernels outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, lse = run()
+        # each step: copy the new q / seq_lens / block_tables into the captured tensors, then
+        graph.replay()  # out, lse now hold the step's result
+
+    A replay validates nothing: keep seq_lens <= max_blocks * block_size and the ids of the
+    pages read in [0, num_blocks). Plan with the longest context the graph will serve; the
+    split count it picks is correct for every shorter one.
+
     Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32.
     """
     b, hq, lq, head_dim = q.shape
@@ -695,6 +715,11 @@ def paged_attention(
             before any launch.
         UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
             kernel source on this device (the message names the `attnverify verify` command).
+
+    Each call validates its inputs (one host synchronisation, `check_inputs`) and launches
+    from Python. A decode loop that calls with the same shapes every step can validate once
+    (`plan_paged`) and capture `launch_paged` in a CUDA graph (see its docstring): at B = 1,
+    context 1024 that is about 10 us per step instead of about 25 us.
     """
     plan = plan_paged(
         q,

@@ -30,16 +30,20 @@ from hypothesis import strategies as st
 
 from attnverify.arch import CPU_INTERPRETER, arch_from_name
 from attnverify.kernels import _gate
+from attnverify.kernels import paged as kernel
 from attnverify.kernels.paged import (
     MERGE_MAX_BLOCK_S,
     MIN_TILES_PER_SPLIT,
     WAVES,
+    check_inputs,
     default_num_splits,
     merge_attention_states,
     paged_attention,
     pick_config,
+    plan_paged,
 )
 from attnverify.reference import paged as ref
+from attnverify.validation import check_paged_inputs
 from attnverify.verify import check
 from attnverify.verify.case import Case
 from attnverify.verify.compare import compare
@@ -410,3 +414,167 @@ def test_merge_bad_input_raises() -> None:
         merge_attention_states(out, torch.zeros(2, 4, device=DEVICE))
     with pytest.raises(TypeError, match="lse"):
         merge_attention_states(out, torch.zeros(2, 3, device=DEVICE, dtype=torch.float16))
+
+
+# ---------------------------------------------------------------- validation on the device
+
+
+def _outcome(fn, *args) -> tuple:
+    """(error type, message) if fn raises TypeError / ValueError, else ("ok", result)."""
+    try:
+        return ("ok", fn(*args))
+    except (TypeError, ValueError) as exc:
+        return (type(exc), str(exc))
+
+
+def _check_args(x: dict, **changes) -> tuple:
+    """check_paged_inputs's positional arguments for the inputs `x` with `changes`."""
+    x = {**x, **changes}
+    return (
+        *(x[n] for n in ("q", "k_cache", "v_cache", "block_tables", "seq_lens")),
+        x.get("scale"),
+        x["k_descale"],
+        x["v_descale"],
+        x.get("num_splits"),
+        x.get("kv_layout", "NHD"),
+    )
+
+
+@st.composite
+def table_values(draw: st.DrawFn) -> tuple:
+    """Tables and lengths that break the value rules now and then: lengths in
+    [-1, capacity + 1], ids in [-2, num_blocks + 1]; shrinks towards valid single requests."""
+    block_size = draw(st.sampled_from([1, 4, 8]))
+    num_blocks = draw(st.integers(0, 6))
+    max_blocks = draw(st.integers(0, 4))
+    batch = draw(st.integers(0, 3))
+    lens = draw(st.lists(st.integers(0, max_blocks * block_size), min_size=batch, max_size=batch))
+    if batch and draw(st.booleans()):
+        lens[draw(st.integers(0, batch - 1))] = draw(
+            st.sampled_from([-1, max_blocks * block_size + 1])
+        )
+    ids = st.integers(0, max(num_blocks - 1, 0)) | st.sampled_from(
+        [-2, -1, num_blocks, num_blocks + 1]
+    )
+    tables = draw(
+        st.lists(
+            st.lists(ids, min_size=max_blocks, max_size=max_blocks), min_size=batch, max_size=batch
+        )
+    )
+    return block_size, num_blocks, max_blocks, lens, tables
+
+
+@settings(max_examples=40)
+@given(values=table_values())
+@example(values=(8, 0, 1, [0], [[-1]]))  # no pool at all: valid, every entry unread
+@example(values=(8, 3, 2, [9, 0], [[0, 3], [-1, -1]]))  # the second page read is past the pool
+@example(values=(4, 2, 2, [8, -1], [[0, 1], [0, 1]]))  # negative length
+@example(values=(4, 2, 2, [9], [[0, 1]]))  # past capacity
+def test_paged_device_checks_agree_with_host_checks(values: tuple) -> None:
+    """`check_inputs` (value rules on the device, one host read) accepts exactly what
+    `check_paged_inputs` accepts, returns its scale and longest length, and raises its error;
+    valid input takes the device path."""
+    block_size, num_blocks, max_blocks, lens, tables = values
+    batch = len(lens)
+    x = {
+        "q": torch.zeros(batch, 2, 1, 8, device=DEVICE),
+        "k_cache": torch.zeros(num_blocks, block_size, 1, 8, device=DEVICE),
+        "v_cache": torch.zeros(num_blocks, block_size, 1, 8, device=DEVICE),
+        "block_tables": torch.tensor(tables, dtype=torch.int32, device=DEVICE).reshape(
+            batch, max_blocks
+        ),
+        "seq_lens": torch.tensor(lens, dtype=torch.int32, device=DEVICE),
+        "k_descale": None,
+        "v_descale": None,
+    }
+    args = _check_args(x)
+    want = _outcome(check_paged_inputs, *args)
+    widths = []  # block-table widths the host check saw: 0 for the stand-in
+
+    def spy(*a):
+        widths.append(a[3].shape[1])
+        return check_paged_inputs(*a)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "check_paged_inputs", spy)
+        got = _outcome(check_inputs, *args)
+    if want[0] == "ok":
+        assert got == ("ok", (want[1].scale, max(want[1].seq_lens, default=0)))
+        # valid input never falls back to reading tables on the host (but for an empty pool)
+        assert widths == [0] or (num_blocks == 0 and max_blocks), widths
+    else:
+        assert got == want
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"block_tables": lambda t: t.long()},
+        {"seq_lens": lambda t: t[:1]},
+        {"block_tables": lambda t: t.to("meta")},
+        {"num_splits": 0},
+        {"kv_layout": "NDH"},
+        {"k_descale": torch.tensor(1.0, device=DEVICE)},
+        {"scale": float("nan")},
+        {"q": lambda t: t.to(torch.int32)},
+        {"v_cache": lambda t: t[:, :4]},
+    ],
+    ids=[
+        "tables-int64",
+        "lens-shape",
+        "tables-device",
+        "splits",
+        "layout",
+        "descale",
+        "scale",
+        "q-int",
+        "v-shape",
+    ],
+)
+def test_paged_shape_checks_raise_the_host_error(change: dict) -> None:
+    """Shape / dtype / device / option errors found on the stand-ins are check_paged_inputs's
+    own errors with the real tensors in the message, raised before any launch."""
+    x = PagedInputs(seq_lens=(20, 4)).build(poison=0.0)
+    key, value = next(iter(change.items()))
+    args = _check_args(x, **{key: value(x[key]) if callable(value) else value})
+    want = _outcome(check_paged_inputs, *args)
+    assert want[0] in (TypeError, ValueError)
+    assert _outcome(check_inputs, *args) == want
+
+
+def test_paged_bad_values_raise_before_any_launch(monkeypatch) -> None:
+    """A used block id past the pool raises check_paged_inputs's message; nothing launches."""
+    launches = []
+    monkeypatch.setattr(kernel, "launch_paged", lambda *a, **k: launches.append(a))
+    x = PagedInputs(seq_lens=(20, 4)).build(poison=0.0)
+    x["block_tables"][1, 0] = 99
+    want = _outcome(check_paged_inputs, *_check_args(x))
+    assert want[0] is ValueError and "block_tables[1, 0] = 99" in want[1]
+    assert _outcome(lambda: paged_attention(**x)) == want
+    assert launches == []
+
+
+def test_paged_valid_input_reads_the_device_once(monkeypatch) -> None:
+    """Valid input: the host check only sees storage-free stand-ins (no table read on the
+    host), and the values come back in exactly one read of the inputs' device."""
+    seen, reads = [], []
+    host_check, tolist = kernel.check_paged_inputs, torch.Tensor.tolist
+
+    def spy_check(*args):
+        seen.append(args[3].shape)
+        return host_check(*args)
+
+    def spy_tolist(self):
+        if any(self.stride()):  # not a stand-in (an expanded 0-d tensor, every stride 0)
+            reads.append(self.shape)
+        return tolist(self)
+
+    x = PagedInputs(seq_lens=(37, 0, 16)).build()
+    monkeypatch.setattr(kernel, "check_paged_inputs", spy_check)
+    monkeypatch.setattr(torch.Tensor, "tolist", spy_tolist)
+    plan = plan_paged(**x)
+    assert seen == [(3, 0)], seen
+    assert len(reads) == 1, reads
+    assert plan.num_splits == default_num_splits(
+        3 * 2, 37, plan.config.block_n, CPU_INTERPRETER.num_sms
+    )
