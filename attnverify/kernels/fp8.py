@@ -88,10 +88,13 @@ def _config(
 
 # The interpreter runs one small pinned config (CPU time grows with the tile size).
 INTERPRETER_CONFIG = _config(32, 32, 4, 1)
+# BLOCK_M 64 with 4 warps leaves room for two programs per SM (one's exponentials overlap the
+# other's tensor-core work).
 GPU_CONFIGS = [
-    _config(128, bn, w, s)
-    for bn, w, s in ((128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3),
-                     (64, 8, 3), (64, 8, 4), (64, 4, 3), (64, 4, 4))
+    _config(bm, bn, w, s)
+    for bm, bn, w, s in ((128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 128, 4, 3),
+                         (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 3), (128, 64, 4, 4),
+                         (64, 128, 4, 2), (64, 64, 4, 3))
 ]  # fmt: skip
 # Tuned per head dim, causality, load path, V layout (K-major V pipelines differently),
 # accumulation precision and Lk's power of two up to 16384 (`lk_bucket`, an argument the kernel
