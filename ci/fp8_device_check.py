@@ -41,11 +41,12 @@ from triton.testing import do_bench
 
 from attnverify.arch import current_arch
 from attnverify.kernels import fp8 as kfp8
-from attnverify.reference._common import attend
+from attnverify.reference._common import attend, causal_visible
 from attnverify.reference.fp8 import dequantize, quantize_fp8
 from attnverify.reference.fp8 import fp8_attention as oracle
 from attnverify.validation import check_fp8_inputs
-from attnverify.verify.compare import compare
+from attnverify.verify.compare import Comparison, compare
+from attnverify.verify.gqa import term_magnitudes
 from attnverify.verify.tolerance import arch_kind, lookup
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -196,16 +197,12 @@ def run_case(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
         *deq, scale=scale, causal=case["causal"], compute_dtype=torch.float32, p_dtype=case["v"]
     )
     dtype_name = _name(case["qk"])
-    path = f"fp8/{dtype_name}"
-    kind = arch_kind(device)
     out, lse = results[0]
     empty_rows = (ref_lse == float("-inf"))[..., None]
-    comps = [
-        compare(f"{path}/out", "out", out, ref_out, base_out, lookup("fp8", dtype_name, "out", kind),
-                case["out"], zeros=empty_rows),
-        compare(f"{path}/lse", "lse", lse, ref_lse, base_lse, lookup("fp8", dtype_name, "lse", kind),
-                torch.float32),
-    ]  # fmt: skip
+    comps = judge(
+        f"fp8/{dtype_name}", dtype_name, (out, lse), (ref_out, ref_lse), (base_out, base_lse),
+        magnitudes(x, ref_out, ref_lse, case["causal"], scale), case["out"], device, empty_rows,
+    )  # fmt: skip
     out2, lse2 = results[1]
     bitwise = torch.equal(out, out2) and torch.equal(lse, lse2)
     return {
@@ -214,6 +211,46 @@ def run_case(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
         "ratios": {c.quantity: c.ratio for c in comps},
         "failures": [str(c) for c in comps if not c.passed],
     }
+
+
+def magnitudes(
+    x: dict[str, torch.Tensor],
+    ref_out: torch.Tensor,
+    ref_lse: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> dict[str, float]:
+    """The harness's floor/cap magnitudes (`Fp8Spec.magnitudes`): largest summands of out and
+    lse from the dequantized inputs in float64."""
+    q, k, v = (dequantize(x[n], x[f"{n}_descale"], torch.float64) for n in ("q", "k", "v"))
+    lq, lk = q.shape[2], k.shape[2]
+    seen = torch.ones((lq, lk), dtype=torch.bool, device=q.device)
+    if causal:
+        seen = causal_visible(lq, lk, q.device)
+    return term_magnitudes(q, k, v, None, ref_out, ref_lse, seen, None, scale)
+
+
+def judge(
+    path: str,
+    dtype_name: str,
+    got: tuple[torch.Tensor, torch.Tensor],
+    ref: tuple[torch.Tensor, torch.Tensor],
+    base: tuple[torch.Tensor, torch.Tensor],
+    mags: dict[str, float],
+    out_dtype: torch.dtype,
+    device: torch.device,
+    empty_rows: torch.Tensor | None = None,
+) -> list[Comparison]:
+    """out and lse against the oracle with the harness's rule for this arch (as its runner)."""
+    kind = arch_kind(device)
+    return [
+        compare(f"{path}/{quantity}", quantity, g, r, b, lookup("fp8", dtype_name, quantity, kind),
+                dt, zeros=z, magnitude=mags[quantity], logit_scale=mags["lse"])
+        for quantity, g, r, b, dt, z in (
+            ("out", got[0], ref[0], base[0], out_dtype, empty_rows),
+            ("lse", got[1], ref[1], base[1], torch.float32, None),
+        )
+    ]  # fmt: skip
 
 
 def describe(case: dict[str, Any]) -> str:
@@ -393,27 +430,21 @@ def bench(device: torch.device, log: Callable, length: int = 8192) -> dict[str, 
     rows: dict[str, Any] = {}
     refs: dict[bool, tuple] = {}
     sub = slice(max(0, length - 512), length)
-    kind = arch_kind(device)
 
     def check(out: torch.Tensor, lse: torch.Tensor, causal: bool) -> dict[str, Any]:
         if causal not in refs:
-            q_sub = x.q8[:, :, sub]
-            ref = oracle(q_sub, x.k8, x.v8, x.qd, x.kd, x.vd, causal=causal, return_lse=True)
-            deq = [dequantize(t, s, torch.float32)
-                   for t, s in ((q_sub, x.qd), (x.k8, x.kd), (x.v8, x.vd))]  # fmt: skip
+            xs = {"q": x.q8[:, :, sub], "k": x.k8, "v": x.v8,
+                  "q_descale": x.qd, "k_descale": x.kd, "v_descale": x.vd}  # fmt: skip
+            ref = oracle(*xs.values(), causal=causal, return_lse=True)
+            deq = [dequantize(xs[n], xs[f"{n}_descale"], torch.float32) for n in "qkv"]
             base = attend(*deq, scale=x.scale, causal=causal, compute_dtype=torch.float32,
                           p_dtype=E4M3)  # fmt: skip
-            refs[causal] = (*ref, base[0].to(torch.bfloat16), base[1])
-        ref_out, ref_lse, base_out, base_lse = refs[causal]
-        res = {}
-        for quantity, got, want, bl, dt in (
-            ("out", out, ref_out, base_out, torch.bfloat16),
-            ("lse", lse, ref_lse, base_lse, torch.float32),
-        ):
-            c = compare(f"fp8/bench/{quantity}", quantity, got[:, :, sub], want, bl,
-                        lookup("fp8", "float8_e4m3fn", quantity, kind), dt)  # fmt: skip
-            res[quantity] = {"passed": c.passed, "ratio": c.ratio}
-        return res
+            mags = magnitudes(xs, *ref, causal, x.scale)
+            refs[causal] = (ref, (base[0].to(torch.bfloat16), base[1]), mags)
+        ref, base, mags = refs[causal]
+        comps = judge("fp8/bench", "float8_e4m3fn", (out[:, :, sub], lse[:, :, sub]), ref, base,
+                      mags, torch.bfloat16, device)  # fmt: skip
+        return {c.quantity: {"passed": c.passed, "ratio": c.ratio} for c in comps}
 
     def timed(name: str, fn: Callable[[], Any], work: float, rep: int = 300, **extra: Any) -> None:
         try:
