@@ -30,7 +30,13 @@ import triton
 from attnverify.kernels._common import HeadDimSplit, split_head_dim, use_interpreter
 from attnverify.kernels._flash_bwd import flash_dkdv, flash_dq
 from attnverify.kernels._flash_fwd import flash_fwd
-from attnverify.kernels._flash_plan import list_strides, mask_tile_lists, max_items, varlen_plan
+from attnverify.kernels._flash_plan import (
+    list_strides,
+    mask_tile_classes,
+    mask_tile_lists,
+    max_items,
+    varlen_plan,
+)
 from attnverify.kernels._flash_tiles import AUTOTUNE_ENV, INTERPRETER_BLOCK, LOG2E
 
 GPU_MASK_BLOCK = 128  # edge of the block-sparse tiles; every BLOCK_* of the passes divides it
@@ -133,6 +139,23 @@ def _named(prefix: str, axes: str, x: torch.Tensor, is_varlen: bool, align: int)
     return _stride_kw(prefix, axes, (z // align, h // align, r // align, d))
 
 
+def _mask_block(q: torch.Tensor, *configs: FlashConfig | None) -> int:
+    """Edge of the block-sparse tiles: every block of the passes (pinned ones too) divides it."""
+    base = INTERPRETER_BLOCK if use_interpreter(q) else GPU_MASK_BLOCK
+    pinned = [max(c.block_outer, c.block_inner) for c in configs if c is not None]
+    return max([base, *pinned])
+
+
+def _tile_classes(
+    q: torch.Tensor, problem: FlashProblem, mask: torch.Tensor | None, mask_block: int
+) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    return mask_tile_classes(
+        mask, problem.seqlen_q, problem.seqlen_k, mask_block, causal=problem.causal
+    )
+
+
 def _prepare(
     q: torch.Tensor,
     problem: FlashProblem,
@@ -141,14 +164,13 @@ def _prepare(
     config: FlashConfig | None,
     *,
     rows: bool,
+    classes: torch.Tensor | None,
+    mask_block: int,
 ) -> tuple[dict, tuple[int, int, int]]:
     """Keyword arguments shared by every pass, and the grid of a pass whose programs own
     query blocks (`rows`: forward, dq) or KV blocks (dk/dv); builds its plan / tile lists."""
     split = split_head_dim(q.shape[-1])
-    interpreter = use_interpreter(q)
-    outer = config.block_outer if config else _outer_block(split, q.dtype, interpreter)
-    base = INTERPRETER_BLOCK if interpreter else GPU_MASK_BLOCK
-    mask_block = max(base, outer, config.block_inner if config else 0)
+    outer = config.block_outer if config else _outer_block(split, q.dtype, use_interpreter(q))
     lq, lk = problem.seqlen_q, problem.seqlen_k
     work, num_seqs, search_top = q, 1, 1
     if problem.is_varlen:
@@ -161,8 +183,8 @@ def _prepare(
     else:
         grid = (triton.cdiv(lq if rows else lk, outer), problem.num_q_heads, problem.batch)
     tiles, tile_strides = q, (0, 0, 0)
-    if mask is not None:
-        tiles = mask_tile_lists(mask, lq, lk, mask_block, causal=problem.causal, rows=rows)
+    if classes is not None:
+        tiles = mask_tile_lists(classes, rows=rows)
         tile_strides = list_strides(tiles)
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,
@@ -227,7 +249,11 @@ def flash_forward(
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    kwargs, grid = _prepare(q, problem, mask, bias, config, rows=True)
+    mask_block = _mask_block(q, config)
+    classes = _tile_classes(q, problem, mask, mask_block)
+    kwargs, grid = _prepare(
+        q, problem, mask, bias, config, rows=True, classes=classes, mask_block=mask_block
+    )
     k, v = (k, v) if k.numel() else (q, q)
     al = _alignment(vl, q, k, v, out)
     _launch(
@@ -329,7 +355,11 @@ def flash_backward(
         **_named("v", "zhnd", v, vl, al), **_named("do", "zhmd", do, vl, al),
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
     )  # fmt: skip
-    kwargs, grid = _prepare(q, problem, mask, bias, config_dkdv, rows=False)
+    mask_block = _mask_block(q, config_dkdv, config_dq)
+    classes = _tile_classes(q, problem, mask, mask_block)
+    kwargs, grid = _prepare(
+        q, problem, mask, bias, config_dkdv, rows=False, classes=classes, mask_block=mask_block
+    )
     db_buf, mode = q, 0
     if need_dbias:
         db_buf, mode = _dbias_buffer(q, problem, bias, kwargs["BLOCK_OUTER"])
@@ -339,7 +369,9 @@ def flash_backward(
         **_stride_kw("db", "zhmn", db_buf.stride() if mode else (0, 0, 0, 0)),
         **shared, **kwargs,
     )  # fmt: skip
-    kwargs, grid = _prepare(q, problem, mask, bias, config_dq, rows=True)
+    kwargs, grid = _prepare(
+        q, problem, mask, bias, config_dq, rows=True, classes=classes, mask_block=mask_block
+    )
     _launch(
         flash_dq, grid, config_dq, DQ=dq, **_named("dq", "zhmd", dq, vl, al), **shared, **kwargs
     )

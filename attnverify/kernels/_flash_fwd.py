@@ -21,7 +21,6 @@ from attnverify.kernels._flash_tiles import (
     _aligned,
     _base,
     _load_split,
-    _load_tile,
     _row_loops,
     _scores,
     _tile_lists,

@@ -6,9 +6,10 @@ cu_seqlens or of the mask (no synchronisation, nothing copied to the host):
   the first grid item of each; the attention kernels find their sequence by binary search
   (`_flash_tiles._work_item`). Grid items are row blocks, so skewed batches (one 8k image and
   many 256-token ones) start the long sequences' blocks first.
-- `mask_tile_lists`: per outer block (a query block for the forward and dq passes, a KV block
-  for the dk/dv pass) the MASK_BLOCK tiles that hold a visible key, split into full ones (mask
-  all True, in range, causally visible: run with no mask load and no bounds) and partial ones.
+- `mask_tile_classes` + `mask_tile_lists`: every MASK_BLOCK^2 tile classed in parallel (one
+  read of the mask), then per outer block (a query block for the forward and dq passes, a KV
+  block for the dk/dv pass) the tiles that hold a visible key, split into full ones (mask all
+  True, in range, causally visible: run with no mask load and no bounds) and partial ones.
   Tiles whose mask block is all False appear in neither list: no loads, no math.
 """
 
@@ -20,7 +21,8 @@ import triton.language as tl
 
 PLAN_FIELDS = 5  # first item, start_q, len_q, start_k, len_k
 PLAN_CHUNK = 64
-LIST_HEADER = 2  # n_full, n_partial before the entries of a tile-list row
+LIST_HEADER = 2  # n_full, n_partial before the entries of a tile-list row (`_tile_lists`)
+LIST_CHUNK = 128  # tile classes compacted per step
 
 
 @triton.jit
@@ -99,69 +101,103 @@ def max_items(total_rows: int, num_seqs: int, block: int) -> int:
 
 
 @triton.jit
-def _mask_tile_lists_kernel(
-    Mask, Lists, stride_mz, stride_mh, stride_mm, stride_mn, stride_lz, stride_lh, stride_lo,
-    len_q, len_k, n_inner,
-    MASK_BLOCK: tl.constexpr, IS_CAUSAL: tl.constexpr, ROWS_OUTER: tl.constexpr,
+def _tile_class_kernel(
+    Mask, Classes, stride_mz, stride_mh, stride_mm, stride_mn, len_q, len_k, n_k_tiles,
+    MASK_BLOCK: tl.constexpr, IS_CAUSAL: tl.constexpr,
 ):  # fmt: skip
-    """List row of outer block `pid`: [n_full, n_partial, full tiles ascending ...,
-    partial tiles descending from the row's end]; tile classes over MASK_BLOCK^2 pairs."""
-    o, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs = tl.arange(0, MASK_BLOCK)
+    """Class of one MASK_BLOCK^2 tile: 0 nothing visible, 1 partly, 2 every pair visible (mask
+    True, in range, causally visible). Classes: (Bm, Hm, nq, nk) uint8, contiguous."""
+    pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    qi = pid // n_k_tiles
+    ki = pid % n_k_tiles
+    rows = qi * MASK_BLOCK + tl.arange(0, MASK_BLOCK)
+    cols = ki * MASK_BLOCK + tl.arange(0, MASK_BLOCK)
+    # [MASK_BLOCK, MASK_BLOCK]
+    visible = (rows < len_q)[:, None] & (cols < len_k)[None, :]
+    if IS_CAUSAL:
+        visible = visible & (cols[None, :] <= rows[:, None] + len_k - len_q)
     base = Mask + z.to(tl.int64) * stride_mz + h.to(tl.int64) * stride_mh
+    ptrs = base + rows.to(tl.int64)[:, None] * stride_mm + cols[None, :] * stride_mn
+    live = tl.sum((tl.load(ptrs, mask=visible, other=0) != 0).to(tl.int32))
+    cls = tl.where(live == MASK_BLOCK * MASK_BLOCK, 2, tl.where(live > 0, 1, 0))
+    n_tiles = tl.num_programs(0)
+    out = Classes + (z.to(tl.int64) * tl.num_programs(1) + h) * n_tiles + pid
+    tl.store(out, cls.to(tl.uint8))
+
+
+@triton.jit
+def _tile_lists_kernel(
+    Classes, Lists, stride_co, stride_ci, n_inner, stride_lz, stride_lh, stride_lo,
+    HEADER: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Compact the classes of outer block `pid` into its list row: [n_full, n_partial, full
+    tiles ascending ..., partial tiles descending from the row's end]."""
+    o, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nh = tl.num_programs(1)
+    cls_row = Classes + (z.to(tl.int64) * nh + h) * (tl.num_programs(0) * n_inner) + o * stride_co
     row = Lists + z.to(tl.int64) * stride_lz + h.to(tl.int64) * stride_lh + o * stride_lo
     n_full = o * 0
     n_part = o * 0
-    for t in range(0, n_inner):
-        if ROWS_OUTER:
-            rows = o * MASK_BLOCK + offs
-            cols = t * MASK_BLOCK + offs
-        else:
-            rows = t * MASK_BLOCK + offs
-            cols = o * MASK_BLOCK + offs
-        # [MASK_BLOCK, MASK_BLOCK]
-        visible = (rows < len_q)[:, None] & (cols < len_k)[None, :]
-        if IS_CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None] + len_k - len_q)
-        ptrs = base + rows.to(tl.int64)[:, None] * stride_mm + cols[None, :] * stride_mn
-        live = tl.sum((tl.load(ptrs, mask=visible, other=0) != 0).to(tl.int32))
-        is_full = live == MASK_BLOCK * MASK_BLOCK
-        is_part = (live > 0) & (live < MASK_BLOCK * MASK_BLOCK)
-        tl.store(row + LIST_HEADER + n_full, t, mask=is_full)
-        tl.store(row + LIST_HEADER + n_inner - 1 - n_part, t, mask=is_part)
-        n_full += is_full.to(tl.int32)
-        n_part += is_part.to(tl.int32)
+    for c0 in range(0, n_inner, CHUNK):
+        t = c0 + tl.arange(0, CHUNK)
+        cls = tl.load(cls_row + t * stride_ci, mask=t < n_inner, other=0)
+        full = (cls == 2).to(tl.int32)
+        part = (cls == 1).to(tl.int32)
+        tl.store(row + HEADER + n_full + tl.cumsum(full, 0) - 1, t, mask=full != 0)
+        tl.store(row + HEADER + n_inner - n_part - tl.cumsum(part, 0), t, mask=part != 0)
+        n_full += tl.sum(full, 0)
+        n_part += tl.sum(part, 0)
     tl.store(row, n_full)
     tl.store(row + 1, n_part)
 
 
-def mask_tile_lists(
-    mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block: int, *, causal: bool, rows: bool
+def mask_tile_classes(
+    mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block: int, *, causal: bool
 ) -> torch.Tensor:
-    """Block-sparse schedule of a boolean mask (True = attend), causal and bounds folded in.
+    """Class of every `block x block` tile of the (Lq, Lk) score matrix under `mask`.
 
     Args:
-        mask: (Bm, Hm, Lqm, Lkm) bool, broadcast dims of size 1 (read at stride 0).
+        mask: (Bm, Hm, Lqm, Lkm) bool, True = attend; broadcast dims of size 1 (read at stride 0).
         seqlen_q, seqlen_k: Lq, Lk.
         block: MASK_BLOCK, the tile edge; every BLOCK_M / BLOCK_N of the passes divides it.
         causal: bottom-right causal: tiles above the diagonal are empty, on it partial.
+
+    Returns:
+        (Bm, Hm, ceil(Lq / block), ceil(Lk / block)) uint8: 0 nothing visible (skipped),
+        1 partly visible (masked tile), 2 fully visible (no mask read, no bounds).
+    """
+    nq, nk = triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block)
+    bm, hm = mask.shape[:2]
+    classes = torch.empty((bm, hm, nq, nk), dtype=torch.uint8, device=mask.device)
+    strides = [0 if n == 1 else s for n, s in zip(mask.shape, mask.stride(), strict=True)]
+    _tile_class_kernel[(nq * nk, hm, bm)](
+        mask.view(torch.uint8), classes, *strides, seqlen_q, seqlen_k, nk,
+        MASK_BLOCK=block, IS_CAUSAL=causal,
+    )  # fmt: skip
+    return classes
+
+
+def mask_tile_lists(classes: torch.Tensor, *, rows: bool) -> torch.Tensor:
+    """Block-sparse schedule from `mask_tile_classes`.
+
+    Args:
+        classes: (Bm, Hm, nq, nk) uint8 tile classes.
         rows: True: one list row per query tile listing KV tiles (forward, dq pass);
             False: one per KV tile listing query tiles (dk/dv pass).
 
     Returns:
         (Bm, Hm, n_outer, 2 + n_inner) int32: per row [n_full, n_partial, entries]; full tiles
-        from entry 0 up, partial ones from the last entry down.
+        from entry 0 up, partial ones from the last entry down (both ascending in tile index).
     """
-    nq, nk = triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block)
+    bm, hm, nq, nk = classes.shape
     n_outer, n_inner = (nq, nk) if rows else (nk, nq)
-    bm, hm = mask.shape[:2]
     lists = torch.empty(
-        (bm, hm, n_outer, LIST_HEADER + n_inner), dtype=torch.int32, device=mask.device
+        (bm, hm, n_outer, LIST_HEADER + n_inner), dtype=torch.int32, device=classes.device
     )
-    strides = [0 if n == 1 else s for n, s in zip(mask.shape, mask.stride(), strict=True)]
-    _mask_tile_lists_kernel[(n_outer, hm, bm)](
-        mask.view(torch.uint8), lists, *strides, *lists.stride()[:3], seqlen_q, seqlen_k,
-        n_inner, MASK_BLOCK=block, IS_CAUSAL=causal, ROWS_OUTER=rows,
+    stride_co, stride_ci = (nk, 1) if rows else (1, nk)
+    _tile_lists_kernel[(n_outer, hm, bm)](
+        classes, lists, stride_co, stride_ci, n_inner, *lists.stride()[:3],
+        HEADER=LIST_HEADER, CHUNK=LIST_CHUNK,
     )  # fmt: skip
     return lists
 
@@ -172,4 +208,4 @@ def list_strides(lists: torch.Tensor) -> tuple[int, int, int]:
     return (0 if bm == 1 else lists.stride(0), 0 if hm == 1 else lists.stride(1), lists.stride(2))
 
 
-__all__ = ["list_strides", "mask_tile_lists", "max_items", "varlen_plan"]
+__all__ = ["list_strides", "mask_tile_classes", "mask_tile_lists", "max_items", "varlen_plan"]

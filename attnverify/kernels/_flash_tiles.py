@@ -151,7 +151,7 @@ def _tile_lists(Tiles, z, h, outer, stride_tz, stride_th, stride_to, HAS_MASK: t
         row = _base(Tiles, z, h, outer, stride_tz, stride_th, stride_to)
         n_full = tl.load(row)
         n_part = tl.load(row + 1)
-        entries = row + 2
+        entries = row + 2  # _flash_plan.LIST_HEADER
     else:
         entries = Tiles
         n_full = outer * 0
