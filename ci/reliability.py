@@ -13,7 +13,8 @@ Subcommands (each prints one line per check and exits non-zero if any check fail
                  kernels on the GPU: same error, no CUDA error left, next valid call correct.
 
 Usage: PYTHONPATH=. python ci/reliability.py cases|determinism|offsets|bad-input [--repeats N]
-RELIABILITY_DEVICE=cpu TRITON_INTERPRET=1 runs the same code through the interpreter (a dry run).
+RELIABILITY_DEVICE=cpu TRITON_INTERPRET=1 runs the same code through the interpreter (a dry run;
+RELIABILITY_OFFSET_LIMIT=65536 shrinks the offsets checks' 2^31 to fit a CPU).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 from attnverify import kernels as K
 from attnverify import reference as R
+from attnverify.arch import current_arch
 from attnverify.verify.case import VARIANTS
 from attnverify.verify.compare import compare
 from attnverify.verify.specs import get_spec
@@ -99,55 +101,132 @@ def run_determinism(args: argparse.Namespace) -> int:
 
 
 def run_offsets(_: argparse.Namespace) -> int:
-    """Views whose index * stride passes 2^31 elements, checked on sampled rows."""
+    """Tensors or views whose index * stride passes 2^31 elements, one check per kernel, each
+    against the float64 oracle on sampled rows; a check that raises (an illegal address, say)
+    is a failure and the others still run."""
+    checks = {
+        "gqa batch stride 2^31": _offsets_gqa,
+        "fp8 batch stride 2^31": _offsets_fp8,
+        "varlen Tq*Hq*D > 2^31": _offsets_varlen,
+        "paged num_blocks*block*Hk*D > 2^31": _offsets_paged,
+        "merge R*S*D > 2^31": _offsets_merge,
+    }
     failed = 0
-    big = 2**31 + 2**20
-    # gqa / fp8: batch stride past 2^31 elements (B=2, the second batch starts beyond 2^31).
-    buf = torch.randn(big, device=DEV, dtype=torch.bfloat16)
-    hq, L, d = 4, 256, 128
-    q = buf.as_strided((2, hq, L, d), (2**31, L * d, d, 1))
-    k = buf.as_strided((2, 2, L, d), (2**31, L * d, d, 1), storage_offset=hq * L * d)
-    v = buf.as_strided((2, 2, L, d), (2**31, L * d, d, 1), storage_offset=(hq + 2) * L * d)
+    for name, check in checks.items():
+        try:
+            failed += check()
+        except Exception as err:  # an illegal address is what this check looks for
+            failed += 1
+            print(f"FAIL offsets {name}: raised {type(err).__name__}: {err}")
+        _sync()
+        if DEV.type == "cuda":
+            torch.cuda.empty_cache()
+    return int(failed > 0)
+
+
+# The element count the offsets checks pass: 2^31 (a CPU dry run may lower it).
+LIMIT = int(os.environ.get("RELIABILITY_OFFSET_LIMIT", 2**31))
+# bfloat16 on a GPU; float16 for a CPU dry run (the interpreter's bf16 dot is wrong, triton#11584)
+HALF = torch.bfloat16 if DEV.type == "cuda" else torch.float16
+
+
+def _batch_stride_views(dtype: torch.dtype, hq: int, hk: int, length: int, d: int) -> tuple:
+    """q (2, hq, length, d) and k, v (2, hk, length, d) over one buffer with batch stride LIMIT
+    elements: every element of batch 1 sits past LIMIT."""
+    buf = torch.randn(LIMIT + (hq + 2 * hk) * length * d, device=DEV).to(dtype)
+    shape_q, shape_k = (2, hq, length, d), (2, hk, length, d)
+    stride = (LIMIT, length * d, d, 1)
+    q = buf.as_strided(shape_q, stride)
+    k = buf.as_strided(shape_k, stride, storage_offset=hq * length * d)
+    v = buf.as_strided(shape_k, stride, storage_offset=(hq + hk) * length * d)
+    return q, k, v
+
+
+def _offsets_gqa() -> int:
+    q, k, v = _batch_stride_views(HALF, 4, 2, 256, 128)
     out = K.gqa_attention(q, k, v, causal=True)
     args = (q[1:].cpu(), k[1:].cpu(), v[1:].cpu())
-    failed += _judge("gqa", "batch stride 2^31", out[1:], R.gqa_attention, args, {"causal": True})
-    del buf, q, k, v, out
-    # varlen: Tq * Hq * D > 2^31 elements (2^31 / (16 * 128) = 1M tokens of 1024-token sequences).
+    return _judge("gqa", "batch stride 2^31", out[1:], R.gqa_attention, args, {"causal": True})
+
+
+def _offsets_fp8() -> int:
+    dtype = current_arch(DEV).fp8_dtypes[0] if DEV.type == "cuda" else torch.float8_e4m3fn
+    q, k, v = _batch_stride_views(dtype, 4, 2, 256, 128)
+    one = torch.ones((), device=DEV)
+    out = K.fp8_attention(q, k, v, one, one, one, causal=True)
+    args = (q[1:].cpu(), k[1:].cpu(), v[1:].cpu(), one.cpu(), one.cpu(), one.cpu())
+    spec = get_spec("fp8")
+    baseline = spec.baseline(spec.pinned_cases()[0])  # the fp8 baseline ignores the case's shape
+    kw = {"causal": True, "scale": None, "out_dtype": torch.bfloat16}
+    return _judge("fp8", "batch stride 2^31", out[1:], R.fp8_attention, args, kw, baseline)
+
+
+def _offsets_varlen() -> int:
+    # Tq * Hq * D > LIMIT elements (2^31 / (16 * 128) = 1M tokens of 1024-token sequences).
     hq, d, seq = 16, 128, 1024
-    total = 2**31 // (hq * d) + seq
+    total = (LIMIT // (hq * d) // seq + 1) * seq
     cu = torch.arange(0, total + 1, seq, dtype=torch.int32, device=DEV)
-    q = torch.randn(total, hq, d, device=DEV, dtype=torch.bfloat16)
+    q = torch.randn(total, hq, d, device=DEV, dtype=HALF)
     out = K.varlen_attention(q, q, q, cu, cu)
     last = q[total - seq :].cpu()
     args = (last, last, last, cu[:2].cpu(), cu[:2].cpu())
     name = f"Tq*Hq*D = {total * hq * d}"
-    failed += _judge("varlen", name, out[total - seq :], R.varlen_attention, args, {})
-    del q, out
-    # paged: num_blocks * block_size * Hk * D > 2^31, the request reads the last blocks.
-    block, hk, dd = 16, 8, 128
-    nblocks = 2**31 // (block * hk * dd) + 64
-    cache = torch.randn(nblocks, block, hk, dd, device=DEV, dtype=torch.bfloat16)
+    return _judge("varlen", name, out[total - seq :], R.varlen_attention, args, {})
+
+
+def _offsets_paged() -> int:
+    # num_blocks * block_size * Hk * D > LIMIT; the request reads the last blocks.
+    block, hk, d = 16, 8, 128
+    nblocks = LIMIT // (block * hk * d) + 64
+    cache = torch.randn(nblocks, block, hk, d, device=DEV, dtype=HALF)
     tables = torch.arange(nblocks - 64, nblocks, dtype=torch.int32, device=DEV)[None]
     lens = torch.tensor([1000], dtype=torch.int32, device=DEV)
-    qd = torch.randn(1, 32, 1, dd, device=DEV, dtype=torch.bfloat16)
-    out = K.paged_attention(qd, cache, cache, tables, lens)
+    q = torch.randn(1, 32, 1, d, device=DEV, dtype=HALF)
+    out = K.paged_attention(q, cache, cache, tables, lens)
     kv = cache[nblocks - 64 :].cpu()
-    args = (qd.cpu(), kv, kv, torch.arange(64, dtype=torch.int32)[None], lens.cpu())
-    name = f"num_blocks*block*Hk*D = {nblocks * block * hk * dd}"
-    failed += _judge("paged", name, out, R.paged_attention, args, {})
-    return int(failed > 0)
+    args = (q.cpu(), kv, kv, torch.arange(64, dtype=torch.int32)[None], lens.cpu())
+    name = f"num_blocks*block*Hk*D = {nblocks * block * hk * d}"
+    return _judge("paged", name, out, R.paged_attention, args, {})
+
+
+def _offsets_merge() -> int:
+    # (R, S, D) partials with R * S * D > LIMIT: the last rows are checked.
+    splits, d = 4, 128
+    rows = LIMIT // (splits * d) + 256
+    out = torch.randn(rows, splits, d, device=DEV, dtype=HALF)
+    lse = torch.randn(rows, splits, device=DEV, dtype=torch.float32)
+    merged, _ = K.merge_attention_states(out, lse)
+    args = (out[-256:].cpu(), lse[-256:].cpu())
+    name = f"R*S*D = {rows * splits * d}"
+    return _judge("merge", name, merged[-256:], _merged_out(R.merge_attention_states), args, {})
+
+
+def _merged_out(merge: Callable) -> Callable:
+    """The merge oracle's out alone (its lse is compared by the harness, not here)."""
+    return lambda *args, **kw: merge(*args, **kw)[0]
 
 
 def _judge(
-    variant: str, name: str, out: torch.Tensor, oracle: Callable, args: tuple, kw: dict
+    variant: str,
+    name: str,
+    out: torch.Tensor,
+    oracle: Callable,
+    args: tuple,
+    kw: dict,
+    baseline: Callable | None = None,
 ) -> int:
     """Compare `out` with the float64 oracle under the tolerance table's rule for `out`,
-    relative to the oracle run in the input dtype (the same-precision baseline)."""
+    relative to the same-precision baseline (default: the oracle run in out's dtype)."""
     dtype = out.dtype
     ref = oracle(*args, **kw)
-    baseline = oracle(*args, **kw, compute_dtype=dtype)
-    rule = lookup(variant, str(dtype).removeprefix("torch."), "out", "gpu")
-    result = compare(f"{variant}/{name}/out", "out", out.cpu(), ref, baseline, rule, dtype)
+    if baseline is None:
+        base = oracle(*args, **kw, compute_dtype=dtype)
+    else:
+        base = baseline(*args, **kw)
+    ref, base = (x[0] if isinstance(x, tuple) else x for x in (ref, base))
+    name_dtype = str(args[0].dtype if variant == "fp8" else dtype).removeprefix("torch.")
+    rule = lookup(variant, name_dtype, "out", "gpu")
+    result = compare(f"{variant}/{name}/out", "out", out.cpu(), ref, base, rule, dtype)
     print(f"{'ok  ' if result.passed else 'FAIL'} offsets {variant} {name}: {result}")
     return int(not result.passed)
 
