@@ -7,16 +7,20 @@
 #   bash ci/device.sh [LOGDIR] [--quick] [STEP ...]
 #
 # --quick: a smaller verification budget (`--examples 40`) for a time-boxed lease.
-# STEP: verify sanitizer determinism offsets bad-input agreement bench (default: all of them).
+# STEP: verify sanitizer determinism offsets bad-input agreement multi-gpu bench (default: all;
+# multi-gpu needs two or more GPUs).
 # VERIFY_JOBS (default 8): verify worker processes per GPU, so Triton compiles run in parallel.
 set -u
 logs=${1:-device-logs}
 shift $(($# > 0 ? 1 : 0))
 quick=
 if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
-steps=${*:-verify sanitizer determinism offsets bad-input agreement bench}
+steps=${*:-verify sanitizer determinism offsets bad-input agreement multi-gpu bench}
 mkdir -p "$logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
+# Autotune choices are cached on disk beside the compiled kernels: a later process (a verify
+# worker, the timed scaling runs) reuses them instead of benchmarking every config again.
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 status=0
 wanted() { [[ " $steps " == *" $1 "* ]]; }
 step() {  # step NAME COMMAND...: run, log to $logs/NAME.log, remember a failure
@@ -60,6 +64,24 @@ if wanted agreement; then
   step agree-gpu python3 -m attnverify "${agree[@]}" --device cuda:0 \
     --report "$logs/agree-gpu.json"
   step agreement python3 ci/agreement.py "$logs/agree-cpu.json" "$logs/agree-gpu.json"
+fi
+if wanted multi-gpu; then
+  # Scaling: the same cases on one GPU and sharded over all (a first sharded run fills the
+  # Triton cache, so both timed runs find their kernels compiled), then a dying worker.
+  scale=(verify --profile device --examples "${SCALE_EXAMPLES:-6}" --seed 1)
+  step scale-warm python3 -m attnverify "${scale[@]}" --devices all --jobs 8
+  step scale-one python3 -m attnverify "${scale[@]}" --device cuda:0 --report "$logs/scale-one.json"
+  step scale-all python3 -m attnverify "${scale[@]}" --devices all --report "$logs/scale-all.json"
+  step scaling python3 ci/scaling.py "$logs/scale-one.json" "$logs/scale-all.json"
+  # Expected to fail (exit 1) with the dead worker's cases reported.
+  python3 -m attnverify verify --target ci.dying_target:merge_dies_on_last_gpu \
+    --variant merge --examples 4 --devices all --report "$logs/dead-worker.json" \
+    >"$logs/dead-worker.log" 2>&1
+  if grep -q "died (exit code 3) holding" "$logs/dead-worker.log"; then
+    echo "== dead-worker: reported"
+  else
+    echo "== dead-worker: NOT reported"; status=1
+  fi
 fi
 wanted bench && step bench python3 -m attnverify bench --json "$logs/bench.json"
 for log in "$logs/verify.log" "$logs/bench.log"; do [ -f "$log" ] && tail -n 40 "$log"; done

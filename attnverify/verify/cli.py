@@ -289,6 +289,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         runs, skipped = _verify_sharded(args, variants, devices, profile)
     else:
         runs, skipped = _verify_one_device(args, variants, devices[0], profile)
+    seconds = time.monotonic() - start
     for line in skipped:
         out.write(f"skipped {line}\n")
     if not runs:
@@ -300,7 +301,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"\nFAILED {run.variant} on {run.device}: {problem}\n")
         for result in run.failures:
             out.write(f"\n{result}\n")
-    meta = _run_meta(args, devices, profile)
+    meta = {**_run_meta(args, devices, profile), "seconds": round(seconds, 3)}
     if args.report:
         out.write(f"report: {write_json_report(args.report, runs, meta)}\n")
     if args.junit:
@@ -313,8 +314,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     cases = sum(len(run.results) for run in runs)
     failed = sum(len(run.failures) + len(run.problems) for run in runs)
     out.write(
-        f"\n{'PASSED' if passed else 'FAILED'}: {cases} cases, {failed} failures, "
-        f"{time.monotonic() - start:.1f}s\n"
+        f"\n{'PASSED' if passed else 'FAILED'}: {cases} cases, {failed} failures, {seconds:.1f}s\n"
     )
     return EXIT_OK if passed else EXIT_FAILED
 
