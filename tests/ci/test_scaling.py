@@ -24,7 +24,7 @@ def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path
     monkeypatch.delenv(_gate.REQUIRE_ENV, raising=False)
     paths = tmp_path / "one.json", tmp_path / "two.json"
     for path, extra in zip(paths, ([], ["--jobs", "2"]), strict=True):
-        argv = "verify --variant merge --examples 2 --device cpu --report".split()
+        argv = ["verify", "--variant", "merge", "--examples", "2", "--device", "cpu", "--report"]
         assert main([*argv, str(path), *extra], out=io.StringIO()) == 0
     return paths
 
