@@ -34,6 +34,7 @@ from typing import Any, TextIO
 import torch
 
 from attnverify import records
+from attnverify.kernels import _autotune as autotune_policy
 from attnverify.verify.case import dtype_from_name
 from attnverify.verify.profiles import PROFILES
 from attnverify.verify.report import (
@@ -284,6 +285,11 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
             "CPU: kernels run through the Triton interpreter (TRITON_INTERPRET=1), profile "
             f"{profile!r}; bfloat16 is not verified here (triton#11584): run on a GPU for it.\n"
         )
+    else:
+        # One config per autotune key (attnverify.kernels._autotune): a drawn run compiles a
+        # quarter of the kernels and still exercises every config over its keys.
+        autotune = os.environ.setdefault(autotune_policy.ENV, "rotate")
+        out.write(f"GPU: autotune policy {autotune!r} (${autotune_policy.ENV}: 1, 0, rotate)\n")
     start = time.monotonic()
     if len(devices) > 1:
         runs, skipped = _verify_sharded(args, variants, devices, profile)
