@@ -266,15 +266,19 @@ def flash_forward(
 
 
 def _dbias_buffer(
-    q: torch.Tensor, problem: FlashProblem, bias: torch.Tensor, outer: int
+    q: torch.Tensor, problem: FlashProblem, bias: torch.Tensor, outer: int, sparse: bool
 ) -> tuple[torch.Tensor, int]:
-    """float32 (B, Hq, Lq or 1, Lk or number of KV blocks) buffer and its DBIAS_MODE."""
+    """float32 (B, Hq, Lq or 1, Lk or number of KV blocks) buffer and its DBIAS_MODE.
+
+    Zero-filled only where the dk/dv pass may skip tiles (`sparse`: causal or a mask);
+    otherwise every element is written by the kernel."""
     reduce_q = bias.shape[2] == 1
     reduce_k = bias.shape[3] == 1
     rows = 1 if reduce_q else problem.seqlen_q
     cols = triton.cdiv(problem.seqlen_k, outer) if reduce_k else problem.seqlen_k
     mode = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}
-    buf = torch.zeros(
+    alloc = torch.zeros if sparse else torch.empty
+    buf = alloc(
         (problem.batch, problem.num_q_heads, rows, cols), dtype=torch.float32, device=q.device
     )
     return buf, mode[(reduce_q, reduce_k)]
@@ -362,7 +366,8 @@ def flash_backward(
     )
     db_buf, mode = q, 0
     if need_dbias:
-        db_buf, mode = _dbias_buffer(q, problem, bias, kwargs["BLOCK_OUTER"])
+        sparse = problem.causal or mask is not None
+        db_buf, mode = _dbias_buffer(q, problem, bias, kwargs["BLOCK_OUTER"], sparse)
     _launch(
         flash_dkdv, grid, config_dkdv, DK=dk, DV=dv, DB=db_buf, DBIAS_MODE=mode,
         **_named("dk", "zhnd", dk, vl, al), **_named("dv", "zhnd", dv, vl, al),

@@ -86,7 +86,8 @@ def varlen_plan(
         `max_items(T_rows, N, block)` items.
     """
     num_seqs = cu_rows.numel() - 1
-    plan = torch.zeros((num_seqs + 1, PLAN_FIELDS), dtype=torch.int32, device=cu_rows.device)
+    # every row is written (ranks are a permutation); row N holds only the count
+    plan = torch.empty((num_seqs + 1, PLAN_FIELDS), dtype=torch.int32, device=cu_rows.device)
     grid = (triton.cdiv(num_seqs, PLAN_CHUNK),)
     _varlen_plan_kernel[grid](
         cu_rows, cu_cols, plan, num_seqs, BLOCK=block, CHUNK=PLAN_CHUNK,
