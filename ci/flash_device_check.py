@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 import triton
 
+from attnverify.kernels._flash import AUTOTUNE_ENV
 from attnverify.kernels._flash_fwd import flash_fwd
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.kernels.varlen import varlen_attention
@@ -47,6 +48,8 @@ RESULTS: dict = {"device": "", "sections": {}}
 GQA_L = 8192  # bench shapes (a CPU dry run shrinks them)
 VARLEN_LENS = [1024, 8192, 2048, 4096, 1024, 3072]
 TILE = 128
+BWD_AUTOTUNE = False
+VARLEN_HEAD_DIMS = (128, 72, 80)
 
 
 def log(*args: object) -> None:
@@ -321,7 +324,7 @@ def varlen_bench(rows: list) -> None:
         varlen_attn = None
     eq = [t // 4] * 4
     ce = cu(eq)
-    for d in (128, 72, 80):
+    for d in VARLEN_HEAD_DIMS:
         q, k, v = (bf16((t, h, d), d + i) for i in range(3))
         f = 4 * sum(n * n for n in lens) * h * d
         sl = slice(lens[0], lens[0] + lens[1])
@@ -350,11 +353,13 @@ def varlen_bench(rows: list) -> None:
         row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
         row["varlen_over_dense_time"] = ms_eq / ms_dense
         if d == 128:
+            first_config_only()
             qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
             out = varlen_attention(qg, kg, vg, c, c)
             do = torch.randn_like(out)
             ms_b = bench_ms(lambda: torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True))
             row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+            os.environ.pop(AUTOTUNE_ENV, None)
         rows.append(row)
         log(json.dumps(row))
 
@@ -430,9 +435,16 @@ def gqa_bench_one(hk: int, flex: Callable, backward: bool) -> dict:
     return row
 
 
+def first_config_only() -> None:
+    """Backward timings use the first autotune config unless --bwd-autotune (compile time)."""
+    if not BWD_AUTOTUNE:
+        os.environ[AUTOTUNE_ENV] = "0"
+
+
 def gqa_bench_backward(row: dict, q, k, v, kk, vv, bias, f: float) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    first_config_only()
     qg, kg, vg, bg = (x.clone().requires_grad_() for x in (q, k, v, bias))
     out = gqa_attention(qg, kg, vg)
     do = torch.randn_like(out)
@@ -449,6 +461,7 @@ def gqa_bench_backward(row: dict, q, k, v, kk, vv, bias, f: float) -> None:
         )
         if ms_s:
             row["sdpa_flash_bwd_tflops"] = tflops(2.5 * f, ms_s)
+    os.environ.pop(AUTOTUNE_ENV, None)
 
 
 def guarded(fn: Callable, *args: object) -> object:
@@ -467,7 +480,13 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=40, help="cases per dtype per variant")
     ap.add_argument("--seconds", type=float, default=120, help="time cap per harness variant")
     ap.add_argument("--bench", default="gqa,varlen,backward")
+    ap.add_argument("--bwd-autotune", action="store_true", help="autotune backward timings")
+    ap.add_argument("--head-dims", default="128,72,80", help="varlen bench head dims")
     args = ap.parse_args()
+    global BWD_AUTOTUNE
+    BWD_AUTOTUNE = args.bwd_autotune
+    global VARLEN_HEAD_DIMS
+    VARLEN_HEAD_DIMS = tuple(int(x) for x in args.head_dims.split(","))
     RESULTS["device"] = torch.cuda.get_device_name()
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
     log(RESULTS["device"], RESULTS["versions"])
