@@ -28,7 +28,7 @@ INTERPRETER_BLOCK = 32
 SMEM_BUDGET = 200 * 1024
 
 # (BLOCK_INNER, num_warps, num_stages) candidates per pass
-FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2))
+FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2), (128, 8, 4))  # last: small D
 BWD_CONFIGS = ((32, 4, 5), (64, 8, 3), (32, 8, 3), (64, 4, 2))
 FALLBACK_CONFIGS = [
     triton.Config({"BLOCK_INNER": b}, num_warps=4, num_stages=s)
