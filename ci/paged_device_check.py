@@ -4,7 +4,7 @@ Run on a CUDA device from the repository root:
 
     PYTHONPATH=. python3 ci/paged_device_check.py --out "$OUT" [--sections warm,sweep,...]
 
-Sections (in this order; `--sections` picks some):
+Sections (run in the order warm, graph, sweep, targets, correctness; `--sections` picks):
 - warm: compile every kernel specialisation the later sections launch, in parallel worker
   processes (Triton's disk cache then serves this process): compiles dominate a device run.
 - correctness: randomized cases (bf16 / fp16 / fp8 e4m3 / e5m2 caches, block sizes 8..256,
@@ -92,7 +92,8 @@ SWEEP = {
 }
 # Launch settings checked beside the default on each random correctness case.
 ALT_CONFIGS = [
-    (n, named_config(n)) for n in ("bn128-w4-s5", "bn64-w4-s5-r128", "bn32-w4-s5", "bn64-w4-s3")
+    (n, named_config(n))
+    for n in ("bn64-w4-s5-r128", "bn128-w4-s5", "bn128-w8-s5-r128", "bn32-w4-s5-r128")
 ]
 DEVICE = "cuda"  # --device cpu: a dry run under TRITON_INTERPRET=1 (tiny shapes, no timing)
 DRY = False
@@ -915,16 +916,16 @@ def main() -> int:
     if "warm" in sections and not DRY:
         warm(log, sections, args.workers)
         log.line(f"[warm: {time.time() - t0:.0f} s]")
-    if "correctness" in sections:
-        t0 = time.time()
-        failures += correctness(log, args.cases, args.seed, not DRY, args.correctness_s)
-        log.line(f"[correctness: {time.time() - t0:.0f} s]")
     if "graph" in sections:
         failures += graphs(log)
     if "sweep" in sections:
         sweep(log)
     if "targets" in sections:
         targets(log)
+    if "correctness" in sections:
+        t0 = time.time()
+        failures += correctness(log, args.cases, args.seed, not DRY, args.correctness_s)
+        log.line(f"[correctness: {time.time() - t0:.0f} s]")
     log.line(f"done: {failures} failures")
     return 1 if failures else 0
 
