@@ -344,15 +344,15 @@ def varlen_bench(rows: list) -> None:
             )
             if ms_v:
                 row["torch_varlen_attn_fwd_tflops"] = tflops(f, ms_v)
-        # the same tokens as 4 equal sequences: varlen vs one dense (B=4) batch, both ours
-        f_eq = 4 * sum(n * n for n in eq) * h * d
-        ms_eq = bench_ms(lambda: varlen_attention(q, k, v, ce, ce))
-        qd, kd, vd = (x.view(4, t // 4, h, d).transpose(1, 2) for x in (q, k, v))
-        ms_dense = bench_ms(lambda: gqa_attention(qd, kd, vd))
-        row["ours_varlen_equal_fwd_tflops"] = tflops(f_eq, ms_eq)
-        row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
-        row["varlen_over_dense_time"] = ms_eq / ms_dense
         if d == 128:
+            # the same tokens as 4 equal sequences: varlen vs one dense (B=4) batch, both ours
+            f_eq = 4 * sum(n * n for n in eq) * h * d
+            ms_eq = bench_ms(lambda: varlen_attention(q, k, v, ce, ce))
+            qd, kd, vd = (x.view(4, t // 4, h, d).transpose(1, 2) for x in (q, k, v))
+            ms_dense = bench_ms(lambda: gqa_attention(qd, kd, vd))
+            row["ours_varlen_equal_fwd_tflops"] = tflops(f_eq, ms_eq)
+            row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
+            row["varlen_over_dense_time"] = ms_eq / ms_dense
             first_config_only()
             qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
             out = varlen_attention(qg, kg, vg, c, c)
