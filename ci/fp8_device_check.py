@@ -7,7 +7,7 @@ relative to the fp8 baseline (fp32 on dequantized inputs, P rounded through V's 
 Every case also runs with a second V layout and must give bitwise the same out and lse.
 
 Timings (triton.testing.do_bench, median, same process): e4m3, B=1, H=16, D=128, L=8192 --
-a sweep of pinned configs (`SWEEP`: tiles, warps, stages, loop form; non-causal and causal),
+a sweep of pinned configs (`SWEEP`: tiles, warps, stages, register cap; non-causal and causal),
 then the public path: prepared V, row-major V (the enforced transpose timed in), the same
 kernel without the enforcement, causal, the V transpose alone (Triton vs torch copy), compiled
 FlexAttention fp8 and bf16 baselines (ours, SDPA flash). Each timed config of ours is first
@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import random
+import statistics
 import sys
 import time
 import traceback
@@ -59,10 +60,11 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def _pinned_config(index: int, d: int) -> triton.Config | None:
-    """The index-th config of the autotune list as pruned for head dim d."""
+    """The index-th config of every candidate list a launch with head dim d may use."""
     d0, d1 = kfp8.split_head_dim(d)
-    meta = {"BLOCK_D0": d0, "BLOCK_D1": max(d1, kfp8.MIN_DOT_K), "HAS_D1": d1 > 0}
-    configs = kfp8._prune_configs(kfp8.GPU_CONFIGS, {}, **meta)
+    wide = d0 + d1 > 128
+    configs = kfp8.WIDE_CONFIGS if wide else [c for c in kfp8.GPU_CONFIGS
+                                              if c not in kfp8.WIDE_CONFIGS]  # fmt: skip
     return configs[index % len(configs)]
 
 
@@ -325,11 +327,11 @@ class BenchInputs:
         self.flops = 4.0 * length * length * h * d
         self.causal_flops = 4.0 * (length * (length + 1) / 2) * h * d
 
-    def pinned(self, config: triton.Config, causal: bool) -> Callable[[], Any]:
-        """Our kernel with `config`, V prepared, returning (out, lse)."""
+    def pinned(self, config: triton.Config, causal: bool, lse: bool = False) -> Callable[[], Any]:
+        """Our kernel with `config`, V prepared, returning (out, lse) (lse None unless `lse`)."""
         return lambda: kfp8._launch_fwd(
             self.q8, self.k8, self.v_prep, self.qd, self.kd, self.vd, self.scale, causal,
-            torch.bfloat16, True, config=config,
+            torch.bfloat16, lse, config=config,
         )  # fmt: skip
 
     def public(self, v: torch.Tensor, causal: bool = False) -> Callable[[], Any]:
@@ -370,6 +372,7 @@ class BenchInputs:
         for name, config in SWEEP.items():
             for causal in (False, True):
                 out[f"sweep {name} causal={causal}"] = self.pinned(config, causal)
+                out[f"sweep {name} causal={causal} lse"] = self.pinned(config, causal, True)
         out["public prepared"] = self.public(self.v_prep)
         out["public causal"] = self.public(self.v_prep, True)
         out["raw row-major ptr"] = self.raw(self.v8, False)
@@ -382,17 +385,16 @@ class BenchInputs:
 
 # Configs timed side by side at the bench shape (pinned, V prepared), non-causal and causal.
 SWEEP = {
-    f"{bm}x{bn} w{w} s{s}{' ahead' if ahead else ''}": kfp8._config(bm, bn, w, s, ahead=ahead)
-    for bm, bn, w, s, ahead in (
-        (128, 128, 4, 3, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False),
-        (128, 128, 8, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
-        (128, 64, 8, 3, False), (128, 256, 8, 2, False), (128, 256, 8, 3, False),
-        (256, 64, 8, 3, False), (64, 64, 4, 3, False),
-        (64, 64, 4, 4, False), (64, 128, 4, 2, False), (64, 128, 4, 3, False),
-        (64, 128, 4, 4, False), (64, 256, 4, 2, False), (128, 128, 8, 2, True),
-        (128, 128, 8, 3, True), (64, 128, 4, 2, True), (64, 128, 4, 3, True),
+    f"{bm}x{bn} w{w} s{s}{f' r{r}' if r else ''}": kfp8._config(bm, bn, w, s, maxnreg=r)
+    for bm, bn, w, s, r in (
+        (128, 128, 4, 3, None), (128, 128, 4, 2, None), (128, 128, 4, 4, None),
+        (64, 128, 4, 3, None), (64, 128, 4, 2, 168), (64, 128, 4, 3, 200),
+        (64, 64, 4, 3, None), (64, 64, 4, 3, 168), (64, 64, 4, 4, 168),
+        (128, 128, 8, 3, None), (128, 64, 4, 4, None),
     )
 }  # fmt: skip
+# Timing rounds of the sweep (and ROUNDS + 1 alternating rounds of ours vs flex): medians.
+ROUNDS = 2
 _WORKER_INPUTS: list[BenchInputs] = []
 
 
@@ -412,7 +414,7 @@ def _precompile_task(args: tuple[str, int]) -> str:
 
 def precompile(jobs: int, length: int, log: Callable) -> None:
     """Compile every timed kernel in `jobs` processes first: one process compiles serially."""
-    names = [f"sweep {n} causal={c}" for n in SWEEP for c in (False, True)]
+    names = [f"sweep {n} causal={c}{t}" for n in SWEEP for c in (False, True) for t in ("", " lse")]
     names = ["flex", "gqa bf16", "raw row-major tma", "raw row-major ptr", "raw prepared ptr",
              "public prepared", "public causal", *names]  # fmt: skip
     ctx = multiprocessing.get_context("spawn")
@@ -458,25 +460,26 @@ def bench(device: torch.device, log: Callable, length: int = 8192) -> dict[str, 
             rows[name] = {"error": repr(exc)[:800]}
             log(f"  {name:48s} unavailable: {repr(exc)[:300]}")
 
-    log("  sweep (pinned configs, V prepared; bitwise = same bits as the plain loop):")
-    plain: dict[tuple[str, bool], tuple] = {}
+    log(f"  sweep (pinned configs, V prepared, no lse; {ROUNDS} rounds, checked with lse):")
+    checks: dict[tuple[str, bool], Any] = {}
     for name, config in SWEEP.items():
         for causal in (False, True):
             try:
-                out, lse = x.pinned(config, causal)()
+                checks[(name, causal)] = check(*x.pinned(config, causal, True)(), causal)
             except Exception as exc:
-                rows[f"[{name}] causal={causal}"] = {"error": repr(exc)[:800]}
-                log(f"  [{name}] causal={causal} failed: {repr(exc)[:300]}")
-                continue
-            extra: dict[str, Any] = {"check": check(out, lse, causal)}
-            tiles = name.removesuffix(" ahead")
-            if name.endswith(" ahead") and (tiles, causal) in plain:
-                p_out, p_lse = plain[(tiles, causal)]
-                extra["bitwise_vs_plain"] = torch.equal(out, p_out) and torch.equal(lse, p_lse)
-            else:
-                plain[(name, causal)] = (out, lse)
-            work = x.causal_flops if causal else x.flops
-            timed(f"[{name}] causal={causal}", x.pinned(config, causal), work, 150, **extra)
+                checks[(name, causal)] = {"error": repr(exc)[:300]}
+    for r in range(ROUNDS):
+        for name, config in SWEEP.items():
+            for causal in (False, True):
+                work = x.causal_flops if causal else x.flops
+                timed(f"[{name}] causal={causal} #{r}", x.pinned(config, causal), work, 150,
+                      check=checks[(name, causal)])  # fmt: skip
+    for name in SWEEP:
+        for causal in (False, True):
+            runs = [rows.get(f"[{name}] causal={causal} #{r}", {}) for r in range(ROUNDS)]
+            tfs = [t["tflops"] for t in runs if "tflops" in t]
+            if tfs:
+                rows[f"[{name}] causal={causal}"] = {"tflops": statistics.median(tfs), "runs": tfs}
 
     log("  public path and baselines:")
     out, lse = kfp8.fp8_attention(x.q8, x.k8, x.v_prep, x.qd, x.kd, x.vd, return_lse=True)
@@ -496,6 +499,11 @@ def bench(device: torch.device, log: Callable, length: int = 8192) -> dict[str, 
     timed("FlexAttention fp8 (compiled), V prepared", x.flex(x.v_prep), x.flops)
     timed("bf16 ours (gqa_attention)", x.gqa_bf16(), x.flops)
     timed("bf16 torch SDPA (flash)", x.sdpa_bf16(), x.flops)
+    log(f"  ours (public, V prepared) vs flex fp8 (V row-major), alternating, {ROUNDS + 1} rounds:")
+    flex = x.flex(x.v8)
+    for r in range(ROUNDS + 1):
+        timed(f"fp8 ours, V prepared #{r}", x.public(x.v_prep), x.flops)
+        timed(f"FlexAttention fp8 (compiled), V row-major #{r}", flex, x.flops)
     tuned = {str(key): str(cfg) for key, cfg in kfp8._fp8_fwd_tuned.cache.items()}
     return {"rows": rows, "autotuned": tuned}
 
@@ -527,6 +535,11 @@ def ratios(rows: dict[str, Any]) -> dict[str, float]:
             tf("V transpose: torch strided copy"),
         ),
     }
+    for r in range(ROUNDS + 1):
+        pairs[f"ours / flex fp8 #{r}"] = (
+            tf(f"fp8 ours, V prepared #{r}"),
+            tf(f"FlexAttention fp8 (compiled), V row-major #{r}"),
+        )
     for name in SWEEP:
         nc, c = tf(f"[{name}] causal=False"), tf(f"[{name}] causal=True")
         pairs[f"[{name}] / flex fp8"] = (nc, flex)

@@ -78,24 +78,45 @@ def _set_block_shapes(nargs: dict) -> None:
 
 
 def _config(
-    block_m: int, block_n: int, warps: int, stages: int, *, ahead: bool = False
+    block_m: int, block_n: int, warps: int, stages: int, *, maxnreg: int | None = None
 ) -> triton.Config:
-    """A launch config: tile sizes, warps, pipeline stages, and the loop over the unmasked key
-    tiles (`ahead`: `_attend_tiles_ahead`, else `_attend_tiles`)."""
-    meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, "QK_AHEAD": ahead}
-    return triton.Config(meta, num_warps=warps, num_stages=stages, pre_hook=_set_block_shapes)
+    """A launch config: tile sizes, warps, pipeline stages and a register cap per thread
+    (`maxnreg`: more programs per SM)."""
+    return triton.Config(
+        {"BLOCK_M": block_m, "BLOCK_N": block_n},
+        num_warps=warps,
+        num_stages=stages,
+        maxnreg=maxnreg,
+        pre_hook=_set_block_shapes,
+    )
 
 
 # The interpreter runs one small pinned config (CPU time grows with the tile size).
 INTERPRETER_CONFIG = _config(32, 32, 4, 1)
-# BLOCK_M 64 with 4 warps leaves room for two programs per SM (one's exponentials overlap the
-# other's tensor-core work).
-GPU_CONFIGS = [
-    _config(bm, bn, w, s)
-    for bm, bn, w, s in ((128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 128, 4, 3),
-                         (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 3), (128, 64, 4, 4),
-                         (64, 128, 4, 2), (64, 64, 4, 3))
-]  # fmt: skip
+# Candidates per kind of launch, best first (the first is the untuned default below
+# `TUNE_MIN_LK`); measured at the bench shape on an H200 (ci/notes_fp8.md). BLOCK_M 64 with 4
+# warps fits two programs per SM, three with maxnreg 168.
+TMA_CONFIGS = [
+    _config(128, 128, 4, 3),
+    _config(64, 128, 4, 3),
+    _config(64, 128, 4, 2, maxnreg=168),
+    _config(64, 64, 4, 3, maxnreg=168),
+]
+TMA_CAUSAL_CONFIGS = [
+    _config(64, 128, 4, 3),
+    _config(128, 128, 8, 3),
+    _config(64, 64, 4, 3),
+    _config(64, 128, 4, 2, maxnreg=168),
+]
+POINTER_CONFIGS = [
+    _config(128, 64, 4, 3),
+    _config(128, 64, 4, 4),
+    _config(128, 128, 8, 3),
+    _config(64, 128, 4, 3),
+]
+# Padded head dims over 128: 8 warps, 64-key tiles, 3 stages (registers, shared memory).
+WIDE_CONFIGS = [_config(128, 64, 8, 3)]
+GPU_CONFIGS = TMA_CONFIGS + TMA_CAUSAL_CONFIGS + POINTER_CONFIGS + WIDE_CONFIGS
 # Tuned per head dim, causality, load path, V layout (K-major V pipelines differently),
 # accumulation precision and Lk's power of two up to 16384 (`lk_bucket`, an argument the kernel
 # does not read): a config tuned on a short first call is not reused for long sequences.
@@ -117,14 +138,14 @@ QK_ACC_CHUNK = 0
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Padded head dims over 128 keep 8 warps, BLOCK_N 64 and <= 3 stages (registers, smem)."""
+    """The candidate list for this launch: `WIDE_CONFIGS` for padded head dims over 128, else
+    by load path and causality (`configs`, the autotuner's full list, is not needed)."""
     padded = kwargs["BLOCK_D0"] + (kwargs["BLOCK_D1"] if kwargs["HAS_D1"] else 0)
-    if padded <= 128:
-        return configs
-    kept = [
-        c for c in configs if c.kwargs["BLOCK_N"] == 64 and c.num_warps == 8 and c.num_stages <= 3
-    ]
-    return kept or configs[:1]
+    if padded > 128:
+        return WIDE_CONFIGS
+    if not kwargs["USE_TMA"]:
+        return POINTER_CONFIGS
+    return TMA_CAUSAL_CONFIGS if kwargs["IS_CAUSAL"] else TMA_CONFIGS
 
 
 def split_head_dim(head_dim: int) -> tuple[int, int]:
@@ -335,56 +356,6 @@ def _attend_tiles(
 
 
 @triton.jit
-def _attend_tiles_ahead(
-    acc0, acc1, l_i, m_i, q0, q1,
-    k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
-    start, end, offs_m, Lk, causal_offset, qk_scale,
-    stride_kn, stride_kd, stride_vn, stride_vd,
-    IS_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
-    EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
-    QK_ACC_CHUNK: tl.constexpr,
-):
-    """`_attend_tiles` over unmasked tiles [start, end), end > start, with the scores of tile
-    j + 1 issued before the softmax of tile j, so the tensor cores work on Q K^T while the
-    exponentials run (FlashAttention-3's intra-warpgroup overlap). Same arithmetic, same bits."""
-    p_dtype: tl.constexpr = v_ptr.dtype.element_ty
-    kt0, kt1 = _k_tiles(k_ptr, k_desc0, k_desc1, off_b, off_hk, start, Lk - start,
-                        stride_kn, stride_kd, False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
-                        HAS_D1, USE_TMA)
-    qk = _scores(q0, q1, kt0, kt1, HAS_D1, QK_ACC_CHUNK)
-    for start_n in tl.range(start, end - BLOCK_N, BLOCK_N):
-        k_ptr += BLOCK_N * stride_kn
-        kt0, kt1 = _k_tiles(k_ptr, k_desc0, k_desc1, off_b, off_hk, start_n + BLOCK_N, Lk,
-                            stride_kn, stride_kd, False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
-                            HAS_D1, USE_TMA)
-        qk_next = _scores(q0, q1, kt0, kt1, HAS_D1, QK_ACC_CHUNK)
-        v0, v1 = _v_tiles(v_ptr, v_desc0, v_desc1, off_b, off_hk, start_n, Lk,
-                          stride_vn, stride_vd, False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1,
-                          HAS_D1, USE_TMA, V_SEQ_CONTIG)
-        p8, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, qk_scale, offs_m, start_n, Lk,
-                                            causal_offset, p_dtype, False, IS_CAUSAL, BLOCK_N,
-                                            EXACT_P_ROUNDING, P_MANT, P_MIN_EXP)
-        # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
-        acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
-        if HAS_D1:
-            acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
-        v_ptr += BLOCK_N * stride_vn
-        qk = qk_next
-    last = end - BLOCK_N
-    v0, v1 = _v_tiles(v_ptr, v_desc0, v_desc1, off_b, off_hk, last, Lk, stride_vn, stride_vd,
-                      False, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG)
-    p8, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, qk_scale, offs_m, last, Lk, causal_offset,
-                                        p_dtype, False, IS_CAUSAL, BLOCK_N, EXACT_P_ROUNDING,
-                                        P_MANT, P_MIN_EXP)
-    acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
-    if HAS_D1:
-        acc1 = tl.dot(p8, v1, acc1 * alpha[:, None])
-    return acc0, acc1, l_i, m_i
-
-
-@triton.jit
 def _store_out(base, acc, offs_m, offs_d, stride_om, n_rows, n_cols, MASK_D: tl.constexpr):
     ptrs = base + offs_m[:, None] * stride_om + offs_d[None, :]
     if MASK_D:
@@ -413,7 +384,7 @@ def _fp8_fwd_kernel(
     V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
     QK_ACC_CHUNK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_AHEAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head); 1-D grid of
     cdiv(Lq, BLOCK_M) * Hq * B programs."""
@@ -481,25 +452,14 @@ def _fp8_fwd_kernel(
 
     k_ptr = K + off_b64 * stride_kb + off_hk64 * stride_kh
     v_ptr = V + off_b64 * stride_vb + off_hk64 * stride_vh
-    if QK_AHEAD:
-        if full_end > 0:
-            acc0, acc1, l_i, m_i = _attend_tiles_ahead(
-                acc0, acc1, l_i, m_i, q0, q1,
-                k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
-                0, full_end, offs_m, Lk, causal_offset, qk_scale,
-                stride_kn, stride_kd, stride_vn, stride_vd,
-                IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-                EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
-            )
-    else:
-        acc0, acc1, l_i, m_i = _attend_tiles(
-            acc0, acc1, l_i, m_i, q0, q1,
-            k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
-            0, full_end, offs_m, Lk, causal_offset, qk_scale,
-            stride_kn, stride_kd, stride_vn, stride_vd,
-            False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA,
-            V_SEQ_CONTIG, EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
-        )
+    acc0, acc1, l_i, m_i = _attend_tiles(
+        acc0, acc1, l_i, m_i, q0, q1,
+        k_ptr, v_ptr, k_desc0, k_desc1, v_desc0, v_desc1, off_b, off_hk,
+        0, full_end, offs_m, Lk, causal_offset, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
+    )
     k_ptr += full_end.to(tl.int64) * stride_kn
     v_ptr += full_end.to(tl.int64) * stride_vn
     acc0, acc1, l_i, m_i = _attend_tiles(
@@ -676,7 +636,7 @@ def _launch_fwd(
             grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]) * hq * b,)
             _fp8_fwd_kernel[grid](
                 *args, **meta, **config.kwargs, num_warps=config.num_warps,
-                num_stages=config.num_stages,
+                num_stages=config.num_stages, maxnreg=config.maxnreg,
             )  # fmt: skip
     return out, lse
 
