@@ -39,6 +39,11 @@ class HeadDimSplit:
         return self.d0 + self.d1
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints (host code: `triton.cdiv` is a jit function, slow to call here)."""
+    return -(-a // b)
+
+
 def _pow2_at_least(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
@@ -60,4 +65,4 @@ def use_interpreter(x: torch.Tensor) -> bool:
     return interpreter_active() or x.device.type == "cpu"
 
 
-__all__ = ["MIN_DOT_TILE", "HeadDimSplit", "split_head_dim", "use_interpreter"]
+__all__ = ["MIN_DOT_TILE", "HeadDimSplit", "cdiv", "split_head_dim", "use_interpreter"]

@@ -25,9 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
 
-from attnverify.kernels._common import HeadDimSplit, split_head_dim, use_interpreter
+from attnverify.kernels._common import HeadDimSplit, cdiv, split_head_dim, use_interpreter
 from attnverify.kernels._flash_bwd import flash_dkdv, flash_dq
 from attnverify.kernels._flash_fwd import flash_fwd
 from attnverify.kernels._flash_plan import (
@@ -181,7 +180,7 @@ def _prepare(
         search_top = 1 << (num_seqs.bit_length() - 1)
         grid = (max_items(lq if rows else lk, num_seqs, outer), problem.num_q_heads, 1)
     else:
-        grid = (triton.cdiv(lq if rows else lk, outer), problem.num_q_heads, problem.batch)
+        grid = (cdiv(lq if rows else lk, outer), problem.num_q_heads, problem.batch)
     tiles, tile_strides = q, (0, 0, 0)
     if classes is not None:
         tiles = mask_tile_lists(classes, rows=rows)
@@ -275,7 +274,7 @@ def _dbias_buffer(
     reduce_q = bias.shape[2] == 1
     reduce_k = bias.shape[3] == 1
     rows = 1 if reduce_q else problem.seqlen_q
-    cols = triton.cdiv(problem.seqlen_k, outer) if reduce_k else problem.seqlen_k
+    cols = cdiv(problem.seqlen_k, outer) if reduce_k else problem.seqlen_k
     mode = {(False, False): 1, (True, False): 2, (False, True): 3, (True, True): 4}
     alloc = torch.zeros if sparse else torch.empty
     buf = alloc(

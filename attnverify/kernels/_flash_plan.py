@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnverify.kernels._common import cdiv
+
 PLAN_FIELDS = 5  # first item, start_q, len_q, start_k, len_k
 PLAN_CHUNK = 64
 LIST_HEADER = 2  # n_full, n_partial before the entries of a tile-list row (`_tile_lists`)
@@ -88,7 +90,7 @@ def varlen_plan(
     num_seqs = cu_rows.numel() - 1
     # every row is written (ranks are a permutation); row N holds only the count
     plan = torch.empty((num_seqs + 1, PLAN_FIELDS), dtype=torch.int32, device=cu_rows.device)
-    grid = (triton.cdiv(num_seqs, PLAN_CHUNK),)
+    grid = (cdiv(num_seqs, PLAN_CHUNK),)
     _varlen_plan_kernel[grid](
         cu_rows, cu_cols, plan, num_seqs, BLOCK=block, CHUNK=PLAN_CHUNK,
         ROWS_ARE_QUERIES=rows_are_queries,
@@ -98,7 +100,7 @@ def varlen_plan(
 
 def max_items(total_rows: int, num_seqs: int, block: int) -> int:
     """Upper bound of sum_n ceil(L_n / block) given sum_n L_n = total_rows over N sequences."""
-    return triton.cdiv(total_rows, block) + max(num_seqs - 1, 0)
+    return cdiv(total_rows, block) + max(num_seqs - 1, 0)
 
 
 @triton.jit
@@ -167,7 +169,7 @@ def mask_tile_classes(
         (Bm, Hm, ceil(Lq / block), ceil(Lk / block)) uint8: 0 nothing visible (skipped),
         1 partly visible (masked tile), 2 fully visible (no mask read, no bounds).
     """
-    nq, nk = triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block)
+    nq, nk = cdiv(seqlen_q, block), cdiv(seqlen_k, block)
     bm, hm = mask.shape[:2]
     classes = torch.empty((bm, hm, nq, nk), dtype=torch.uint8, device=mask.device)
     strides = [0 if n == 1 else s for n, s in zip(mask.shape, mask.stride(), strict=True)]
