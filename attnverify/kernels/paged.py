@@ -543,7 +543,7 @@ def _check_paged_values(
     values = [lens_lo, lens_hi]
     if max_blocks:
         # [B, max_blocks] the entries a request reads: page p holds keys p * block_size..
-        first_key = torch.arange(max_blocks, device=seq_lens.device) * block_size
+        first_key = torch.arange(0, max_blocks * block_size, block_size, device=seq_lens.device)
         read = first_key[None, :] < seq_lens[:, None]
         values += torch.aminmax(torch.where(read, block_tables, 0))
     lo_len, hi_len, *ids = torch.stack(values).tolist()  # the one synchronisation
