@@ -10,6 +10,8 @@
 # STEP: verify sanitizer determinism offsets bad-input agreement multi-gpu bench (default: all;
 # multi-gpu needs two or more GPUs).
 # VERIFY_JOBS (default 8): verify worker processes per GPU, so Triton compiles run in parallel.
+# SANITIZER_TOOLS (default: memcheck racecheck initcheck synccheck); SCALE_EXAMPLES (default 6)
+# and SCALE_VARIANTS (default: all) size the multi-gpu runs.
 set -u
 logs=${1:-device-logs}
 shift $(($# > 0 ? 1 : 0))
@@ -44,8 +46,12 @@ fi
 if wanted sanitizer; then
   if command -v compute-sanitizer >/dev/null; then
     compute-sanitizer --version | tail -1 | tee -a "$logs/device.txt"
-    for tool in memcheck racecheck initcheck synccheck; do
-      step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    # One cudaMalloc per tensor, so that memcheck sees a read past any tensor's end (the caching
+    # allocator's pools would hide it); one config per autotune key, so autotuning does not
+    # time every config under the tools.
+    for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 ATTNVERIFY_AUTOTUNE=${ATTNVERIFY_AUTOTUNE:-rotate} \
+        step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 \
         --print-limit 20 python3 ci/reliability.py cases
     done
   else
@@ -69,6 +75,7 @@ if wanted multi-gpu; then
   # Scaling: the same cases on one GPU and sharded over all (a first sharded run fills the
   # Triton cache, so both timed runs find their kernels compiled), then a dying worker.
   scale=(verify --profile device --examples "${SCALE_EXAMPLES:-6}" --seed 1)
+  for variant in ${SCALE_VARIANTS:-}; do scale+=(--variant "$variant"); done
   step scale-warm python3 -m attnverify "${scale[@]}" --devices all --jobs 8
   step scale-one python3 -m attnverify "${scale[@]}" --device cuda:0 --report "$logs/scale-one.json"
   step scale-all python3 -m attnverify "${scale[@]}" --devices all --report "$logs/scale-all.json"
