@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from attnverify.arch import Arch, current_arch
+from attnverify.kernels._common import cdiv
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import check_merge_inputs, check_paged_inputs
 
@@ -44,6 +45,12 @@ WAVES = 4  # default splits aim at WAVES * num_sms programs ...
 MIN_TILES_PER_SPLIT = 4  # ... but never fewer than this many KV tiles per split
 MERGE_MAX_BLOCK_S = 256  # splits merged per step (more: a loop)
 MERGE_TILE = 4096  # elements of one merge program's (splits x D) tile
+
+
+def _next_pow2(x: int) -> int:
+    """The smallest power of two >= x, for host code (`triton.next_power_of_2` costs ~3.5 us a
+    call, which adds up on the launch path)."""
+    return 1 << max(0, x - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ def default_num_splits(num_programs: int, max_seq_len: int, block_n: int, num_sm
 
     `num_programs` is the program count without splitting (B * Hk * row tiles).
     """
-    tiles = triton.cdiv(max_seq_len, block_n)
+    tiles = cdiv(max_seq_len, block_n)
     want = (WAVES * num_sms) // max(num_programs, 1)  # rounded down: no partial last wave
     return max(1, min(want, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
 
@@ -400,9 +407,9 @@ def launch_merge(
     rows, num_splits, head_dim = out.shape
     if rows == 0:
         return
-    block_s = min(triton.next_power_of_2(num_splits), MERGE_MAX_BLOCK_S)
-    block_d = min(triton.next_power_of_2(head_dim), max(16, MERGE_TILE // block_s))
-    grid = (rows, triton.cdiv(head_dim, block_d))
+    block_s = min(_next_pow2(num_splits), MERGE_MAX_BLOCK_S)
+    block_d = min(_next_pow2(head_dim), max(16, MERGE_TILE // block_s))
+    grid = (rows, cdiv(head_dim, block_d))
     _merge_kernel[grid](
         out,
         lse,
@@ -465,8 +472,8 @@ def launch_paged(
     lse = torch.empty(b, hq, lq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    block_m = max(MIN_BLOCK_M, min(triton.next_power_of_2(group * lq), MAX_BLOCK_M))
-    num_row_tiles = triton.cdiv(group * lq, block_m)
+    block_m = max(MIN_BLOCK_M, min(_next_pow2(group * lq), MAX_BLOCK_M))
+    num_row_tiles = cdiv(group * lq, block_m)
     if num_splits == 1:
         part, part_lse = out.unsqueeze(3), lse.unsqueeze(3)
     else:
@@ -502,7 +509,7 @@ def launch_paged(
         BLOCK_SIZE=block_size,
         BLOCK_M=block_m,
         BLOCK_N=config.block_n,
-        BLOCK_D=max(MIN_BLOCK_D, triton.next_power_of_2(head_dim)),
+        BLOCK_D=max(MIN_BLOCK_D, _next_pow2(head_dim)),
         HAS_K_DESCALE=k_descale is not None,
         HAS_V_DESCALE=v_descale is not None,
         NUM_STAGES=config.num_stages,
@@ -653,7 +660,7 @@ def plan_paged(
         config = pick_config(block_size, q.shape[-1], k_cache.dtype, arch)
     if num_splits is None:
         group_rows = (q.shape[1] // hk) * q.shape[2]
-        programs = q.shape[0] * hk * triton.cdiv(group_rows, MAX_BLOCK_M)
+        programs = q.shape[0] * hk * cdiv(group_rows, MAX_BLOCK_M)
         num_splits = default_num_splits(programs, longest, config.block_n, arch.num_sms)
     return PagedPlan(scale=scale, num_splits=num_splits, config=config)
 
