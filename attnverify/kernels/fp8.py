@@ -11,18 +11,22 @@ Numerics (as FlashAttention-3 fp8):
 - the unnormalised probabilities P = exp(s - m) are rounded to V's fp8 dtype before P @ V
   (an fp8 x fp8 tensor-core product); the row sum uses the unrounded P;
 - v_descale / row sum multiplies the output tile once, at the end;
-- on sm90 the fp8 tensor cores accumulate with reduced precision (scores, hence lse, carry
-  ~1e-4 relative error; see `QK_ACC_CHUNK`); under the interpreter P is first rounded onto the
-  fp8 grid exactly (`_round_to_fp8_grid`), because the interpreter's cast mis-rounds.
+- on sm90 the fp8 tensor cores accumulate with reduced precision (scores, hence lse, carry up to
+  ~1e-3 of the summands' magnitude, see `QK_ACC_CHUNK`); under the interpreter P is first
+  rounded onto the fp8 grid exactly (`_round_to_fp8_grid`), because the interpreter's cast
+  mis-rounds.
 
 V layout: on arches whose fp8 tensor-core GEMM needs a K-major B operand (`Arch.fp8_v_k_major`:
 NVIDIA Ada/Hopper) V is made sequence-contiguous (`v.stride(-2) == 1`) before the launch, by
-`prepare_fp8_v`; elsewhere V keeps its own strides. The kernel reads every tensor through its
-strides, so the result does not depend on the layout V arrives in.
+`prepare_fp8_v` (a tiled Triton transpose, `_transpose_v_kernel`); elsewhere V keeps its own
+strides. The kernel reads every tensor through its strides, so the result does not depend on
+the layout V arrives in.
 
 Loads: K and V tiles come through TMA descriptors on NVIDIA sm90+ when their strides are
 16-byte aligned (out-of-range rows and columns read 0), else through masked pointer loads.
 Programs: a 1-D grid of query blocks; causal runs longest blocks first over all heads.
+Configs: a candidate list per kind of launch (`_prune_configs`), autotuned from Lk =
+`TUNE_MIN_LK` on, else its first entry.
 
 Head dims that are not a power of two are split into two power-of-two column chunks, never
 padded to the next power of two: D = 80 -> 64 + 32 (16 lanes masked), 96 -> 64 + 32,

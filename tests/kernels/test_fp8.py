@@ -331,6 +331,51 @@ class _Capture:
         self.args, self.kwargs = args, kwargs
 
 
+@pytest.mark.parametrize(
+    ("head_dim", "causal", "use_tma", "lk", "autotune_env", "expected"),
+    [
+        (128, False, True, 40, None, "TMA_CONFIGS"),
+        (128, True, True, 40, None, "TMA_CAUSAL_CONFIGS"),
+        (80, False, False, 40, None, "POINTER_CONFIGS"),
+        (192, True, True, 40, None, "WIDE_CONFIGS"),
+        (128, False, True, kfp8.TUNE_MIN_LK, "0", "TMA_CONFIGS"),
+        (128, True, True, kfp8.TUNE_MIN_LK, None, "autotuned"),
+    ],
+    ids=["tma", "tma-causal", "pointer", "wide-d", "long-autotune-off", "long-autotuned"],
+)
+def test_fp8_gpu_launch_config_choice(
+    head_dim: int,
+    causal: bool,
+    use_tma: bool,
+    lk: int,
+    autotune_env: str | None,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU launch (interpreter off, kernels stood in for) takes the first config of its
+    candidate list below TUNE_MIN_LK keys or with ATTNVERIFY_AUTOTUNE=0, else the autotuner."""
+    monkeypatch.setattr(kfp8, "interpreter_active", lambda: False)
+    pinned, tuned = _Capture(), _Capture()
+    monkeypatch.setattr(kfp8, "_fp8_fwd_kernel", pinned)
+    monkeypatch.setattr(kfp8, "_fp8_fwd_tuned", tuned)
+    if autotune_env is None:
+        monkeypatch.delenv(kfp8.AUTOTUNE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(kfp8.AUTOTUNE_ENV, autotune_env)
+    x = _inputs(lq=16, lk=lk, d=head_dim)
+    v = kfp8._v_for_arch(x["v"], arch_from_name("sm90")) if use_tma else x["v"]
+    args = (x["q"], x["k"], v, x["q_descale"], x["k_descale"], x["v_descale"], 0.1, causal)
+    kfp8._launch_fwd(*args, torch.bfloat16, True, use_tma=use_tma)
+    if expected == "autotuned":
+        assert tuned.kwargs and not pinned.kwargs, "long key range: the autotuner launches"
+        return
+    want = getattr(kfp8, expected)[0]
+    got = {k: pinned.kwargs.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+    assert not tuned.kwargs, "short key range or autotuning off: no autotuner launch"
+    assert got == {**want.kwargs, "num_warps": want.num_warps, "num_stages": want.num_stages}
+    assert pinned.kwargs["maxnreg"] == want.maxnreg
+
+
 def compile_sm90(
     head_dim: int, causal: bool, use_tma: bool, v_layout: str, config: triton.Config
 ) -> str:
