@@ -145,16 +145,19 @@ RULES: dict[tuple[str, str, str, str], Rule] = {
     # 0.14 kernels.
     ("fp8", "*", "lse", "*"): Rule(ratio=3.0, floor_ulps=8.0, rms_ratio=3.0, cap=1e-3),
     # fp8 lse on Ada / Hopper (sm89, sm90): their fp8 tensor-core MMA does not accumulate in full
-    # fp32 (DeepSeek-V3 report, sec. 3.3.2: about 14 mantissa bits retained on H800), so every
-    # score carries ~2^-14 of its summands' magnitude S and lse inherits it; the fp32 baseline
-    # cannot model that. Evidence (ci/notes_fp8.md, H200, 448 random cases): out passes
-    # everywhere (worst 1.52) but lse failed the rule above with median ratio 46, worst 648, and
-    # still 19.5 / 95 when the accumulator is promoted to fp32 every 32 products, i.e. the
-    # error is inside each hardware MMA step. floor_ulps 1024 = 2 * 2^-14 / 2^-23: two units in
-    # the last place of a 14-bit accumulator, relative to S (scale * |q|.|k|, the lse magnitude).
-    # A wrong scale (1%), log2 lse or a dropped key still moves lse by >> 2^-13 S.
-    ("fp8", "*", "lse", "sm89"): Rule(ratio=3.0, floor_ulps=1024.0, rms_ratio=3.0, cap=1e-3),
-    ("fp8", "*", "lse", "sm90"): Rule(ratio=3.0, floor_ulps=1024.0, rms_ratio=3.0, cap=1e-3),
+    # fp32 (DeepSeek-V3 report, sec. 3.3.2: about 14 mantissa bits retained on H800): inside each
+    # K = 32 MMA step the products are aligned to the largest one and cut, so every score
+    # carries an error of order 2^-13 of its summands' magnitude S per step, and lse inherits
+    # it; the fp32 baseline cannot model that, and promoting the accumulator every 32 products
+    # (QK_ACC_CHUNK) only divides it by 2-7 at a 20% speed cost. Evidence (H200, triton 3.6,
+    # ci/notes_fp8.md and the lead's x2 run, 2026-11-21): 252 + 30 harness cases; out passes
+    # everywhere (worst ratio 1.27); the floor lse needs, in fp32 ulps of S: median 640, p90
+    # 3483, max 9815 (2^-9.7 S; outlier inputs, D = 128, scale 0.5). An earlier 1024 (2^-13 S)
+    # failed 28 of 126 cases. floor_ulps 16384 (2^-9 S) covers the worst seen with a 1.7x
+    # margin; a 2% scale error still fails lse in 61 of 63 drawn cases (a 1% one in 55 of 63)
+    # (tests/verify/test_tolerance.py::test_tolerance_sm90_fp8_lse_still_catches_a_scale_error).
+    ("fp8", "*", "lse", "sm89"): Rule(ratio=3.0, floor_ulps=16384.0, rms_ratio=3.0, cap=1e-3),
+    ("fp8", "*", "lse", "sm90"): Rule(ratio=3.0, floor_ulps=16384.0, rms_ratio=3.0, cap=1e-3),
     # merge: baseline merges in fp32 (as kernels do) and rounds out to its dtype, so its error is
     # the output rounding itself; floor 2 ulps as for out. seen (kernel): out 0.19, lse 0.05.
     # cap 1% of the largest state: a merge only reweights states.

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
 
 from attnverify import reference
 from attnverify.verify import Case, check
 from attnverify.verify.case import VARIANTS
+from attnverify.verify.runner import run_case
 from attnverify.verify.specs import get_spec
 from attnverify.verify.tolerance import ARCH_KINDS, RULES, arch_kind, lookup
 
@@ -117,3 +119,43 @@ def test_tolerance_arch_kind_names_the_gpu_arch(monkeypatch: pytest.MonkeyPatch)
     assert arch_kind("cpu") == "interpreter"
     monkeypatch.setenv("ATTNVERIFY_ARCH", "sm90")
     assert arch_kind("cuda:0") == "sm90"
+
+
+def _scaled_fp8(factor: float):
+    """The fp8 oracle in fp32 with its softmax scale off by `factor` (a planted scale bug)."""
+
+    def run(q, k, v, q_descale, k_descale, v_descale, *, scale=None, **kw):
+        wrong = (scale if scale is not None else q.shape[-1] ** -0.5) * factor
+        return reference.fp8_attention(
+            q, k, v, q_descale, k_descale, v_descale, scale=wrong, compute_dtype=torch.float32, **kw
+        )
+
+    return run
+
+
+def test_tolerance_sm90_fp8_lse_still_catches_a_scale_error() -> None:
+    """The wide sm89/sm90 fp8 lse floor (the hardware's reduced-precision accumulation) keeps
+    its power: a 2% softmax-scale error fails lse in at least 90% of drawn cases."""
+    spec = get_spec("fp8")
+    cases: list[Case] = []
+
+    @settings(
+        max_examples=30,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(spec.strategy("ci", ["float8_e4m3fn"]))
+    def collect(case: Case) -> None:
+        cases.append(case)
+
+    collect()
+    cases += spec.pinned_cases()
+    caught = 0
+    for case in cases:
+        result = run_case(spec, case, _scaled_fp8(1.02), device="cpu", grads=False, arch="sm90")
+        assert result.error is None, result.error
+        caught += not next(c for c in result.comparisons if c.quantity == "lse").passed
+    assert caught >= 0.9 * len(cases), f"lse caught {caught} of {len(cases)} 2% scale errors"
