@@ -26,7 +26,8 @@ Loads: K and V tiles come through TMA descriptors on NVIDIA sm90+ when their str
 16-byte aligned (out-of-range rows and columns read 0), else through masked pointer loads.
 Programs: a 1-D grid of query blocks; causal runs longest blocks first over all heads.
 Configs: a candidate list per kind of launch (`_prune_configs`), autotuned from Lk =
-`TUNE_MIN_LK` on, else its first entry.
+`TUNE_MIN_LK` on, else its first entry; `$ATTNVERIFY_AUTOTUNE` (`attnverify.kernels._autotune`)
+0 pins the first entry and rotate one entry per key (the verifier's policy).
 
 Head dims that are not a power of two are split into two power-of-two column chunks, never
 padded to the next power of two: D = 80 -> 64 + 32 (16 lanes masked), 96 -> 64 + 32,
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import triton
@@ -51,7 +51,7 @@ except ImportError:  # triton without host TMA descriptors: pointer loads only
     TensorDescriptor = None
 
 from attnverify.arch import Arch, current_arch, interpreter_active
-from attnverify.kernels._flash import AUTOTUNE_ENV
+from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import FP8_DTYPES, check_fp8_inputs, check_tensor
 
@@ -587,8 +587,9 @@ def _launch_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Allocate out (B, Hq, Lq, D) and lse (B, Hq, Lq), launch.
 
-    `config` pins a config (default: autotuned on GPU from Lk = `TUNE_MIN_LK` on unless
-    ATTNVERIFY_AUTOTUNE=0, else the first config `_prune_configs` keeps; `INTERPRETER_CONFIG`
+    `config` pins a config (default: autotuned on GPU from Lk = `TUNE_MIN_LK` on, else the
+    first config `_prune_configs` keeps; `$ATTNVERIFY_AUTOTUNE` 0 / rotate pick one config as
+    `attnverify.kernels._autotune` says; `INTERPRETER_CONFIG`
     under the interpreter); `use_tma` forces TMA loads on or off (default: where `_tma_eligible`).
     """
     b, hq, lq, d = q.shape
@@ -627,8 +628,9 @@ def _launch_fwd(
     }
     if config is None and interpreter_active():
         config = INTERPRETER_CONFIG
-    if config is None and (lk < TUNE_MIN_LK or os.environ.get(AUTOTUNE_ENV) == "0"):
-        config = _prune_configs(GPU_CONFIGS, {}, **meta)[0]
+    if config is None and (lk < TUNE_MIN_LK or autotune_policy.policy() != "1"):
+        key = (d, causal, use_tma, meta["V_SEQ_CONTIG"], return_lse, str(q.dtype), str(v.dtype))
+        config = autotune_policy.select(_prune_configs(GPU_CONFIGS, {}, **meta), key)[0]
     # Launch on q's GPU (the current device may be another one).
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         if config is None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from attnverify.kernels import _autotune
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -359,9 +361,9 @@ def test_fp8_gpu_launch_config_choice(
     monkeypatch.setattr(kfp8, "_fp8_fwd_kernel", pinned)
     monkeypatch.setattr(kfp8, "_fp8_fwd_tuned", tuned)
     if autotune_env is None:
-        monkeypatch.delenv(kfp8.AUTOTUNE_ENV, raising=False)
+        monkeypatch.delenv(_autotune.ENV, raising=False)
     else:
-        monkeypatch.setenv(kfp8.AUTOTUNE_ENV, autotune_env)
+        monkeypatch.setenv(_autotune.ENV, autotune_env)
     x = _inputs(lq=16, lk=lk, d=head_dim)
     v = kfp8._v_for_arch(x["v"], arch_from_name("sm90")) if use_tma else x["v"]
     args = (x["q"], x["k"], v, x["q_descale"], x["k_descale"], x["v_descale"], 0.1, causal)
@@ -374,6 +376,32 @@ def test_fp8_gpu_launch_config_choice(
     assert not tuned.kwargs, "short key range or autotuning off: no autotuner launch"
     assert got == {**want.kwargs, "num_warps": want.num_warps, "num_stages": want.num_stages}
     assert pinned.kwargs["maxnreg"] == want.maxnreg
+
+
+def test_fp8_gpu_launch_rotate_policy_pins_one_candidate_per_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ATTNVERIFY_AUTOTUNE=rotate (the verifier's policy): no autotuner launch; each key pins
+    one config of its candidate list, and different keys reach different configs."""
+    monkeypatch.setattr(kfp8, "interpreter_active", lambda: False)
+    monkeypatch.setattr(kfp8, "_fp8_fwd_tuned", _Capture())
+    monkeypatch.setenv(_autotune.ENV, "rotate")
+    seen = set()
+    for head_dim in (32, 64, 96, 128):
+        for causal in (False, True):
+            pinned = _Capture()
+            monkeypatch.setattr(kfp8, "_fp8_fwd_kernel", pinned)
+            x = _inputs(lq=16, lk=kfp8.TUNE_MIN_LK, d=head_dim)
+            args = (x["q"], x["k"], x["v"], x["q_descale"], x["k_descale"], x["v_descale"])
+            kfp8._launch_fwd(*args, 0.1, causal, torch.bfloat16, True, use_tma=False)
+            got = tuple(pinned.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+            options = [
+                (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in kfp8.POINTER_CONFIGS
+            ]
+            assert got in options
+            seen.add(got)
+    assert len(seen) > 1, "rotation over 8 keys stayed on one config"
 
 
 def compile_sm90(
