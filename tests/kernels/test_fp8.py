@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 
-from attnverify.kernels import _autotune
-
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -32,6 +30,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from attnverify.arch import ARCH_ENV, arch_from_name, current_arch
+from attnverify.kernels import _autotune
 from attnverify.kernels import fp8 as kfp8
 from attnverify.kernels.fp8 import fp8_attention, prepare_fp8_v, split_head_dim
 from attnverify.reference.fp8 import quantize_fp8
