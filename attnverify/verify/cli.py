@@ -170,9 +170,9 @@ def _verify_one_device(
 def _verify_sharded(
     args: argparse.Namespace, variants: Sequence[str], devices: list[torch.device], profile: str
 ) -> tuple[list[RunResult], list[str]]:
-    """Draw every variant's cases here and deal them round-robin to one worker per device
-    (`attnverify.verify.shard`)."""
-    from attnverify.verify.shard import draw_cases, verify_sharded
+    """Draw every variant's cases here and deal them to one worker per device, whole
+    compile-affinity groups each (`attnverify.verify.shard.deal`)."""
+    from attnverify.verify.shard import deal, draw_cases, verify_sharded
 
     plan: dict[str, list[list[Any]]] = {}
     skipped: list[str] = []
@@ -188,7 +188,7 @@ def _verify_sharded(
             examples=_examples(args, profile),
             seed=args.seed,
         )
-        plan[variant] = [cases[i :: len(devices)] for i in range(len(devices))]
+        plan[variant] = deal(cases, len(devices))
     options = {
         "target": args.target,
         "grads": args.grads,
@@ -268,7 +268,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         out.write(f"error: {exc}\n")
         return EXIT_USAGE
-    # --jobs N: N worker processes per device (cases dealt round-robin over them); on a GPU the
+    # --jobs N: N worker processes per device (cases dealt by compile affinity); on a GPU the
     # run is bound by Triton's compiles, which then proceed in parallel on the host's cores.
     devices = [device for device in devices for _ in range(args.jobs)]
     interpreter = devices[0].type == "cpu"

@@ -1,7 +1,8 @@
 """Verification sharded over several devices: one spawned worker process per device.
 
 `attnverify verify --devices all` draws every variant's cases once (`draw_cases`, the cases
-`check` would run), deals them round-robin to the devices and merges the workers' results into
+`check` would run), deals them to the workers (`deal`: cases that compile the same kernels go
+to the same worker, so no two workers compile one kernel) and merges the workers' results into
 one report; a worker that dies is reported with the cases it held, never lost.
 """
 
@@ -66,6 +67,29 @@ def draw_cases(
 
         collect()
     return cases
+
+
+def compile_affinity(case: Case) -> tuple:
+    """The case fields that select kernel specialisations (dtypes, head dim, flags, broadcast
+    shapes, cache layout): cases equal here compile the same kernels."""
+    return (
+        case.variant, case.dtype, case.head_dim, case.causal, case.mask_shape, case.bias_shape,
+        case.bias_dtype, case.out_dtype, case.descale, case.cache_dtype, case.kv_layout,
+        case.block_size, case.layout,
+    )  # fmt: skip
+
+
+def deal(cases: Sequence[Case], workers: int) -> list[list[Case]]:
+    """`cases` split over `workers`: whole compile-affinity groups (`compile_affinity`), the
+    largest group first to the worker holding the fewest cases; each worker keeps the draw
+    order. Every case is dealt exactly once."""
+    groups: dict[tuple, list[int]] = {}
+    for index, case in enumerate(cases):
+        groups.setdefault(repr(compile_affinity(case)), []).append(index)
+    held: list[list[int]] = [[] for _ in range(workers)]
+    for members in sorted(groups.values(), key=len, reverse=True):
+        min(held, key=len).extend(members)
+    return [[cases[i] for i in sorted(indices)] for indices in held]
 
 
 def run_worker(
@@ -185,4 +209,4 @@ class _Verdict:
         self.passed = passed
 
 
-__all__ = ["draw_cases", "run_worker", "verify_sharded"]
+__all__ = ["compile_affinity", "deal", "draw_cases", "run_worker", "verify_sharded"]
