@@ -153,6 +153,8 @@ def _flash_bwd_dkdv_kernel(
         Work, pid, seqlen_q, seqlen_k, num_seqs, search_top, IS_VARLEN
     )
     n0 = blk * BLOCK_N
+    if n0 >= len_k:  # a surplus varlen item (the grid is an upper bound): nothing to do
+        return
     hk = h // group
     cols = n0 + tl.arange(0, BLOCK_N)
     offs_n = tl.arange(0, BLOCK_N)
@@ -183,7 +185,7 @@ def _flash_bwd_dkdv_kernel(
     d_base = _base(Delta, z, h, start_q, stride_lz, stride_lh, stride_lm)
     m_base = _base(Mask, z, h // mask_head_div, n0, stride_mz, stride_mh, stride_mn)
     b_base = _base(Bias, z, h // bias_head_div, n0, stride_bz, stride_bh, stride_bn)
-    db_base = _base(DB, z, h, 0, stride_dbz, stride_dbh, 0)
+    db_base = DB + z.to(tl.int64) * stride_dbz + h.to(tl.int64) * stride_dbh
     m_off = offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
     b_off = offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn
     if DBIAS_MODE == 1:
@@ -315,6 +317,8 @@ def _flash_bwd_dq_kernel(
         Work, pid, seqlen_q, seqlen_k, num_seqs, search_top, IS_VARLEN
     )
     m0 = blk * BLOCK_M
+    if m0 >= len_q:  # a surplus varlen item (the grid is an upper bound): nothing to do
+        return
     hk = h // group
     rows = m0 + tl.arange(0, BLOCK_M)
     local = tl.arange(0, BLOCK_M)

@@ -102,6 +102,8 @@ def _flash_fwd_kernel(
         Work, pid, seqlen_q, seqlen_k, num_seqs, search_top, IS_VARLEN
     )
     m0 = blk * BLOCK_M
+    if m0 >= len_q:  # a surplus varlen item (the grid is an upper bound): nothing to do
+        return
     hk = h // group
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)

@@ -103,7 +103,7 @@ def _aligned(stride_z, stride_h, stride_r, ALIGN: tl.constexpr):
 @triton.jit
 def _base(X, z, h, row, stride_z, stride_h, stride_r):
     """Scalar pointer to X[z, h, row, 0] with 64-bit offsets."""
-    return X + _wide(z) * stride_z + _wide(h) * stride_h + _wide(row) * stride_r
+    return X + z.to(tl.int64) * stride_z + h.to(tl.int64) * stride_h + row.to(tl.int64) * stride_r
 
 
 @triton.jit
@@ -198,7 +198,10 @@ def _load_split(ptrs0, ptrs1, rows_ok, d0_ok, d1_ok, MASK_ROWS: tl.constexpr,
     x0 = _load_tile(ptrs0, rows_ok, d0_ok, MASK_ROWS, MASK_D0)
     x1 = x0
     if HAS_D1:
-        x1 = _load_tile(ptrs1, rows_ok, d1_ok, MASK_ROWS, False)
+        if MASK_ROWS:
+            x1 = tl.load(ptrs1, mask=rows_ok[:, None], other=0.0)
+        else:
+            x1 = tl.load(ptrs1)
         if ZERO_OVERLAP:
             x1 = tl.where(d1_ok[None, :], x1, 0.0)
     return x0, x1
