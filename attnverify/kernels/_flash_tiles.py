@@ -14,6 +14,7 @@ helpers; the schedules they walk (varlen plans, block-sparse tile lists) come fr
 
 from __future__ import annotations
 
+import functools
 import os
 
 import triton
@@ -25,7 +26,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 AUTOTUNE_ENV = "ATTNVERIFY_AUTOTUNE"  # "0": use the first surviving config (fast sweeps)
 INTERPRETER_BLOCK = 32
-SMEM_BUDGET = 200 * 1024
+SMEM_BUDGET = 200 * 1024  # when the device cannot be asked (interpreter)
 
 # (BLOCK_INNER, num_warps, num_stages) candidates per pass
 FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2), (128, 8, 4))  # last: small D
@@ -62,18 +63,39 @@ def configs(gpu: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=s) for b, w, s in gpu]
 
 
-def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory."""
-    args = {**named_args, **kwargs}
+@functools.cache
+def smem_limit(device_index: int) -> int:
+    """Shared memory one program may use on a CUDA/HIP device (227 KiB on H100/H200)."""
+    props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return props["max_shared_mem"]
+
+
+def smem_estimate(config: triton.Config, args: dict) -> int:
+    """Shared memory of a pass under `config`, bytes: the pipelined inner tiles (K, V or Q,
+    dO) per stage, the outer tiles kept resident (Q; K and V or Q and dO in the backward), with
+    a mask one BLOCK_OUTER x BLOCK_INNER byte tile, and in the backward with a bias one such
+    tile of the bias. Checked against sm90 compiles (bf16, D in 72/128/256, every config):
+    exact for the forward, an upper bound for the backward passes."""
     width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
     elem = args["Q"].element_size()
+    inner, outer = config.kwargs["BLOCK_INNER"], args["BLOCK_OUTER"]
+    forward = "Out" in args
+    resident = 1 if forward else 2
+    pipelined = max(config.num_stages, 1) * 2 * inner * width * elem
+    mask = outer * inner if args["HAS_MASK"] else 0
+    bias = outer * inner * args["Bias"].element_size() if args["HAS_BIAS"] and not forward else 0
+    return pipelined + resident * outer * width * elem + mask + bias
 
-    def smem(c: triton.Config) -> int:
-        return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
 
-    kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
+def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
+    """Drop configs whose tiles cannot fit in the device's shared memory."""
+    args = {**named_args, **kwargs}
+    q = args["Q"]
+    limit = smem_limit(q.device.index or 0) if q.is_cuda else SMEM_BUDGET
+    kept = [c for c in configs if smem_estimate(c, args) <= limit]
     if not kept:
-        kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
+        kept = [c for c in FALLBACK_CONFIGS if smem_estimate(c, args) <= limit]
+        kept = kept or FALLBACK_CONFIGS[-1:]
     return kept[:1] if os.environ.get(AUTOTUNE_ENV) == "0" else kept
 
 
