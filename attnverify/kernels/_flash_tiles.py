@@ -198,26 +198,19 @@ def _tile_start(i, entries, n_entries, LISTED: tl.constexpr, FROM_END: tl.conste
 
 
 @triton.jit
-def _load_tile(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
-    if MASK_ROWS:
-        if MASK_COLS:
-            x = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
-        else:
-            x = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
-    else:
-        if MASK_COLS:
-            x = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
-        else:
-            x = tl.load(ptrs)
-    return x
-
-
-@triton.jit
 def _load_split(ptrs0, ptrs1, rows_ok, d0_ok, d1_ok, MASK_ROWS: tl.constexpr,
                 MASK_D0: tl.constexpr, HAS_D1: tl.constexpr, ZERO_OVERLAP: tl.constexpr):  # fmt: skip
     """Both head-dim tiles of a row block ([R, D0], [R, D1]; tile 1 = tile 0 without D1).
     ZERO_OVERLAP zeroes tile 1's lanes shared with tile 0 (do it in one operand per product)."""
-    x0 = _load_tile(ptrs0, rows_ok, d0_ok, MASK_ROWS, MASK_D0)
+    if MASK_ROWS:
+        if MASK_D0:
+            x0 = tl.load(ptrs0, mask=rows_ok[:, None] & d0_ok[None, :], other=0.0)
+        else:
+            x0 = tl.load(ptrs0, mask=rows_ok[:, None], other=0.0)
+    elif MASK_D0:
+        x0 = tl.load(ptrs0, mask=d0_ok[None, :], other=0.0)
+    else:
+        x0 = tl.load(ptrs0)
     x1 = x0
     if HAS_D1:
         if MASK_ROWS:
