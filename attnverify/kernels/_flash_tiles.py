@@ -56,7 +56,7 @@ VARYING = [
 ]
 
 
-def configs(gpu: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
+def candidates(gpu: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
     """Autotune candidates from (BLOCK_INNER, num_warps, num_stages); one under the interpreter."""
     if interpreter_active():
         return [triton.Config({"BLOCK_INNER": INTERPRETER_BLOCK}, num_warps=4, num_stages=1)]
@@ -101,7 +101,7 @@ def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> l
 
 def autotuned(kernel: triton.JITFunction, gpu: tuple, key: list[str]) -> triton.runtime.Autotuner:
     """`kernel` autotuned over `gpu` configs (smem-pruned) on `key`."""
-    return triton.autotune(configs(gpu), key, prune_configs_by={"early_config_prune": prune})(
+    return triton.autotune(candidates(gpu), key, prune_configs_by={"early_config_prune": prune})(
         kernel
     )
 
