@@ -148,6 +148,7 @@ def _mask_block(q: torch.Tensor, *configs: FlashConfig | None) -> int:
 def _tile_classes(
     q: torch.Tensor, problem: FlashProblem, mask: torch.Tensor | None, mask_block: int
 ) -> torch.Tensor | None:
+    """Tile classes of the mask (one device pass over it), shared by the passes of a call."""
     if mask is None:
         return None
     return mask_tile_classes(
