@@ -15,16 +15,16 @@ helpers; the schedules they walk (varlen plans, block-sparse tile lists) come fr
 from __future__ import annotations
 
 import functools
-import os
 
 import triton
 import triton.language as tl
 
 from attnverify.arch import interpreter_active
+from attnverify.kernels import _autotune as autotune_policy
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-AUTOTUNE_ENV = "ATTNVERIFY_AUTOTUNE"  # "0": use the first surviving config (fast sweeps)
+AUTOTUNE_ENV = autotune_policy.ENV  # "0": the first surviving config; "rotate": one per key
 INTERPRETER_BLOCK = 32
 SMEM_BUDGET = 200 * 1024  # when the device cannot be asked (interpreter)
 
@@ -88,7 +88,8 @@ def smem_estimate(config: triton.Config, args: dict) -> int:
 
 
 def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs whose tiles cannot fit in the device's shared memory."""
+    """Drop configs whose tiles cannot fit in the device's shared memory, then apply the
+    `$ATTNVERIFY_AUTOTUNE` policy (`kernels._autotune`: all, the first, or one per key)."""
     args = {**named_args, **kwargs}
     q = args["Q"]
     limit = smem_limit(q.device.index or 0) if q.is_cuda else SMEM_BUDGET
@@ -96,7 +97,10 @@ def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> l
     if not kept:
         kept = [c for c in FALLBACK_CONFIGS if smem_estimate(c, args) <= limit]
         kept = kept or FALLBACK_CONFIGS[-1:]
-    return kept[:1] if os.environ.get(AUTOTUNE_ENV) == "0" else kept
+    passes = ("Out", "DK", "DQ")
+    key = (*(args[k] for k in AUTOTUNE_KEY), args.get("DBIAS_MODE"), str(q.dtype),
+           next(p for p in passes if p in args))  # fmt: skip
+    return autotune_policy.select(kept, key)
 
 
 def autotuned(kernel: triton.JITFunction, gpu: tuple, key: list[str]) -> triton.runtime.Autotuner:
