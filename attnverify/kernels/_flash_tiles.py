@@ -122,8 +122,10 @@ def _wide(x):
 @triton.jit
 def _aligned(stride_z, stride_h, stride_r, ALIGN: tl.constexpr):
     """Strides the host passed divided by ALIGN, times ALIGN: the compiler then knows every
-    row start is ALIGN-element aligned (vector loads, async copies) even when D = 72."""
-    return stride_z * ALIGN, stride_h * ALIGN, stride_r * ALIGN
+    row start is ALIGN-element aligned (vector loads, async copies) even when D = 72. The
+    batch and head strides come back in 64 bits: a batch stride of 2^31 elements arrives as
+    2^28 and would wrap in 32 bits once multiplied (row offsets inside a block stay 32-bit)."""
+    return _wide(stride_z) * ALIGN, _wide(stride_h) * ALIGN, stride_r * ALIGN
 
 
 @triton.jit
