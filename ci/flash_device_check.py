@@ -33,8 +33,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from attnverify.kernels._flash import AUTOTUNE_ENV
-from attnverify.kernels._flash_fwd import flash_fwd
+from attnverify.kernels import _flash
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.kernels.varlen import varlen_attention
 from attnverify.reference.gqa import gqa_attention as gqa_oracle
@@ -45,11 +44,6 @@ from attnverify.verify.tolerance import lookup
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run under the interpreter
 RESULTS: dict = {"device": "", "sections": {}}
-GQA_L = 8192  # bench shapes (a CPU dry run shrinks them)
-VARLEN_LENS = [1024, 8192, 2048, 4096, 1024, 3072]
-TILE = 128
-BWD_AUTOTUNE = False
-VARLEN_HEAD_DIMS = (128, 72, 80)
 
 
 def log(*args: object) -> None:
@@ -239,7 +233,7 @@ def op_checks() -> dict:
         x.requires_grad_()
     scale = 1 / math.sqrt(72)
     res["opcheck_varlen"] = str(
-        torch.library.opcheck(torch.ops.attnverify.varlen_fwd, (q, k, v, c, c, True, scale, False))
+        torch.library.opcheck(torch.ops.attnverify.varlen_fwd, (q, k, v, c, c, True, scale))
     )
     qb = torch.randn(2, 4, 50, 64, device=DEVICE, generator=g, dtype=torch.float16)
     kb = torch.randn(2, 2, 70, 64, device=DEVICE, generator=g, dtype=torch.float16)
@@ -295,25 +289,16 @@ def try_bench(name: str, fn: Callable[[], object]) -> float | None:
         return None
 
 
-def bf16(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    return torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, generator=g)
-
-
-def fwd_config() -> str:
-    return str(flash_fwd.best_config)
-
-
 def varlen_bench(rows: list) -> None:
-    """Packed images (skewed lengths) vs flex with a document mask and torch varlen_attn; the
-    varlen overhead as equal-length varlen vs the same tokens as a dense batch (both ours)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)
-    lens = VARLEN_LENS
+    lens = [1024, 8192, 2048, 4096, 1024, 3072]
     h = 16
     t = sum(lens)
     c = cu(lens)
+    flops = 4 * sum(n * n for n in lens) * h
     doc = torch.repeat_interleave(
         torch.arange(len(lens), device=DEVICE), torch.tensor(lens, device=DEVICE)
     )
@@ -322,146 +307,149 @@ def varlen_bench(rows: list) -> None:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         varlen_attn = None
-    eq = [t // 4] * 4
-    ce = cu(eq)
-    for d in VARLEN_HEAD_DIMS:
-        q, k, v = (bf16((t, h, d), d + i) for i in range(3))
-        f = 4 * sum(n * n for n in lens) * h * d
-        sl = slice(lens[0], lens[0] + lens[1])
+    for d in (72, 80, 128):
+        g = torch.Generator(device=DEVICE).manual_seed(d)
+        q, k, v = (
+            torch.randn(t, h, d, device=DEVICE, dtype=torch.bfloat16, generator=g).requires_grad_()
+            for _ in range(3)
+        )
         out = varlen_attention(q, k, v, c, c)
+        sl = slice(lens[0], lens[0] + lens[1])
         ref = varlen_oracle(q[sl], k[sl], v[sl], cu([lens[1]]), cu([lens[1]]))
-        row = {"case": f"varlen bf16 H=16 D={d} T={t} lens={lens}",
-               "check_max_abs_err": float((out[sl].double() - ref).abs().max())}  # fmt: skip
-        row["ours_fwd_tflops"] = tflops(f, bench_ms(lambda: varlen_attention(q, k, v, c, c)))
-        row["ours_fwd_config"] = fwd_config()
-        qf, kf, vf = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+        err = float((out[sl].double() - ref).abs().max())
+        row = {"case": f"varlen bf16 H=16 D={d} T={t} lens={lens}", "check_max_abs_err": err}
+        f = flops * d
+        ms = bench_ms(lambda: varlen_attention(q, k, v, c, c))
+        row["ours_fwd_tflops"] = tflops(f, ms)
+        row["ours_fwd_config"] = str(_flash._fwd.best_config)
+        do = torch.randn_like(out)
+        out = varlen_attention(q, k, v, c, c)
+        ms_b = bench_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+        row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+        qf, kf, vf = (x.detach().transpose(0, 1).unsqueeze(0) for x in (q, k, v))
         ms_f = try_bench("flex", lambda: flex(qf, kf, vf, block_mask=bm))
         if ms_f:
             row["flex_doc_fwd_tflops"] = tflops(f, ms_f)
         if varlen_attn is not None:
             ms_v = try_bench(
-                "varlen_attn", lambda: varlen_attn(q, k, v, c, c, max(lens), max(lens))
+                "varlen_attn",
+                lambda: varlen_attn(q.detach(), k.detach(), v.detach(), c, c, max(lens), max(lens)),
             )
             if ms_v:
                 row["torch_varlen_attn_fwd_tflops"] = tflops(f, ms_v)
-        if d == 128:
-            # the same tokens as 4 equal sequences: varlen vs one dense (B=4) batch, both ours
-            f_eq = 4 * sum(n * n for n in eq) * h * d
-            ms_eq = bench_ms(lambda: varlen_attention(q, k, v, ce, ce))
-            qd, kd, vd = (x.view(4, t // 4, h, d).transpose(1, 2) for x in (q, k, v))
-            ms_dense = bench_ms(lambda: gqa_attention(qd, kd, vd))
-            row["ours_varlen_equal_fwd_tflops"] = tflops(f_eq, ms_eq)
-            row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
-            row["varlen_over_dense_time"] = ms_eq / ms_dense
-            first_config_only()
-            qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
-            out = varlen_attention(qg, kg, vg, c, c)
-            do = torch.randn_like(out)
-            ms_b = bench_ms(lambda: torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True))
-            row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
-            os.environ.pop(AUTOTUNE_ENV, None)
+        # dense equal-length batch with the same total tokens: overhead of varlen bookkeeping
+        eq = [t // 4] * 4
+        ce = cu(eq)
+        f_eq = 4 * sum(n * n for n in eq) * h * d
+        ms_eq = bench_ms(lambda: varlen_attention(q, k, v, ce, ce))
+        qd, kd, vd = (x.detach().view(4, t // 4, h, d).transpose(1, 2) for x in (q, k, v))
+        ms_dense = bench_ms(lambda: gqa_attention(qd, kd, vd))
+        row["ours_varlen_equal_fwd_tflops"] = tflops(f_eq, ms_eq)
+        row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            qs, ks, vs = (
+                x.detach().view(4, t // 4, h, d).transpose(1, 2).contiguous().requires_grad_()
+                for x in (q, k, v)
+            )
+            ms_s = try_bench(
+                "sdpa flash", lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
+            )
+            if ms_s:
+                row["sdpa_flash_dense_fwd_tflops"] = tflops(f_eq, ms_s)
+                os_ = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
+                dos = torch.randn_like(os_)
+                ms_sb = try_bench(
+                    "sdpa flash bwd",
+                    lambda: torch.autograd.grad(os_, (qs, ks, vs), dos, retain_graph=True),
+                )
+                if ms_sb:
+                    row["sdpa_flash_dense_bwd_tflops"] = tflops(2.5 * f_eq, ms_sb)
         rows.append(row)
         log(json.dumps(row))
 
 
-def tile_mask(L: int, live: float, seed: int) -> torch.Tensor:
-    """(1, 1, L, L) bool: TILE x TILE tiles all True with probability `live` (diagonal kept)."""
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    tiles = torch.rand(L // TILE, L // TILE, device=DEVICE, generator=g) < live
-    tiles[torch.arange(L // TILE), torch.arange(L // TILE)] = True
-    return tiles.repeat_interleave(TILE, 0).repeat_interleave(TILE, 1)[None, None]
-
-
-def gqa_bench(rows: list, backward: bool) -> None:
+def gqa_bench(rows: list) -> None:
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     for hk in (16, 4):
-        rows.append(gqa_bench_one(hk, flex, backward and hk == 16))
+        rows.append(gqa_bench_one(hk, flex, sdpa))
         torch.cuda.empty_cache()
 
 
-def gqa_bench_one(hk: int, flex: Callable, backward: bool) -> dict:
+def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from attnverify.kernels._flash_plan import mask_tile_classes, mask_tile_lists
-
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    L, hq, d = GQA_L, 16, 128
+    L, hq, d = 8192, 16, 128
     f = 4 * L * L * hq * d
-    q, k, v = bf16((1, hq, L, d), 1), bf16((1, hk, L, d), 2), bf16((1, hk, L, d), 3)
-    bias = bf16((1, 1, L, L), 4) * 0.5
-    row = {"case": f"gqa bf16 B=1 Hq=16 Hk={hk} D=128 L={L}"}
+    g = torch.Generator(device=DEVICE).manual_seed(hk)
+    q = torch.randn(1, hq, L, d, device=DEVICE, dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(1, hk, L, d, device=DEVICE, dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(1, hk, L, d, device=DEVICE, dtype=torch.bfloat16, generator=g).requires_grad_()
+    bias = (
+        torch.randn(1, 1, L, L, device=DEVICE, dtype=torch.bfloat16, generator=g) * 0.5
+    ).requires_grad_()
+    out = gqa_attention(q, k, v, bias=bias)
+    rs = slice(0, 256)
+    ref = gqa_oracle(q[:, :, rs], k, v, bias=bias[:, :, rs])
+    row = {"case": f"gqa bf16 B=1 Hq=16 Hk={hk} D=128 L={L}",
+           "check_max_abs_err": float((out[:, :, rs].double() - ref).abs().max())}  # fmt: skip
     ms = bench_ms(lambda: gqa_attention(q, k, v))
     row["ours_fwd_tflops"] = tflops(f, ms)
-    row["ours_fwd_config"] = fwd_config()
-    for live in (0.1, 0.5):
-        mask = tile_mask(L, live, seed=1)
-        rs = slice(0, 256)
-        out = gqa_attention(q, k, v, mask=mask)
-        ref = gqa_oracle(q[:, :, rs], k, v, mask=mask[:, :, rs])
-        row[f"sparse{live}_check_max_abs_err"] = float((out[:, :, rs].double() - ref).abs().max())
-        ms_sparse = bench_ms(lambda: gqa_attention(q, k, v, mask=mask))
-        row[f"ours_sparse{live}_over_dense_time"] = ms_sparse / ms
-        row[f"ours_sparse{live}_fwd_config"] = fwd_config()
-        ms_plan = bench_ms(
-            lambda: mask_tile_lists(mask_tile_classes(mask, L, L, TILE, causal=False), rows=True)
-        )
-        row[f"ours_sparse{live}_tile_lists_over_dense_time"] = ms_plan / ms
-        row["live_tile_fraction_" + str(live)] = float(mask[0, 0, ::128, ::128].float().mean())
-    rs = slice(0, 256)
-    out = gqa_attention(q, k, v, bias=bias)
-    ref = gqa_oracle(q[:, :, rs], k, v, bias=bias[:, :, rs])
-    row["bias_check_max_abs_err"] = float((out[:, :, rs].double() - ref).abs().max())
-    row["ours_fwd_bias_tflops"] = tflops(f, bench_ms(lambda: gqa_attention(q, k, v, bias=bias)))
-    ms_f = try_bench("flex", lambda: flex(q, k, v, enable_gqa=hk != hq))
+    row["ours_fwd_config"] = str(_flash._fwd.best_config)
+    ms_bias = bench_ms(lambda: gqa_attention(q, k, v, bias=bias))
+    row["ours_fwd_bias_tflops"] = tflops(f, ms_bias)
+    do = torch.randn_like(out)
+    ms_bb = bench_ms(lambda: torch.autograd.grad(out, (q, k, v, bias), do, retain_graph=True))
+    row["ours_bwd_bias_tflops"] = tflops(2.5 * f, ms_bb)
+    out_nb = gqa_attention(q, k, v)
+    ms_b = bench_ms(lambda: torch.autograd.grad(out_nb, (q, k, v), do, retain_graph=True))
+    row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+    # 90% of 128x128 tiles all False
+    gm = torch.Generator(device=DEVICE).manual_seed(1)
+    tiles = torch.rand(L // 128, L // 128, device=DEVICE, generator=gm) < 0.1
+    tiles[torch.arange(L // 128), torch.arange(L // 128)] = True
+    mask = tiles.repeat_interleave(128, 0).repeat_interleave(128, 1)[None, None]
+    ms_sparse = bench_ms(lambda: gqa_attention(q, k, v, mask=mask))
+    row["ours_sparse90_over_dense_time"] = ms_sparse / ms
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    ms_f = try_bench("flex", lambda: flex(qd, kd, vd, enable_gqa=hk != hq))
     if ms_f:
         row["flex_fwd_tflops"] = tflops(f, ms_f)
-    kk, vv = (
-        (k, v) if hk == hq else (k.repeat_interleave(hq // hk, 1), v.repeat_interleave(hq // hk, 1))
-    )
-    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):  # fmt: skip
+    for name, backend in (
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
+        kk, vv = (
+            (kd, vd)
+            if hk == hq
+            else (kd.repeat_interleave(hq // hk, 1), vd.repeat_interleave(hq // hk, 1))
+        )
         with sdpa_kernel([backend]):
-            ms_s = try_bench(f"sdpa {name}", lambda: sdpa(q, kk, vv))
+            ms_s = try_bench(f"sdpa {name}", lambda: sdpa(qd, kk, vv))
             if ms_s:
                 row[f"sdpa_{name}_fwd_tflops"] = tflops(f, ms_s)
-            ms_sb = try_bench(f"sdpa {name} bias", lambda: sdpa(q, kk, vv, attn_mask=bias))
-            if ms_sb:
-                row[f"sdpa_{name}_fwd_bias_tflops"] = tflops(f, ms_sb)
-    if backward:
-        gqa_bench_backward(row, q, k, v, kk, vv, bias, f)
+            if name != "flash":
+                bd = bias.detach()
+                ms_sb = try_bench(f"sdpa {name} bias", lambda: sdpa(qd, kk, vv, attn_mask=bd))
+                if ms_sb:
+                    row[f"sdpa_{name}_fwd_bias_tflops"] = tflops(f, ms_sb)
+            if name == "flash":
+                qs, ks, vs = (x.clone().requires_grad_() for x in (qd, kk, vv))
+                try:
+                    os_ = sdpa(qs, ks, vs)
+                    ms_sbw = try_bench(
+                        "sdpa flash bwd",
+                        lambda: torch.autograd.grad(os_, (qs, ks, vs), do, retain_graph=True),
+                    )
+                    if ms_sbw:
+                        row["sdpa_flash_bwd_tflops"] = tflops(2.5 * f, ms_sbw)
+                except RuntimeError as exc:
+                    log("  sdpa flash bwd unavailable", exc)
     log(json.dumps(row))
     return row
-
-
-def first_config_only() -> None:
-    """Backward timings use the first autotune config unless --bwd-autotune (compile time)."""
-    if not BWD_AUTOTUNE:
-        os.environ[AUTOTUNE_ENV] = "0"
-
-
-def gqa_bench_backward(row: dict, q, k, v, kk, vv, bias, f: float) -> None:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    first_config_only()
-    qg, kg, vg, bg = (x.clone().requires_grad_() for x in (q, k, v, bias))
-    out = gqa_attention(qg, kg, vg)
-    do = torch.randn_like(out)
-    ms_b = bench_ms(lambda: torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True))
-    row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
-    out_b = gqa_attention(qg, kg, vg, bias=bg)
-    ms_bb = bench_ms(lambda: torch.autograd.grad(out_b, (qg, kg, vg, bg), do, retain_graph=True))
-    row["ours_bwd_bias_tflops"] = tflops(2.5 * f, ms_bb)
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        qs, ks, vs = (x.clone().requires_grad_() for x in (q, kk, vv))
-        os_ = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
-        ms_s = try_bench(
-            "sdpa flash bwd", lambda: torch.autograd.grad(os_, (qs, ks, vs), do, retain_graph=True)
-        )
-        if ms_s:
-            row["sdpa_flash_bwd_tflops"] = tflops(2.5 * f, ms_s)
-    os.environ.pop(AUTOTUNE_ENV, None)
 
 
 def guarded(fn: Callable, *args: object) -> object:
@@ -479,14 +467,8 @@ def main() -> int:
     ap.add_argument("--sections", default="correctness,op,bench")
     ap.add_argument("--examples", type=int, default=40, help="cases per dtype per variant")
     ap.add_argument("--seconds", type=float, default=120, help="time cap per harness variant")
-    ap.add_argument("--bench", default="gqa,varlen,backward")
-    ap.add_argument("--bwd-autotune", action="store_true", help="autotune backward timings")
-    ap.add_argument("--head-dims", default="128,72,80", help="varlen bench head dims")
+    ap.add_argument("--bench", default="varlen,gqa")
     args = ap.parse_args()
-    global BWD_AUTOTUNE
-    BWD_AUTOTUNE = args.bwd_autotune
-    global VARLEN_HEAD_DIMS
-    VARLEN_HEAD_DIMS = tuple(int(x) for x in args.head_dims.split(","))
     RESULTS["device"] = torch.cuda.get_device_name()
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
     log(RESULTS["device"], RESULTS["versions"])
@@ -505,10 +487,10 @@ def main() -> int:
     if "bench" in sections:
         rows: list = []
         RESULTS["sections"]["bench"] = rows
-        if "gqa" in args.bench:
-            guarded(gqa_bench, rows, "backward" in args.bench)
         if "varlen" in args.bench:
             guarded(varlen_bench, rows)
+        if "gqa" in args.bench:
+            guarded(gqa_bench, rows)
     with open(path, "w") as fh:
         json.dump(RESULTS, fh, indent=1, default=str)
     log("overall correctness ok:", ok)

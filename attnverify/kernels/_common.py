@@ -1,11 +1,13 @@
-"""Host-side helpers shared by the kernel modules: head-dim tiling, interpreter detection.
+"""Host-side helpers shared by the kernel modules: head-dim tiling, work tables, block masks.
 
 Imports torch only (no Triton), so every function here is plain, testable host code. The
-Triton cores (`_flash.py`, ...) call these to decide tile shapes.
+Triton cores (`_flash.py`, ...) call these to decide tile shapes and to build the small index
+tensors their grids read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ import torch
 from attnverify.arch import interpreter_active
 
 MIN_DOT_TILE = 16
+WORK_FIELDS = 5  # start_q, len_q, start_k, len_k, block index within the sequence
 
 
 @dataclass(frozen=True)
@@ -65,4 +68,70 @@ def use_interpreter(x: torch.Tensor) -> bool:
     return interpreter_active() or x.device.type == "cpu"
 
 
-__all__ = ["MIN_DOT_TILE", "HeadDimSplit", "cdiv", "split_head_dim", "use_interpreter"]
+def varlen_work_table(
+    seqlens_rows: Sequence[int],
+    seqlens_cols: Sequence[int],
+    starts_rows: Sequence[int],
+    starts_cols: Sequence[int],
+    block: int,
+    *,
+    rows_are_queries: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """Flattened (sequence, block) work items for a varlen grid, the heaviest first.
+
+    One item per `block` rows of every sequence with rows (for the forward and dq passes the
+    rows are queries, for the dk/dv pass keys). Items are sorted by the length of the other
+    side (the work of one item), longest first, so skewed batches (one 8k image and many
+    256-token ones) do not leave the long sequence's blocks for last.
+
+    Returns:
+        (P, 5) int32 on `device`: start_q, len_q, start_k, len_k, block index.
+    """
+    items = []
+    for n, (rows, cols) in enumerate(zip(seqlens_rows, seqlens_cols, strict=True)):
+        for blk in range(-(-rows // block)):
+            items.append((cols, n, blk))
+    items.sort(key=lambda t: -t[0])
+    table = []
+    for _, n, blk in items:
+        if rows_are_queries:
+            lq, lk, sq, sk = seqlens_rows[n], seqlens_cols[n], starts_rows[n], starts_cols[n]
+        else:
+            lq, lk, sq, sk = seqlens_cols[n], seqlens_rows[n], starts_cols[n], starts_rows[n]
+        table.append((sq, lq, sk, lk, blk))
+    out = torch.tensor(table, dtype=torch.int32).reshape(-1, WORK_FIELDS)
+    return out.to(device, non_blocking=True)
+
+
+def block_any(mask: torch.Tensor, block: int) -> torch.Tensor:
+    """Tile-level summary of a boolean mask: 1 where a `block x block` tile has any True.
+
+    Args:
+        mask: (Bm, Hm, Lqm, Lkm) bool; a dim of size 1 (broadcast) stays size 1.
+        block: tile edge; the kernels' BLOCK_M and BLOCK_N must divide it.
+
+    Returns:
+        (Bm, Hm, ceil(Lqm / block) or 1, ceil(Lkm / block) or 1) uint8, contiguous.
+    """
+    bm, hm, lq, lk = mask.shape
+    nq = 1 if lq == 1 else -(-lq // block)
+    nk = 1 if lk == 1 else -(-lk // block)
+    tq = 1 if lq == 1 else block
+    tk = 1 if lk == 1 else block
+    padded = mask.new_zeros((bm, hm, nq * tq, nk * tk))
+    padded[:, :, :lq, :lk] = mask
+    tiles = padded.view(bm, hm, nq, tq, nk, tk).any(dim=5).any(dim=3)
+    return tiles.to(torch.uint8).contiguous()
+
+
+__all__ = [
+    "MIN_DOT_TILE",
+    "WORK_FIELDS",
+    "HeadDimSplit",
+    "block_any",
+    "cdiv",
+    "split_head_dim",
+    "use_interpreter",
+    "varlen_work_table",
+]

@@ -9,6 +9,8 @@ Oracle: `attnverify.reference.varlen`. Core: `attnverify.kernels._flash` (IS_VAR
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
@@ -22,23 +24,25 @@ from attnverify.validation import check_varlen_inputs, resolve_scale
 def _problem(
     q: torch.Tensor,
     k: torch.Tensor,
+    v: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
     cu_seqlens_k: torch.Tensor,
     causal: bool,
     scale: float,
 ) -> FlashProblem:
-    """Describe the call for the flash core; cu_seqlens stay on the device (no host read)."""
+    """Validate (one host read of cu_seqlens) and describe the call for the flash core."""
+    meta = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None, None, scale)
     return FlashProblem(
         is_varlen=True,
         batch=1,
         num_q_heads=q.shape[1],
         num_kv_heads=k.shape[1],
         causal=causal,
-        scale=scale,
-        seqlen_q=q.shape[0],
-        seqlen_k=k.shape[0],
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
+        scale=meta.scale,
+        starts_q=tuple(itertools.accumulate(meta.seqlens_q, initial=0))[:-1],
+        starts_k=tuple(itertools.accumulate(meta.seqlens_k, initial=0))[:-1],
+        seqlens_q=meta.seqlens_q,
+        seqlens_k=meta.seqlens_k,
     )
 
 
@@ -53,9 +57,8 @@ def varlen_forward(
     *,
     config: FlashConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """out (Tq, Hq, D) in q's dtype and lse (Hq, Tq) float32 of validated inputs; `config`
-    pins the launch."""
-    problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    """out (Tq, Hq, D) in q's dtype and lse (Hq, Tq) float32; `config` pins the launch."""
+    problem = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     return flash_forward(q, k, v, problem, config=config)
 
 
@@ -76,7 +79,7 @@ def varlen_backward(
     config_dq: FlashConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv in the input dtypes (dk, dv summed over each query-head group)."""
-    problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    problem = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     dq, dk, dv, _ = flash_backward(
         dout, q, k, v, out, lse, dlse, problem, config_dkdv=config_dkdv, config_dq=config_dq
     )
@@ -95,17 +98,12 @@ def _varlen_fwd_op(
     cu_seqlens_k: torch.Tensor,
     causal: bool,
     scale: float,
-    checked: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`checked`: the caller validated the inputs (eager); else (traced by torch.compile,
-    which cannot read cu_seqlens) they are validated here, at run time, before any launch."""
-    if not checked:
-        check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None, None, scale)
     return varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
 
 
 @_varlen_fwd_op.register_fake
-def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, checked):
+def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
@@ -133,7 +131,7 @@ def _varlen_bwd_fake(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, _ = inputs
+    q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
     ctx.causal = causal
@@ -145,7 +143,7 @@ def _backward(ctx, dout, dlse):
     dq, dk, dv = _varlen_bwd_op(
         dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ctx.causal, ctx.scale
     )
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None
 
 
 _varlen_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -205,8 +203,7 @@ def varlen_attention(
         UnverifiedKernelError: ATTNVERIFY_REQUIRE_VERIFIED=1 and no verification record for this
             kernel source on this device (the message names the `attnverify verify` command).
     """
-    checked = not torch.compiler.is_compiling()
-    if not checked:
+    if torch.compiler.is_compiling():
         scale = resolve_scale(scale, q.shape[-1])
     else:
         meta = check_varlen_inputs(
@@ -214,7 +211,7 @@ def varlen_attention(
         )
         scale = meta.scale
         enforce_verified("varlen", q.device)
-    out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, checked)
+    out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     return (out, lse) if return_lse else out
 
 

@@ -9,15 +9,12 @@ masked rows give 0 / -inf / zero grads, strides never matter and runs are determ
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attnverify.kernels import _flash
-from attnverify.kernels._flash import FlashConfig
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.reference.gqa import gqa_attention as oracle
 
@@ -157,33 +154,6 @@ def test_gqa_strides_and_determinism_bitwise():
         assert torch.equal(first[name], strided[name]), f"{name} depends on strides"
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_gqa_pinned_configs_walk_tile_lists_in_sub_tiles(judge, causal):
-    """Blocks smaller than the mask tile: the listed loops walk each listed tile in pieces
-    (as BLOCK_N = 64 or dk/dv BLOCK_M = 32 against 128 tiles on a GPU)."""
-    from attnverify.kernels.gqa import gqa_backward, gqa_forward
-
-    q, k, v, do = make(1, 2, 1, 70, 90, 24, torch.float32, seed=11)
-    g = torch.Generator().manual_seed(12)
-    tiles = torch.rand(3, 3, generator=g) < 0.6
-    tiles[1, 1] = False
-    mask = tiles.repeat_interleave(32, 0).repeat_interleave(32, 1)[:70, :90][None, None].clone()
-    mask[..., 40:50, 60:70] = False  # a partial tile
-    mask = mask.to(DEVICE)
-    bias = torch.randn(1, 1, 70, 90, generator=g).to(DEVICE)
-    small = (FlashConfig(16, 16), FlashConfig(32, 16), FlashConfig(16, 32))
-    out, lse = gqa_forward(q, k, v, mask, bias, causal, 0.3, config=small[0])
-    dq, dk, dv, dbias = gqa_backward(do, None, q, k, v, out, lse, mask, bias, causal, 0.3, True,
-                                     config_dkdv=small[1], config_dq=small[2])  # fmt: skip
-    got = {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv, "dbias": dbias}
-    ref = run(oracle, q, k, v, do, mask, bias, causal, scale=0.3)
-    base = run(oracle, q, k, v, do, mask, bias, causal, scale=0.3, compute_dtype=torch.float32)
-    empty = ref["lse"] == float("-inf")
-    zeros = {"out": empty[..., None], "dq": empty[..., None]}
-    failures = judge("gqa", got, ref, base, torch.float32, zeros)
-    assert not failures, "\n".join(failures)
-
-
 @pytest.mark.parametrize(
     ("change", "error"),
     [
@@ -228,56 +198,15 @@ def test_gqa_opcheck():
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def tile_lists_model(mask, lq, lk, block, causal, rows):
-    """Per outer tile: (full tiles, partial tiles) as sets, from the dense visibility."""
-    i = torch.arange(lq)[:, None]
-    j = torch.arange(lk)[None, :]
-    visible = mask.expand(mask.shape[0], mask.shape[1], lq, lk).cpu()
-    if causal:
-        visible = visible & (j <= i + lk - lq)
-    nq, nk = -(-lq // block), -(-lk // block)
-    padded = torch.zeros(*visible.shape[:2], nq * block, nk * block, dtype=torch.int32)
-    padded[:, :, :lq, :lk] = visible.int()
-    counts = padded.view(*visible.shape[:2], nq, block, nk, block).sum(dim=(3, 5))
-    counts = counts if rows else counts.transpose(2, 3)
-    full = counts == block * block
-    part = (counts > 0) & ~full
-    return full, part
+def test_gqa_block_any_marks_tiles_with_any_true():
+    from attnverify.kernels._common import block_any
 
-
-@settings(max_examples=6)
-@given(
-    lq=st.integers(1, 100),
-    lk=st.integers(1, 100),
-    shape=st.sampled_from([(1, 1, 0, 0), (2, 1, 0, 1), (1, 3, 1, 0), (2, 3, 0, 0)]),
-    density=st.sampled_from([0.0, 0.5, 1.0]),
-    causal=st.booleans(),
-    rows=st.booleans(),
-)
-@example(lq=96, lk=64, shape=(1, 1, 0, 0), density=0.5, causal=True, rows=True)
-def test_gqa_tile_lists_match_dense_visibility(lq, lk, shape, density, causal, rows):
-    """Tiles all False appear in no list (skipped), full ones in the front list, the rest in
-    the back list; causal and bounds folded in; broadcast dims read at stride 0."""
-    from attnverify.kernels._flash_plan import LIST_HEADER, mask_tile_classes, mask_tile_lists
-
-    block = 16
-    bm, hm, q1, k1 = shape
-    g = torch.Generator().manual_seed(lq * 101 + lk)
-    mshape = (bm, hm, 1 if q1 else lq, 1 if k1 else lk)
-    tiles = torch.rand(bm, hm, -(-mshape[2] // block), -(-mshape[3] // block), generator=g)
-    mask = (tiles < density).repeat_interleave(block, 2).repeat_interleave(block, 3)
-    mask = mask[..., : mshape[2], : mshape[3]].clone()
-    mask[..., :1, :1] = torch.rand(mask[..., :1, :1].shape, generator=g) < 0.5  # a partial tile
-    full, part = tile_lists_model(mask, lq, lk, block, causal, rows)
-    classes = mask_tile_classes(mask.to(DEVICE), lq, lk, block, causal=causal)
-    lists = mask_tile_lists(classes, rows=rows).cpu()
-    n_inner = lists.shape[3] - LIST_HEADER
-    for z, h, o in itertools.product(range(bm), range(hm), range(lists.shape[2])):
-        row = lists[z, h, o].tolist()
-        n_full, n_part, entries = row[0], row[1], row[LIST_HEADER:]
-        got_full = entries[:n_full]
-        got_part = entries[n_inner - n_part :]
-        want_full = full[z, h, o].nonzero().flatten().tolist()
-        want_part = part[z, h, o].nonzero().flatten().tolist()
-        assert got_full == want_full, f"full tiles of {(z, h, o)}: {got_full} != {want_full}"
-        assert got_part[::-1] == want_part, f"partial {(z, h, o)}: {got_part} != {want_part}"
+    mask = torch.zeros(1, 1, 70, 40, dtype=torch.bool)
+    mask[0, 0, 33, 39] = True  # tile (1, 1) of 32x32 tiles
+    mask[0, 0, 69, 0] = True  # tile (2, 0): the partial last row tile
+    flags = block_any(mask, 32)
+    want = torch.zeros(1, 1, 3, 2, dtype=torch.uint8)
+    want[0, 0, 1, 1] = want[0, 0, 2, 0] = 1
+    assert torch.equal(flags, want), f"{flags.tolist()} != {want.tolist()}"
+    row = block_any(torch.ones(2, 1, 1, 40, dtype=torch.bool), 32)
+    assert tuple(row.shape) == (2, 1, 1, 2), f"broadcast rows keep size 1; got {tuple(row.shape)}"
