@@ -13,6 +13,7 @@ Subcommands (each prints one line per check and exits non-zero if any check fail
                  kernels on the GPU: same error, no CUDA error left, next valid call correct.
 
 Usage: PYTHONPATH=. python ci/reliability.py cases|determinism|offsets|bad-input [--repeats N]
+       [--variant V ...]
 RELIABILITY_DEVICE=cpu TRITON_INTERPRET=1 runs the same code through the interpreter (a dry run;
 RELIABILITY_OFFSET_LIMIT=65536 shrinks the offsets checks' 2^31 to fit a CPU).
 """
@@ -24,7 +25,7 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def representative_cases() -> dict[str, Callable[[], Outputs]]:
+def representative_cases(variants: Sequence[str] = VARIANTS) -> dict[str, Callable[[], Outputs]]:
     """Every kernel, forward and backward, on the harness's pinned edge cases (each variant
     spec's `pinned_cases()`: lengths off the block sizes, empty rows and sequences, partial
     last pages, more splits than blocks, GQA groups crossing tiles, strided and packed inputs,
     NaN in unused cache slots) in every dtype the variant takes on this device."""
     cases: dict[str, Callable[[], Outputs]] = {}
-    for variant in VARIANTS:
+    for variant in variants:
         spec = get_spec(variant)
         impl = resolve_target("attnverify", variant)
         for dtype in spec.default_dtypes(DEV):
@@ -72,8 +73,8 @@ def _run_impl(spec: Any, impl: Callable[..., Any], inputs: dict, case: Any) -> O
     return list(spec.run_impl(impl, inputs, case, grads=True).values())
 
 
-def run_cases(_: argparse.Namespace) -> int:
-    for name, run in representative_cases().items():
+def run_cases(args: argparse.Namespace) -> int:
+    for name, run in representative_cases(args.variant or VARIANTS).items():
         outs = run()
         _sync()
         print(f"ran {name}: {len(outs)} tensors")
@@ -87,7 +88,7 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def run_determinism(args: argparse.Namespace) -> int:
     failed = 0
-    for name, run in representative_cases().items():
+    for name, run in representative_cases(args.variant or VARIANTS).items():
         first = [o.clone() for o in run()]
         moved = 0
         for _ in range(args.repeats - 1):
@@ -302,6 +303,9 @@ def main() -> int:
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--variant", action="append", choices=VARIANTS, help="cases/determinism: only these"
+    )
     args = parser.parse_args()
     return COMMANDS[args.command](args)
 

@@ -6,7 +6,9 @@
 - "rotate": one surviving config per autotune key, picked by a stable hash of the key. A
   verification run draws many keys (head dims, flags, dtypes): it then compiles one config per
   key instead of all of them, and still runs every config over the run. `attnverify verify` on
-  a GPU uses it unless the variable is set.
+  a GPU uses it unless the variable is set. Kernels whose shared memory is known only after
+  compiling (the flash core of varlen / gqa) keep autotuning under it: the autotuner drops a
+  config that does not fit, where a pinned one would fail the launch.
 """
 
 from __future__ import annotations
