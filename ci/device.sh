@@ -72,13 +72,13 @@ if wanted agreement; then
   step agreement python3 ci/agreement.py "$logs/agree-cpu.json" "$logs/agree-gpu.json"
 fi
 if wanted multi-gpu; then
-  # Scaling: the same cases on one GPU and with one worker per GPU, each run from an empty
+  # Scaling: the same cases with one worker on one GPU and one worker per GPU, each from an empty
   # Triton cache (a first verification on a machine is bound by its compiles; dealing keeps
   # each kernel's cases on one worker, so no kernel compiles twice), then a dying worker.
   scale=(verify --profile device --examples "${SCALE_EXAMPLES:-6}" --seed 1)
   for variant in ${SCALE_VARIANTS:-}; do scale+=(--variant "$variant"); done
   TRITON_CACHE_DIR=$(mktemp -d) step scale-one python3 -m attnverify "${scale[@]}" \
-    --device cuda:0 --report "$logs/scale-one.json"
+    --devices cuda:0 --report "$logs/scale-one.json"
   TRITON_CACHE_DIR=$(mktemp -d) step scale-all python3 -m attnverify "${scale[@]}" \
     --devices all --report "$logs/scale-all.json"
   step scaling python3 ci/scaling.py "$logs/scale-one.json" "$logs/scale-all.json"

@@ -291,7 +291,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         autotune = os.environ.setdefault(autotune_policy.ENV, "rotate")
         out.write(f"GPU: autotune policy {autotune!r} (${autotune_policy.ENV}: 1, 0, rotate)\n")
     start = time.monotonic()
-    if len(devices) > 1:
+    if args.devices or len(devices) > 1:  # --devices: one worker process per device, even one
         runs, skipped = _verify_sharded(args, variants, devices, profile)
     else:
         runs, skipped = _verify_one_device(args, variants, devices[0], profile)
