@@ -138,18 +138,26 @@ class VarlenMeta:
     seqlens_k: tuple[int, ...]
 
 
-def check_cu_seqlens(name: str, cu: object, total: int, device: torch.device) -> list[int]:
-    """Check a cu_seqlens tensor: int32, 1-D, starts at 0, non-decreasing, ends at `total`."""
-    if not isinstance(cu, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(cu).__name__}")
-    expect = (
+def _cu_expectation(name: str, total: int) -> str:
+    return (
         f"{name} must be int32 of shape (N+1,) starting at 0, non-decreasing, ending at T={total}"
     )
+
+
+def _check_cu_tensor(name: str, cu: object, total: int, device: torch.device) -> torch.Tensor:
+    """A cu_seqlens tensor's type, dtype, rank and device (no values read)."""
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(cu).__name__}")
     if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
-        raise ValueError(f"{expect}; got {_describe(cu)}")
+        raise ValueError(f"{_cu_expectation(name, total)}; got {_describe(cu)}")
     if cu.device != device:
         raise ValueError(f"{name} must be on the device of q ({device}); got {cu.device}")
-    values = cu.tolist()
+    return cu
+
+
+def _check_cu_values(name: str, values: list[int], total: int) -> list[int]:
+    """A cu_seqlens tensor's values: start at 0, non-decreasing, end at `total`."""
+    expect = _cu_expectation(name, total)
     if values[0] != 0:
         raise ValueError(f"{expect}; got first entry {values[0]}")
     for i in range(1, len(values)):
@@ -158,6 +166,12 @@ def check_cu_seqlens(name: str, cu: object, total: int, device: torch.device) ->
     if values[-1] != total:
         raise ValueError(f"{expect}; got last entry {values[-1]}")
     return values
+
+
+def check_cu_seqlens(name: str, cu: object, total: int, device: torch.device) -> list[int]:
+    """Check a cu_seqlens tensor: int32, 1-D, starts at 0, non-decreasing, ends at `total`;
+    returns its values (one host read)."""
+    return _check_cu_values(name, _check_cu_tensor(name, cu, total, device).tolist(), total)
 
 
 def _check_max_seqlen(name: str, given: int | None, real: int) -> int:
@@ -190,13 +204,18 @@ def check_varlen_inputs(
     _check_qkv(q, k, v, 3, dtypes)
     check_head_dim("q", q.shape[-1])
     check_heads(q.shape[1], k.shape[1])
-    cu_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
-    cu_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
-    if len(cu_q) != len(cu_k):
+    tensor_q = _check_cu_tensor("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    tensor_k = _check_cu_tensor("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+    if tensor_q.numel() != tensor_k.numel():
         raise ValueError(
             "cu_seqlens_q and cu_seqlens_k must describe the same number of sequences N; "
-            f"got {len(cu_q) - 1} and {len(cu_k) - 1}"
+            f"got {tensor_q.numel() - 1} and {tensor_k.numel() - 1}"
         )
+    # one host read (one device sync) for both tensors
+    values = torch.cat([tensor_q, tensor_k]).tolist()
+    n = tensor_q.numel()
+    cu_q = _check_cu_values("cu_seqlens_q", values[:n], q.shape[0])
+    cu_k = _check_cu_values("cu_seqlens_k", values[n:], k.shape[0])
     lens_q = tuple(b - a for a, b in itertools.pairwise(cu_q))
     lens_k = tuple(b - a for a, b in itertools.pairwise(cu_k))
     return VarlenMeta(

@@ -19,6 +19,7 @@ from attnverify.reference import (
     paged_attention,
     varlen_attention,
 )
+from attnverify.validation import check_varlen_inputs
 
 F64 = torch.float64
 E4M3 = torch.float8_e4m3fn
@@ -659,3 +660,21 @@ def test_validation_accepts_scalar_tensor_scale() -> None:
     """A one-element float tensor scale acts as the float it holds."""
     want = gqa_attention(**gqa_kwargs(), scale=0.25)
     assert torch.equal(gqa_attention(**gqa_kwargs(), scale=torch.tensor(0.25)), want)
+
+
+def test_validation_reads_both_cu_seqlens_in_one_host_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_varlen_inputs reads cu_seqlens_q and cu_seqlens_k with one `.tolist()` (one device
+    sync on a GPU), after every check that needs no values."""
+    reads: list[tuple[int, ...]] = []
+    tolist = torch.Tensor.tolist
+
+    def counting(self: torch.Tensor) -> Any:
+        reads.append(tuple(self.shape))
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    kw = varlen_kwargs()
+    args = (kw["q"], kw["k"], kw["v"], kw["cu_seqlens_q"], kw["cu_seqlens_k"], None, None, None)
+    check_varlen_inputs(*args, dtypes=(F64,))
+    n = kw["cu_seqlens_q"].numel() + kw["cu_seqlens_k"].numel()
+    assert reads == [(n,)]
