@@ -346,6 +346,16 @@ def check_fp8_inputs(
 
 
 @dataclass(frozen=True)
+class PagedLayout:
+    """What `check_paged_layout` resolved without reading values: scale and cache geometry."""
+
+    scale: float
+    block_size: int
+    num_blocks: int
+    num_kv_heads: int
+
+
+@dataclass(frozen=True)
 class PagedMeta:
     """What `check_paged_inputs` resolved: scale, geometry and per-request lengths (host ints)."""
 
@@ -356,7 +366,7 @@ class PagedMeta:
     seq_lens: tuple[int, ...]
 
 
-def check_paged_inputs(
+def check_paged_layout(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -368,8 +378,9 @@ def check_paged_inputs(
     num_splits: int | None,
     kv_layout: str,
     dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
-) -> PagedMeta:
-    """Validate `paged_attention` inputs (see `reference.paged.paged_attention` for shapes)."""
+) -> PagedLayout:
+    """The rules of `check_paged_inputs` that read no tensor values: types, dtypes, shapes,
+    devices, descales, num_splits, kv_layout. Returns the resolved geometry."""
     if kv_layout not in KV_LAYOUTS:
         raise ValueError(
             f"kv_layout must be one of {', '.join(repr(x) for x in KV_LAYOUTS)}; got {kv_layout!r}"
@@ -428,9 +439,23 @@ def check_paged_inputs(
         isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1
     ):
         raise ValueError(f"num_splits must be an int >= 1 or None (automatic); got {num_splits!r}")
+    return PagedLayout(
+        scale=resolve_scale(scale, d),
+        block_size=block_size,
+        num_blocks=num_blocks,
+        num_kv_heads=hk,
+    )
+
+
+def check_paged_values(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, layout: PagedLayout
+) -> tuple[int, ...]:
+    """The value rules of `check_paged_inputs` (one host read of each tensor): every seq_len in
+    [0, max_blocks * block_size], and the block ids a request reads (its first
+    ceil(seq_len / block_size) entries) in [0, num_blocks). Returns seq_lens as ints."""
+    block_size, num_blocks = layout.block_size, layout.num_blocks
     lens = seq_lens.tolist()
-    max_blocks = block_tables.shape[1]
-    capacity = max_blocks * block_size
+    capacity = block_tables.shape[1] * block_size
     tables = block_tables.tolist()
     for i, n in enumerate(lens):
         if n < 0 or n > capacity:
@@ -445,12 +470,35 @@ def check_paged_inputs(
                 f"block_tables[{i}, {j}] = {used[j]} is used (seq_lens[{i}] = {n}) and must be a "
                 f"block id in [0, num_blocks = {num_blocks})"
             )
+    return tuple(lens)
+
+
+def check_paged_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None,
+    k_descale: torch.Tensor | None,
+    v_descale: torch.Tensor | None,
+    num_splits: int | None,
+    kv_layout: str,
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+) -> PagedMeta:
+    """Validate `paged_attention` inputs (see `reference.paged.paged_attention` for shapes):
+    `check_paged_layout`, then `check_paged_values`."""
+    layout = check_paged_layout(
+        q, k_cache, v_cache, block_tables, seq_lens, scale, k_descale, v_descale, num_splits,
+        kv_layout, dtypes,
+    )  # fmt: skip
+    lens = check_paged_values(block_tables, seq_lens, layout)
     return PagedMeta(
-        scale=resolve_scale(scale, d),
-        block_size=block_size,
-        num_blocks=num_blocks,
-        num_kv_heads=hk,
-        seq_lens=tuple(lens),
+        scale=layout.scale,
+        block_size=layout.block_size,
+        num_blocks=layout.num_blocks,
+        num_kv_heads=layout.num_kv_heads,
+        seq_lens=lens,
     )
 
 
@@ -483,6 +531,7 @@ __all__ = [
     "KV_LAYOUTS",
     "ORACLE_DTYPES",
     "OUT_DTYPES",
+    "PagedLayout",
     "PagedMeta",
     "VarlenMeta",
     "check_cu_seqlens",
@@ -495,6 +544,8 @@ __all__ = [
     "check_mask_bias",
     "check_merge_inputs",
     "check_paged_inputs",
+    "check_paged_layout",
+    "check_paged_values",
     "check_same",
     "check_tensor",
     "check_varlen_inputs",

@@ -34,7 +34,7 @@ import triton.language as tl
 from attnverify.arch import Arch, current_arch
 from attnverify.kernels._common import cdiv
 from attnverify.kernels._gate import enforce_verified
-from attnverify.validation import check_merge_inputs, check_paged_inputs
+from attnverify.validation import check_merge_inputs, check_paged_layout, check_paged_values
 
 LOG2E = 1.4426950408889634
 MIN_BLOCK_M = 16  # tl.dot needs M >= 16 ...
@@ -528,11 +528,6 @@ def launch_paged(
     return out, lse
 
 
-def _stand_in(x: torch.Tensor | None) -> torch.Tensor | None:
-    """A storage-free CPU tensor of x's shape and dtype: for checks that read no values."""
-    return None if x is None else torch.empty((), dtype=x.dtype).expand(x.shape)
-
-
 def _check_paged_values(
     block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, num_blocks: int
 ) -> int | None:
@@ -575,40 +570,18 @@ def check_inputs(
     """`attnverify.validation.check_paged_inputs`, with one host synchronisation and no loop
     over requests: returns (scale, longest seq_len).
 
-    The shape / dtype rules run on storage-free stand-ins; the value rules (seq_lens range,
-    ids of the pages read) on the device (`_check_paged_values`). Bad input, or input the fast
-    path does not cover (non-tensors, several devices), goes through `check_paged_inputs` on
-    the real tensors, so the error and its message are that function's, raised before any
-    launch.
+    `check_paged_layout` reads no values; the value rules (seq_lens range, ids of the pages
+    read) run on the device (`_check_paged_values`). Where one may be broken,
+    `check_paged_values` rechecks on the host and raises its own error, before any launch.
     """
-    args = (q, k_cache, v_cache, block_tables, seq_lens, scale, k_descale, v_descale)
-    tensors = [x for x in (*args[:5], k_descale, v_descale) if x is not None]
-    fast = (
-        all(isinstance(x, torch.Tensor) for x in tensors)
-        and len({x.device for x in tensors}) == 1
-        and block_tables.dim() == 2
-    )
-    longest = None
-    if fast:
-        try:
-            meta = check_paged_inputs(
-                *map(_stand_in, (q, k_cache, v_cache)),
-                _stand_in(block_tables[:, :0]),
-                torch.zeros((), dtype=seq_lens.dtype).expand(seq_lens.shape),
-                scale,
-                _stand_in(k_descale),
-                _stand_in(v_descale),
-                num_splits,
-                kv_layout,
-            )
-        except (TypeError, ValueError):
-            fast = False
-        else:
-            longest = _check_paged_values(block_tables, seq_lens, meta.block_size, meta.num_blocks)
-    if longest is None:  # raises check_paged_inputs's error (or, rarely, passes on the host)
-        meta = check_paged_inputs(*args, num_splits, kv_layout)
-        longest = max(meta.seq_lens, default=0)
-    return meta.scale, longest
+    layout = check_paged_layout(
+        q, k_cache, v_cache, block_tables, seq_lens, scale, k_descale, v_descale, num_splits,
+        kv_layout,
+    )  # fmt: skip
+    longest = _check_paged_values(block_tables, seq_lens, layout.block_size, layout.num_blocks)
+    if longest is None:  # raises check_paged_values's error (or, rarely, passes on the host)
+        longest = max(check_paged_values(block_tables, seq_lens, layout), default=0)
+    return layout.scale, longest
 
 
 @dataclass(frozen=True)

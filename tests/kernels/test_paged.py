@@ -43,7 +43,7 @@ from attnverify.kernels.paged import (
     plan_paged,
 )
 from attnverify.reference import paged as ref
-from attnverify.validation import check_paged_inputs
+from attnverify.validation import check_paged_inputs, check_paged_values
 from attnverify.verify import check
 from attnverify.verify.case import Case
 from attnverify.verify.compare import compare
@@ -489,19 +489,19 @@ def test_paged_device_checks_agree_with_host_checks(values: tuple) -> None:
     }
     args = _check_args(x)
     want = _outcome(check_paged_inputs, *args)
-    widths = []  # block-table widths the host check saw: 0 for the stand-in
+    host_reads = []  # calls of the host value check (the fallback)
 
     def spy(*a):
-        widths.append(a[3].shape[1])
-        return check_paged_inputs(*a)
+        host_reads.append(a)
+        return check_paged_values(*a)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kernel, "check_paged_inputs", spy)
+        mp.setattr(kernel, "check_paged_values", spy)
         got = _outcome(check_inputs, *args)
     if want[0] == "ok":
         assert got == ("ok", (want[1].scale, max(want[1].seq_lens, default=0)))
         # valid input never falls back to reading tables on the host (but for an empty pool)
-        assert widths == [0] or (num_blocks == 0 and max_blocks), widths
+        assert not host_reads or (num_blocks == 0 and max_blocks), host_reads
     else:
         assert got == want
 
@@ -532,8 +532,8 @@ def test_paged_device_checks_agree_with_host_checks(values: tuple) -> None:
     ],
 )
 def test_paged_shape_checks_raise_the_host_error(change: dict) -> None:
-    """Shape / dtype / device / option errors found on the stand-ins are check_paged_inputs's
-    own errors with the real tensors in the message, raised before any launch."""
+    """Shape / dtype / device / option errors are check_paged_inputs's own errors (its
+    value-free part, check_paged_layout), raised before any launch."""
     x = PagedInputs(seq_lens=(20, 4)).build(poison=0.0)
     key, value = next(iter(change.items()))
     args = _check_args(x, **{key: value(x[key]) if callable(value) else value})
@@ -555,25 +555,20 @@ def test_paged_bad_values_raise_before_any_launch(monkeypatch) -> None:
 
 
 def test_paged_valid_input_reads_the_device_once(monkeypatch) -> None:
-    """Valid input: the host check only sees storage-free stand-ins (no table read on the
-    host), and the values come back in exactly one read of the inputs' device."""
-    seen, reads = [], []
-    host_check, tolist = kernel.check_paged_inputs, torch.Tensor.tolist
-
-    def spy_check(*args):
-        seen.append(args[3].shape)
-        return host_check(*args)
+    """Valid input: no host value check (no table read on the host), and the values come back
+    in exactly one read of the inputs' device."""
+    host_reads, reads = [], []
+    tolist = torch.Tensor.tolist
 
     def spy_tolist(self):
-        if any(self.stride()):  # not a stand-in (an expanded 0-d tensor, every stride 0)
-            reads.append(self.shape)
+        reads.append(self.shape)
         return tolist(self)
 
     x = PagedInputs(seq_lens=(37, 0, 16)).build()
-    monkeypatch.setattr(kernel, "check_paged_inputs", spy_check)
+    monkeypatch.setattr(kernel, "check_paged_values", lambda *a: host_reads.append(a))
     monkeypatch.setattr(torch.Tensor, "tolist", spy_tolist)
     plan = plan_paged(**x)
-    assert seen == [(3, 0)], seen
+    assert host_reads == [], host_reads
     assert len(reads) == 1, reads
     assert plan.num_splits == default_num_splits(
         3 * 2, 37, plan.config.block_n, CPU_INTERPRETER.num_sms
