@@ -27,6 +27,17 @@ def _case_keys(report: dict[str, Any]) -> list[str]:
     return sorted(json.dumps(c["case"], sort_keys=True) for c in report["cases"])
 
 
+def _busy(report: dict[str, Any]) -> str:
+    """Per device, the seconds its cases took (compiles included), and the run's wall time
+    beyond the busiest device (process start, drawing, merging)."""
+    busy: dict[str, float] = {}
+    for case in report["cases"]:
+        busy[case["device"]] = busy.get(case["device"], 0.0) + case["seconds"]
+    per_device = ", ".join(f"{d} {s:.1f} s" for d, s in sorted(busy.items()))
+    rest = report["meta"]["seconds"] - max(busy.values(), default=0.0)
+    return f"busy {per_device}; outside cases {rest:.1f} s"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("one", type=Path, help="report of the run on one GPU")
@@ -44,7 +55,8 @@ def main() -> int:
         meta = report["meta"]
         print(
             f"{name:>7}: {len(report['cases'])} cases in {meta['seconds']:.1f} s = "
-            f"{rate:.2f} cases/s ({meta['devices']}; passed: {report['passed']})"
+            f"{rate:.2f} cases/s ({meta['devices']}; passed: {report['passed']}); "
+            f"{_busy(report)}"
         )
     print(f"speed-up {speedup:.2f}x on {gpus} GPUs (need >= {need:.2f}x); same cases: {same}")
     ok = same and passed and speedup >= need

@@ -72,13 +72,21 @@ def draw_cases(
 
 
 def compile_affinity(case: Case) -> tuple:
-    """The case fields that select most kernel specialisations (dtypes, head dim, flags,
-    broadcast shapes, cache layout): cases that differ here rarely share a compiled kernel."""
+    """The case fields that select the kernels' specialisations: dtypes, head dim, causal,
+    which dims of the mask and bias broadcast, the cache's dtype, layout and block size. Input
+    layouts, descale shapes and lengths are left out: the kernels take them as strides and
+    runtime values. On an H200 a key that kept them split fp8 cases of one kernel over two
+    workers, each compiling it (ci/scaling.py's per-device busy time)."""
     return (
-        case.variant, case.dtype, case.head_dim, case.causal, case.mask_shape, case.bias_shape,
-        case.bias_dtype, case.out_dtype, case.descale, case.cache_dtype, case.kv_layout,
-        case.block_size, case.layout,
+        case.variant, case.dtype, case.head_dim, case.causal, _broadcast(case.mask_shape),
+        _broadcast(case.bias_shape), case.bias_dtype, case.out_dtype, case.cache_dtype,
+        case.kv_layout, case.block_size,
     )  # fmt: skip
+
+
+def _broadcast(shape: tuple[int, ...] | None) -> tuple[bool, ...] | None:
+    """Which dims of a mask / bias shape are 1 (broadcast), or None without one."""
+    return None if shape is None else tuple(n == 1 for n in shape)
 
 
 def deal(cases: Sequence[Case], workers: int) -> list[list[Case]]:
