@@ -64,10 +64,12 @@ wanted offsets && step offsets python3 ci/reliability.py offsets
 wanted bad-input && step bad-input python3 ci/reliability.py bad-input
 if wanted agreement; then
   # The same float16/float32/e4m3 cases through the interpreter and on the GPU (ci/agreement.py).
+  # Both sides go through `--devices` (the sharded draw): check()'s own run may draw a few cases
+  # differently, and the two sides must hold the same cases.
   agree=(verify --profile ci --seed 0 --dtype float16 --dtype float32 --dtype float8_e4m3fn)
-  step agree-interpreter python3 -m attnverify "${agree[@]}" --device cpu --jobs 8 \
+  step agree-interpreter python3 -m attnverify "${agree[@]}" --devices cpu --jobs 8 \
     --report "$logs/agree-cpu.json"
-  step agree-gpu python3 -m attnverify "${agree[@]}" --device cuda:0 \
+  step agree-gpu python3 -m attnverify "${agree[@]}" --devices cuda:0 --jobs 8 \
     --report "$logs/agree-gpu.json"
   step agreement python3 ci/agreement.py "$logs/agree-cpu.json" "$logs/agree-gpu.json"
 fi
