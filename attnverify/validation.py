@@ -168,12 +168,6 @@ def _check_cu_values(name: str, values: list[int], total: int) -> list[int]:
     return values
 
 
-def check_cu_seqlens(name: str, cu: object, total: int, device: torch.device) -> list[int]:
-    """Check a cu_seqlens tensor: int32, 1-D, starts at 0, non-decreasing, ends at `total`;
-    returns its values (one host read)."""
-    return _check_cu_values(name, _check_cu_tensor(name, cu, total, device).tolist(), total)
-
-
 def _check_max_seqlen(name: str, given: int | None, real: int) -> int:
     """`given` (any integer: int, numpy int, 0-d integer tensor) if >= `real`; None gives `real`."""
     if given is None:
@@ -534,7 +528,6 @@ __all__ = [
     "PagedLayout",
     "PagedMeta",
     "VarlenMeta",
-    "check_cu_seqlens",
     "check_descale",
     "check_fp8_inputs",
     "check_gqa_inputs",

@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 import triton
 
+from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels import _flash
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.kernels.varlen import varlen_attention
@@ -199,7 +200,7 @@ def harness_cases(variant: str, impl: Callable, count: int, seconds: float) -> d
 
 
 def correctness(examples: int, seconds: float) -> dict:
-    os.environ["ATTNVERIFY_AUTOTUNE"] = "0"
+    os.environ[autotune_policy.ENV] = "0"
     res = {}
     for name, fn in (("varlen", varlen_attention), ("gqa", gqa_attention)):
         try:
@@ -214,7 +215,7 @@ def correctness(examples: int, seconds: float) -> dict:
     log("head dims", len(res["head_dims"]["failures"]), "failures", f"{time.time() - t:.0f}s")
     res["large_offsets"] = large_offsets()
     log("large offsets", res["large_offsets"])
-    os.environ.pop("ATTNVERIFY_AUTOTUNE")
+    os.environ.pop(autotune_policy.ENV)
     return res
 
 

@@ -41,7 +41,6 @@ from attnverify.kernels._common import (
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-AUTOTUNE_ENV = autotune_policy.ENV  # "0": use the first surviving config (fast sweeps)
 INTERPRETER_BLOCK = 32
 GPU_MASK_BLOCK = 128  # granularity of the tile-level mask summary; every BLOCK_* divides it
 
@@ -1087,4 +1086,4 @@ def _sum_group(buf: torch.Tensor, like: torch.Tensor, problem: FlashProblem) -> 
     return buf.view(b, problem.num_kv_heads, g, n, d).sum(dim=2).to(like.dtype)
 
 
-__all__ = ["AUTOTUNE_ENV", "FlashConfig", "FlashProblem", "flash_backward", "flash_forward"]
+__all__ = ["FlashConfig", "FlashProblem", "flash_backward", "flash_forward"]
