@@ -62,12 +62,22 @@ class PagedConfig:
         num_warps, num_stages: Triton launch settings (stages of the software pipeline).
         maxnreg: registers per thread the compiler may use (None: its own choice); a cap
             lets more programs share an SM.
+        fp8_convert: how an fp8 cache becomes float16 (other caches ignore it):
+            "ptx": K / V loaded as 32-bit words (4 fp8 each) and converted in registers by
+            `cvt.rn.f16x2.e4m3x2` (e4m3) or a byte permute (e5m2): NVIDIA sm89+ (elsewhere,
+            the interpreter included, "bits" runs instead);
+            "bits": the same word loads, converted with integer bit operations (portable);
+            "cast": fp8 element loads converted by Triton (which stages the fp8 bytes in shared
+            memory and reads the dot operands from there byte by byte).
+            The word loads need a cache whose D is contiguous and whose other strides and
+            storage offset are multiples of 4 elements; others are read as "cast".
     """
 
     block_n: int
     num_warps: int
     num_stages: int
     maxnreg: int | None = None
+    fp8_convert: str = "bits"
 
 
 def pick_config(
@@ -75,13 +85,20 @@ def pick_config(
 ) -> PagedConfig:
     """Launch settings for a cache geometry and dtype on `arch` (16-key tiles when interpreted).
 
-    Tiles of 64 keys (128 for fp8 caches: the same bytes), 32 for D > 128.
+    bf16 / fp16 / fp32 caches: 64-key tiles, 4 warps, 3 stages. fp8 caches: 64-key tiles read
+    as 32-bit words, converted to float16 by PTX on NVIDIA sm89+ (`PagedConfig.fp8_convert`),
+    5 stages (two K / V buffers in flight) and 128 registers per thread (four programs per SM,
+    as bf16). Tiles of half the keys for D > 128.
     """
+    ptx = arch.vendor == "nvidia" and arch.capability >= (8, 9)
+    convert = "ptx" if ptx else "bits"
     if arch.is_interpreter:
-        return PagedConfig(block_n=16, num_warps=1, num_stages=1)
-    block_n = 128 if cache_dtype.itemsize == 1 else 64
-    if head_dim > 128:
-        block_n //= 2
+        return PagedConfig(block_n=16, num_warps=1, num_stages=1, fp8_convert=convert)
+    block_n = 64 if head_dim <= 128 else 32
+    if cache_dtype.itemsize == 1:
+        return PagedConfig(
+            block_n=block_n, num_warps=4, num_stages=5, maxnreg=128, fp8_convert=convert
+        )
     return PagedConfig(block_n=block_n, num_warps=4, num_stages=3)
 
 
@@ -96,6 +113,65 @@ def default_num_splits(num_programs: int, max_seq_len: int, block_n: int, num_sm
 
 
 # ---------------------------------------------------------------- kernels
+
+
+# fp8 pairs -> float16 pairs in PTX (sm89+). $4: one 32-bit word, elements 0..3 in bytes 0..3;
+# $0..$3: the four float16 values. e4m3: the hardware conversion (NaN stays NaN); e5m2 is the
+# high byte of a float16, so a byte permute into the high halves is exact.
+_E4M3_WORD_PTX = tl.constexpr("""{
+.reg .b16 lo, hi;
+.reg .b32 a, b;
+mov.b32 {lo, hi}, $4;
+cvt.rn.f16x2.e4m3x2 a, lo;
+cvt.rn.f16x2.e4m3x2 b, hi;
+mov.b32 {$0, $1}, a;
+mov.b32 {$2, $3}, b;
+}""")
+_E5M2_WORD_PTX = tl.constexpr("""{
+.reg .b32 a, b;
+prmt.b32 a, $4, 0, 0x1404;
+prmt.b32 b, $4, 0, 0x3424;
+mov.b32 {$0, $1}, a;
+mov.b32 {$2, $3}, b;
+}""")
+
+
+@triton.jit
+def _fp8_byte_to_f16(x, E5M2: tl.constexpr):
+    """int32 fp8 bit patterns (0..255) -> float16 of the same value, by integer operations."""
+    if E5M2:
+        # e5m2 is the high byte of a float16
+        return (x << 8).to(tl.int16).to(tl.float16, bitcast=True)
+    else:
+        # e4m3 (bias 7) shifted into float16's fields (bias 15) reads as value / 2^8;
+        # magnitude 0x7F is e4m3fn's NaN
+        mag = x & 0x7F
+        h = tl.where(mag == 0x7F, 0x7E00, mag << 7) | ((x & 0x80) << 8)
+        return (h.to(tl.int16).to(tl.float16, bitcast=True) * 256.0).to(tl.float16)
+
+
+@triton.jit
+def _fp8_words_to_f16(w, E5M2: tl.constexpr, PTX: tl.constexpr):
+    """[R, W] int32 words of 4 fp8 values each (byte j of word i: element 4 i + j) ->
+    [R, 4 W] float16 of the same values (exact). The conversion runs in registers on 32-bit
+    words, so the float16 tile is what Triton stages for the dot (16-bit, ldmatrix-able)."""
+    if PTX:
+        f0, f1, f2, f3 = tl.inline_asm_elementwise(
+            _E5M2_WORD_PTX if E5M2 else _E4M3_WORD_PTX,
+            "=h,=h,=h,=h,r",
+            [w],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        f0 = _fp8_byte_to_f16(w & 0xFF, E5M2)
+        f1 = _fp8_byte_to_f16((w >> 8) & 0xFF, E5M2)
+        f2 = _fp8_byte_to_f16((w >> 16) & 0xFF, E5M2)
+        f3 = _fp8_byte_to_f16((w >> 24) & 0xFF, E5M2)
+    # [R, W, 2, 2]: [r, i, m, k] = element 4 i + 2 m + k of row r
+    f = tl.join(tl.join(f0, f2), tl.join(f1, f3))
+    return tl.reshape(f, (f.shape[0], f.shape[1] * 4))
 
 
 @triton.jit
@@ -116,9 +192,15 @@ def _kv_tile(
     d_ok,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    FP8_WORDS: tl.constexpr,
+    FP8_E5M2: tl.constexpr,
 ):
     """K and V [BLOCK_N, BLOCK_D] of keys start_n.. of one kv head; keys at or past `end`, and
-    the block-table entries of their pages, are not read."""
+    the block-table entries of their pages, are not read.
+
+    FP8_WORDS (0: off): the caches are int32 views of fp8 caches (strides in words, `offs_d` /
+    `d_ok` the BLOCK_D / 4 words of a row), returned as float16, converted by PTX (2) or by
+    integer operations (1)."""
     pos = start_n + tl.arange(0, BLOCK_N)
     pos_ok = pos < end
     slot = (pos % BLOCK_SIZE).to(tl.int64)[:, None]
@@ -131,7 +213,7 @@ def _kv_tile(
         block = tl.load(table + (pos // BLOCK_SIZE) * stride_btp, mask=pos_ok, other=0)
         block = block.to(tl.int64)[:, None]
     mask = pos_ok[:, None] & d_ok[None, :]
-    # [BLOCK_N, BLOCK_D]
+    # [BLOCK_N, BLOCK_D] (fp8 words: [BLOCK_N, BLOCK_D / 4])
     k = tl.load(
         k_head + block * stride_kb + slot * stride_ks + offs_d[None, :] * stride_kd,
         mask=mask,
@@ -142,6 +224,9 @@ def _kv_tile(
         mask=mask,
         other=0.0,
     )
+    if FP8_WORDS:
+        k = _fp8_words_to_f16(k, FP8_E5M2, FP8_WORDS == 2)
+        v = _fp8_words_to_f16(v, FP8_E5M2, FP8_WORDS == 2)
     return k, v
 
 
@@ -213,6 +298,8 @@ def _paged_fwd_kernel(
     NUM_STAGES: tl.constexpr,
     FP16_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    FP8_WORDS: tl.constexpr,
+    FP8_E5M2: tl.constexpr,
 ):
     # grid (num_splits, Hk * row tiles, B): one program per (request, kv head, split); its
     # BLOCK_M rows are (query head of the group, query position) pairs sharing one K/V read
@@ -234,6 +321,13 @@ def _paged_fwd_kernel(
     last_key = query + seq_len - num_queries  # query i sees key j iff j <= last_key[i]
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
+    if FP8_WORDS:
+        # the cache rows are int32 words of 4 fp8 values
+        offs_kv = tl.arange(0, BLOCK_D // 4)
+        kv_ok = offs_kv < HEAD_DIM // 4
+    else:
+        offs_kv = offs_d
+        kv_ok = d_ok
 
     # [BLOCK_M, BLOCK_D]
     q = tl.load(
@@ -274,10 +368,12 @@ def _paged_fwd_kernel(
             stride_vb,
             stride_vs,
             stride_vd,
-            offs_d,
-            d_ok,
+            offs_kv,
+            kv_ok,
             BLOCK_SIZE,
             BLOCK_N,
+            FP8_WORDS,
+            FP8_E5M2,
         )
         pos = start_n + tl.arange(0, BLOCK_N)
         # [BLOCK_M, BLOCK_N] scores in log2 units
@@ -400,6 +496,31 @@ def _cache_strides(cache: torch.Tensor, kv_layout: str) -> tuple[int, int, int, 
     return cache.stride(0), cache.stride(2), cache.stride(1), cache.stride(3)
 
 
+def _word_view(cache: torch.Tensor) -> torch.Tensor | None:
+    """An fp8 cache as int32 words of 4 values along D (same layout, strides / 4), or None where
+    D is not contiguous or a stride / the storage offset is not a multiple of 4."""
+    if cache.stride(-1) != 1 or cache.storage_offset() % 4:
+        return None
+    if any(st % 4 for st in cache.stride()[:-1]) or cache.shape[-1] % 4:
+        return None
+    return cache.view(torch.int32)
+
+
+def _fp8_words(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, convert: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(k, v, FP8_WORDS) as the kernel reads them: int32 word views of fp8 caches with
+    FP8_WORDS 2 (PTX conversion, CUDA tensors) or 1 (integer conversion); otherwise the caches
+    themselves and 0 (element loads)."""
+    if k_cache.dtype.itemsize != 1 or q.dtype == torch.float32 or convert == "cast":
+        return k_cache, v_cache, 0
+    k_words, v_words = _word_view(k_cache), _word_view(v_cache)
+    if k_words is None or v_words is None:
+        return k_cache, v_cache, 0
+    ptx = convert == "ptx" and q.is_cuda and torch.version.hip is None
+    return k_words, v_words, 2 if ptx else 1
+
+
 def launch_merge(
     out: torch.Tensor, lse: torch.Tensor, merged: torch.Tensor, merged_lse: torch.Tensor
 ) -> None:
@@ -481,11 +602,12 @@ def launch_paged(
         part_lse = torch.empty(b, hq, lq, num_splits, dtype=torch.float32, device=q.device)
     k_ds = k_descale if k_descale is not None else lse
     v_ds = v_descale if v_descale is not None else lse
+    k_read, v_read, fp8_words = _fp8_words(q, k_cache, v_cache, config.fp8_convert)
     grid = (num_splits, hk * num_row_tiles, b)
     _paged_fwd_kernel[grid](
         q,
-        k_cache,
-        v_cache,
+        k_read,
+        v_read,
         block_tables,
         seq_lens,
         k_ds,
@@ -493,8 +615,8 @@ def launch_paged(
         part,
         part_lse,
         *q.stride(),
-        *_cache_strides(k_cache, kv_layout),
-        *_cache_strides(v_cache, kv_layout),
+        *_cache_strides(k_read, kv_layout),
+        *_cache_strides(v_read, kv_layout),
         *block_tables.stride(),
         *part.stride(),
         *part_lse.stride(),
@@ -515,6 +637,8 @@ def launch_paged(
         NUM_STAGES=config.num_stages,
         FP16_DOT=k_cache.dtype.itemsize == 1 and q.dtype != torch.float32,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
+        FP8_WORDS=fp8_words,
+        FP8_E5M2=k_cache.dtype == torch.float8_e5m2,
         num_warps=config.num_warps,
         maxnreg=config.maxnreg,
     )

@@ -15,6 +15,8 @@ Lq > seq_len rows are exactly 0 / -inf, bad input raises before any launch.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +27,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+import triton
+import triton.language as tl
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -35,8 +39,10 @@ from attnverify.kernels.paged import (
     MERGE_MAX_BLOCK_S,
     MIN_TILES_PER_SPLIT,
     WAVES,
+    _fp8_words_to_f16,
     check_inputs,
     default_num_splits,
+    launch_paged,
     merge_attention_states,
     paged_attention,
     pick_config,
@@ -54,6 +60,7 @@ REPLAY_DIR = Path(tempfile.gettempdir()) / "attnverify-test-paged-failures"
 NEG_INF = float("-inf")
 # Small tiles under the interpreter (BLOCK_N = 16): pages of 8 span tiles, pages of 32 hold two.
 BLOCK_SIZES = (8, 16, 32)
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,168 @@ def test_paged_fp8_cache(cache_dtype: torch.dtype) -> None:
         assert_matches_oracle(case, x, out, lse)
 
 
+@triton.jit
+def _words_to_f16_kernel(words_ptr, out_ptr, E5M2: tl.constexpr, PTX: tl.constexpr):
+    """[64, 4] int32 words -> [64, 16] float16 through `paged._fp8_words_to_f16`."""
+    rows = tl.arange(0, 64)[:, None]
+    words = tl.load(words_ptr + rows * 4 + tl.arange(0, 4)[None, :])
+    halves = _fp8_words_to_f16(words, E5M2, PTX)
+    tl.store(out_ptr + rows * 16 + tl.arange(0, 16)[None, :], halves)
+
+
+@pytest.mark.parametrize("ptx", [False, pytest.param(True, marks=pytest.mark.skipif(
+    DEVICE.type != "cuda", reason="inline PTX runs on an NVIDIA GPU only"))])  # fmt: skip
+@pytest.mark.parametrize("cache_dtype", FP8)
+def test_fp8_words_convert_every_byte_exactly(cache_dtype: torch.dtype, ptx: bool) -> None:
+    """Every fp8 bit pattern, in every byte position of a word, becomes the float16 of the same
+    value (NaN stays NaN, -0 stays -0), in element order 4 * word + byte."""
+    gen = torch.Generator().manual_seed(3)
+    # 4 shuffles of the 256 patterns: each pattern lands in several byte positions
+    raw = torch.cat([torch.randperm(256, generator=gen) for _ in range(4)]).to(torch.uint8)
+    want = raw.view(cache_dtype).to(torch.float16).reshape(64, 16)
+    got = torch.empty(64, 16, dtype=torch.float16, device=DEVICE)
+    _words_to_f16_kernel[(1,)](raw.to(DEVICE).view(torch.int32), got, cache_dtype == FP8[1], ptx)
+    got = got.cpu()
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
+
+
+def _shifted(cache: torch.Tensor) -> torch.Tensor:
+    """The same values in storage that starts 1 element off a word boundary."""
+    store = torch.empty(cache.numel() + 1, dtype=cache.dtype, device=cache.device)
+    out = store[1:].view(cache.shape)
+    out.copy_(cache)
+    return out
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    cache_dtype=st.sampled_from(FP8),
+    head_dim=st.sampled_from([8, 24, 32, 48]),
+    block_size=st.sampled_from(BLOCK_SIZES),
+    seq_lens=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+    lq=st.integers(1, 3),
+    layout=st.sampled_from(["NHD", "HND"]),
+)
+@example(torch.float8_e4m3fn, 24, 8, [37, 0], 2, "NHD")
+@example(torch.float8_e5m2, 8, 16, [17], 1, "HND")
+def test_paged_fp8_word_loads_equal_element_loads(
+    cache_dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    seq_lens: list[int],
+    lq: int,
+    layout: str,
+) -> None:
+    """fp8 caches read as 32-bit words (converted in registers) give bitwise the results of
+    Triton's element loads ("cast"); a cache off the word grid takes the element loads. NaN in
+    unused slots: a word path that read them would differ."""
+    case = PagedInputs(
+        seq_lens=tuple(seq_lens), lq=lq, head_dim=head_dim, block_size=block_size,
+        cache_dtype=cache_dtype,
+    )  # fmt: skip
+    x = case.build()
+    if layout == "HND":
+        x = to_hnd(x)
+    plan = plan_paged(**x, kv_layout=layout, num_splits=2)
+    args = [x[n] for n in ("q", "k_cache", "v_cache", "block_tables", "seq_lens")]
+    descales = (x["k_descale"], x["v_descale"])
+    words = replace(plan.config, fp8_convert="bits")
+    results = {}
+    for name, config, caches in (
+        ("words", words, args[1:3]),
+        ("cast", replace(words, fp8_convert="cast"), args[1:3]),
+        ("shifted", words, [_shifted(c) for c in args[1:3]]),
+    ):
+        results[name] = launch_paged(
+            args[0], *caches, *args[3:], *descales, scale=plan.scale, num_splits=2,
+            kv_layout=layout, config=config,
+        )  # fmt: skip
+    assert kernel._fp8_words(args[0], *args[1:3], "bits")[2] == 1
+    assert kernel._word_view(_shifted(args[1])) is None
+    for name in ("cast", "shifted"):
+        for got, want in zip(results[name], results["words"], strict=True):
+            assert torch.equal(got, want), name
+    assert_matches_oracle(case, x, *results["words"], kv_layout=layout)
+
+
+def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int) -> str:
+    """PTX of the attention kernel as `paged_attention` launches it on sm90 (default config;
+    Hq 32, Hk 8, D 128; fp8 caches read as words, PTX conversion), compiled by Triton for sm90
+    with aligned pointers. Needs a process without TRITON_INTERPRET (JIT functions)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+    from triton.runtime.jit import mangle_type
+
+    class Capture:
+        def __getitem__(self, grid: object) -> Capture:
+            return self
+
+        def __call__(self, *args: object, **kwargs: object) -> None:
+            self.args, self.kwargs = args, kwargs
+
+    k = torch.zeros(8, block_size, 8, 128, dtype=torch.bfloat16).to(cache_dtype)
+    descale = torch.tensor(0.5) if cache_dtype in FP8 else None
+    jit, capture = kernel._paged_fwd_kernel, Capture()
+    kernel._paged_fwd_kernel = capture
+    try:
+        launch_paged(
+            torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), k, k,
+            torch.zeros(1, 8, dtype=torch.int32), torch.full((1,), 64, dtype=torch.int32),
+            descale, descale, scale=0.1, num_splits=1, kv_layout="NHD",
+            config=pick_config(block_size, 128, cache_dtype, arch_from_name("sm90")),
+        )  # fmt: skip
+    finally:
+        kernel._paged_fwd_kernel = jit
+    options = {n: capture.kwargs.pop(n) for n in ("num_warps", "maxnreg")}
+    options["num_stages"] = capture.kwargs["NUM_STAGES"]
+    if capture.kwargs["FP8_WORDS"]:
+        capture.kwargs["FP8_WORDS"] = 2  # CPU tensors here: the GPU launch converts by PTX
+    values = dict(zip(jit.arg_names, capture.args, strict=False)) | capture.kwargs
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(jit.arg_names):
+        kind = "constexpr" if name in capture.kwargs else mangle_type(values[name], True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[(i,)] = values[name]
+        elif isinstance(values[name], torch.Tensor):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(jit, signature, constexprs=constexprs, attrs=attrs)
+    return compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the GPU compiles the kernel in other tests")
+def test_fp8_cache_reads_no_bytes_from_shared_memory_on_sm90() -> None:
+    """The point of the word loads: compiled for sm90, the fp8 kernels read no single bytes from
+    shared memory (Triton's element path reads the fp8 dot operands byte by byte) and convert
+    with `cvt.rn.f16x2.e4m3x2` (e4m3) or byte permutes (e5m2); the bf16 kernel uses ldmatrix."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = (
+        "import re, torch, test_paged\n"
+        "for name in ('float8_e4m3fn', 'float8_e5m2', 'bfloat16'):\n"
+        "    ptx = test_paged.compile_sm90_ptx(getattr(torch, name), 16)\n"
+        "    print(name, len(re.findall(r'ld\\.shared(\\.v\\d)?\\.[bsu]8', ptx)),"
+        " ptx.count('cvt.rn.f16x2.e4m3x2'), ptx.count('prmt.b32'), ptx.count('ldmatrix'))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(__file__).parent)])
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = {
+        line.split()[0]: [int(n) for n in line.split()[1:]]
+        for line in done.stdout.split("\n")
+        if line
+    }
+    e4m3, e5m2, bf16 = counts["float8_e4m3fn"], counts["float8_e5m2"], counts["bfloat16"]
+    assert e4m3[0] == 0 and e4m3[1] > 0, counts
+    assert e5m2[0] == 0 and e5m2[2] > 0 and e5m2[1] == 0, counts
+    assert bf16[0] == 0 and bf16[3] > 0, counts
+
+
 def test_paged_empty_rows_exact() -> None:
     """seq_len 0, and rows i < Lq - seq_len (no visible key): out exactly 0, lse -inf."""
     case = PagedInputs(seq_lens=(0, 2), lq=4, hq=2, hk=1)
@@ -351,12 +520,18 @@ def test_default_num_splits_fills_the_gpu() -> None:
 
 def test_pick_config_by_arch_and_cache() -> None:
     """16-key tiles under the interpreter (pages of 8 span tiles, pages of 32 hold two); on a
-    GPU fp8 caches take tiles of twice the keys (the same bytes), D > 128 half."""
+    GPU 64-key tiles, D > 128 half; fp8 caches double-buffered (5 stages) under a 128-register
+    cap, converted by PTX on NVIDIA sm89+ and by integer operations elsewhere."""
     assert pick_config(16, 128, torch.float16, CPU_INTERPRETER).block_n == 16
+    assert pick_config(16, 128, torch.float8_e4m3fn, CPU_INTERPRETER).fp8_convert == "bits"
     sm90 = arch_from_name("sm90")
-    bf16 = pick_config(16, 128, torch.bfloat16, sm90).block_n
-    assert pick_config(16, 128, torch.float8_e4m3fn, sm90).block_n == 2 * bf16
-    assert pick_config(16, 256, torch.bfloat16, sm90).block_n == bf16 // 2
+    bf16 = pick_config(16, 128, torch.bfloat16, sm90)
+    assert (bf16.block_n, bf16.num_stages, bf16.maxnreg) == (64, 3, None)
+    fp8 = pick_config(16, 128, torch.float8_e4m3fn, sm90)
+    assert (fp8.block_n, fp8.num_stages, fp8.maxnreg, fp8.fp8_convert) == (64, 5, 128, "ptx")
+    assert pick_config(16, 256, torch.bfloat16, sm90).block_n == bf16.block_n // 2
+    assert pick_config(16, 128, torch.float8_e5m2, arch_from_name("sm80")).fp8_convert == "bits"
+    assert pick_config(16, 128, torch.float8_e5m2, arch_from_name("gfx950")).fp8_convert == "bits"
 
 
 @pytest.mark.parametrize(
