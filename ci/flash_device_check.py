@@ -290,7 +290,47 @@ def try_bench(name: str, fn: Callable[[], object]) -> float | None:
         return None
 
 
-def varlen_bench(rows: list) -> None:
+class _Recorder:
+    """Stands in for the autotuned forward kernel: records the grid and kwargs of one launch."""
+
+    def __init__(self) -> None:
+        self.fn = self
+        self.grid: tuple | None = None
+        self.kwargs: dict = {}
+
+    def __getitem__(self, grid: tuple) -> Callable[..., None]:
+        def record(**kwargs: object) -> None:
+            self.grid, self.kwargs = grid, kwargs
+
+        return record
+
+
+def kernel_only(call: Callable[[], object], **override: object) -> Callable[[], object]:
+    """A closure launching just the forward kernel that `call()` launches, its host work (input
+    checks, cu_seqlens read, work table, argument packing) done once here; `override` replaces
+    kernel arguments (e.g. RAW_MAX=False for the scale-first softmax of the previous tree)."""
+    rec, real = _Recorder(), _flash._fwd
+    _flash._fwd = rec
+    try:
+        call()
+    finally:
+        _flash._fwd = real
+    grid, kwargs = rec.grid, {**rec.kwargs, **override}
+    return lambda: real[grid](**kwargs)
+
+
+def split_timings(row: dict, prefix: str, flops: float, call: Callable[[], object]) -> None:
+    """Public call vs its kernel alone (host share), and the kernel with RAW_MAX off."""
+    ms = bench_ms(call)
+    ms_kernel = bench_ms(kernel_only(call))
+    ms_scale_first = bench_ms(kernel_only(call, RAW_MAX=False))
+    row[f"{prefix}_fwd_tflops"] = tflops(flops, ms)
+    row[f"{prefix}_kernel_only_fwd_tflops"] = tflops(flops, ms_kernel)
+    row[f"{prefix}_kernel_raw_max_off_fwd_tflops"] = tflops(flops, ms_scale_first)
+    row[f"{prefix}_host_share_of_time"] = 1 - ms_kernel / ms
+
+
+def varlen_bench(rows: list, fwd_only: bool) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -320,13 +360,20 @@ def varlen_bench(rows: list) -> None:
         err = float((out[sl].double() - ref).abs().max())
         row = {"case": f"varlen bf16 H=16 D={d} T={t} lens={lens}", "check_max_abs_err": err}
         f = flops * d
-        ms = bench_ms(lambda: varlen_attention(q, k, v, c, c))
-        row["ours_fwd_tflops"] = tflops(f, ms)
+        qn, kn, vn = (x.detach() for x in (q, k, v))
+        split_timings(row, "ours", f, lambda: varlen_attention(qn, kn, vn, c, c))
         row["ours_fwd_config"] = str(_flash._fwd.best_config)
-        do = torch.randn_like(out)
-        out = varlen_attention(q, k, v, c, c)
-        ms_b = bench_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
-        row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+
+        def cold() -> object:
+            _flash._cached_work_table.cache_clear()
+            return varlen_attention(qn, kn, vn, c, c)
+
+        row["ours_fwd_uncached_table_tflops"] = tflops(f, bench_ms(cold))
+        if not fwd_only:
+            do = torch.randn_like(out)
+            out = varlen_attention(q, k, v, c, c)
+            ms_b = bench_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+            row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
         qf, kf, vf = (x.detach().transpose(0, 1).unsqueeze(0) for x in (q, k, v))
         ms_f = try_bench("flex", lambda: flex(qf, kf, vf, block_mask=bm))
         if ms_f:
@@ -342,11 +389,16 @@ def varlen_bench(rows: list) -> None:
         eq = [t // 4] * 4
         ce = cu(eq)
         f_eq = 4 * sum(n * n for n in eq) * h * d
-        ms_eq = bench_ms(lambda: varlen_attention(q, k, v, ce, ce))
-        qd, kd, vd = (x.detach().view(4, t // 4, h, d).transpose(1, 2) for x in (q, k, v))
-        ms_dense = bench_ms(lambda: gqa_attention(qd, kd, vd))
-        row["ours_varlen_equal_fwd_tflops"] = tflops(f_eq, ms_eq)
-        row["ours_dense_same_tokens_fwd_tflops"] = tflops(f_eq, ms_dense)
+        qd, kd, vd = (x.view(4, t // 4, h, d).transpose(1, 2) for x in (qn, kn, vn))
+        split_timings(row, "ours_varlen_equal", f_eq, lambda: varlen_attention(qn, kn, vn, ce, ce))
+        split_timings(row, "ours_dense_same_tokens", f_eq, lambda: gqa_attention(qd, kd, vd))
+        row["varlen_over_dense_time"] = (
+            row["ours_dense_same_tokens_fwd_tflops"] / row["ours_varlen_equal_fwd_tflops"]
+        )
+        row["varlen_over_dense_kernel_time"] = (
+            row["ours_dense_same_tokens_kernel_only_fwd_tflops"]
+            / row["ours_varlen_equal_kernel_only_fwd_tflops"]
+        )
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             qs, ks, vs = (
                 x.detach().view(4, t // 4, h, d).transpose(1, 2).contiguous().requires_grad_()
@@ -357,6 +409,7 @@ def varlen_bench(rows: list) -> None:
             )
             if ms_s:
                 row["sdpa_flash_dense_fwd_tflops"] = tflops(f_eq, ms_s)
+            if ms_s and not fwd_only:
                 os_ = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
                 dos = torch.randn_like(os_)
                 ms_sb = try_bench(
@@ -369,17 +422,17 @@ def varlen_bench(rows: list) -> None:
         log(json.dumps(row))
 
 
-def gqa_bench(rows: list) -> None:
+def gqa_bench(rows: list, fwd_only: bool) -> None:
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     for hk in (16, 4):
-        rows.append(gqa_bench_one(hk, flex, sdpa))
+        rows.append(gqa_bench_one(hk, flex, sdpa, fwd_only))
         torch.cuda.empty_cache()
 
 
-def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable) -> dict:
+def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable, fwd_only: bool) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     L, hq, d = 8192, 16, 128
@@ -391,30 +444,32 @@ def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable) -> dict:
     bias = (
         torch.randn(1, 1, L, L, device=DEVICE, dtype=torch.bfloat16, generator=g) * 0.5
     ).requires_grad_()
-    out = gqa_attention(q, k, v, bias=bias)
+    checked = None if fwd_only else bias  # --fwd-only: no bias compile
+    out = gqa_attention(q, k, v, bias=checked)
     rs = slice(0, 256)
-    ref = gqa_oracle(q[:, :, rs], k, v, bias=bias[:, :, rs])
+    ref = gqa_oracle(q[:, :, rs], k, v, bias=None if fwd_only else bias[:, :, rs])
     row = {"case": f"gqa bf16 B=1 Hq=16 Hk={hk} D=128 L={L}",
            "check_max_abs_err": float((out[:, :, rs].double() - ref).abs().max())}  # fmt: skip
-    ms = bench_ms(lambda: gqa_attention(q, k, v))
-    row["ours_fwd_tflops"] = tflops(f, ms)
-    row["ours_fwd_config"] = str(_flash._fwd.best_config)
-    ms_bias = bench_ms(lambda: gqa_attention(q, k, v, bias=bias))
-    row["ours_fwd_bias_tflops"] = tflops(f, ms_bias)
-    do = torch.randn_like(out)
-    ms_bb = bench_ms(lambda: torch.autograd.grad(out, (q, k, v, bias), do, retain_graph=True))
-    row["ours_bwd_bias_tflops"] = tflops(2.5 * f, ms_bb)
-    out_nb = gqa_attention(q, k, v)
-    ms_b = bench_ms(lambda: torch.autograd.grad(out_nb, (q, k, v), do, retain_graph=True))
-    row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
-    # 90% of 128x128 tiles all False
-    gm = torch.Generator(device=DEVICE).manual_seed(1)
-    tiles = torch.rand(L // 128, L // 128, device=DEVICE, generator=gm) < 0.1
-    tiles[torch.arange(L // 128), torch.arange(L // 128)] = True
-    mask = tiles.repeat_interleave(128, 0).repeat_interleave(128, 1)[None, None]
-    ms_sparse = bench_ms(lambda: gqa_attention(q, k, v, mask=mask))
-    row["ours_sparse90_over_dense_time"] = ms_sparse / ms
     qd, kd, vd = q.detach(), k.detach(), v.detach()
+    split_timings(row, "ours", f, lambda: gqa_attention(qd, kd, vd))
+    row["ours_fwd_config"] = str(_flash._fwd.best_config)
+    if not fwd_only:
+        ms = f * 1e-9 / row["ours_fwd_tflops"]
+        ms_bias = bench_ms(lambda: gqa_attention(q, k, v, bias=bias))
+        row["ours_fwd_bias_tflops"] = tflops(f, ms_bias)
+        do = torch.randn_like(out)
+        ms_bb = bench_ms(lambda: torch.autograd.grad(out, (q, k, v, bias), do, retain_graph=True))
+        row["ours_bwd_bias_tflops"] = tflops(2.5 * f, ms_bb)
+        out_nb = gqa_attention(q, k, v)
+        ms_b = bench_ms(lambda: torch.autograd.grad(out_nb, (q, k, v), do, retain_graph=True))
+        row["ours_bwd_tflops"] = tflops(2.5 * f, ms_b)
+        # 90% of 128x128 tiles all False
+        gm = torch.Generator(device=DEVICE).manual_seed(1)
+        tiles = torch.rand(L // 128, L // 128, device=DEVICE, generator=gm) < 0.1
+        tiles[torch.arange(L // 128), torch.arange(L // 128)] = True
+        mask = tiles.repeat_interleave(128, 0).repeat_interleave(128, 1)[None, None]
+        ms_sparse = bench_ms(lambda: gqa_attention(q, k, v, mask=mask))
+        row["ours_sparse90_over_dense_time"] = ms_sparse / ms
     ms_f = try_bench("flex", lambda: flex(qd, kd, vd, enable_gqa=hk != hq))
     if ms_f:
         row["flex_fwd_tflops"] = tflops(f, ms_f)
@@ -432,12 +487,12 @@ def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable) -> dict:
             ms_s = try_bench(f"sdpa {name}", lambda: sdpa(qd, kk, vv))
             if ms_s:
                 row[f"sdpa_{name}_fwd_tflops"] = tflops(f, ms_s)
-            if name != "flash":
+            if name != "flash" and not fwd_only:
                 bd = bias.detach()
                 ms_sb = try_bench(f"sdpa {name} bias", lambda: sdpa(qd, kk, vv, attn_mask=bd))
                 if ms_sb:
                     row[f"sdpa_{name}_fwd_bias_tflops"] = tflops(f, ms_sb)
-            if name == "flash":
+            if name == "flash" and not fwd_only:
                 qs, ks, vs = (x.clone().requires_grad_() for x in (qd, kk, vv))
                 try:
                     os_ = sdpa(qs, ks, vs)
@@ -469,6 +524,9 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=40, help="cases per dtype per variant")
     ap.add_argument("--seconds", type=float, default=120, help="time cap per harness variant")
     ap.add_argument("--bench", default="varlen,gqa")
+    ap.add_argument(
+        "--fwd-only", action="store_true", help="bench forwards only (no backward, bias, sparse)"
+    )
     args = ap.parse_args()
     RESULTS["device"] = torch.cuda.get_device_name()
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
@@ -489,9 +547,9 @@ def main() -> int:
         rows: list = []
         RESULTS["sections"]["bench"] = rows
         if "varlen" in args.bench:
-            guarded(varlen_bench, rows)
+            guarded(varlen_bench, rows, args.fwd_only)
         if "gqa" in args.bench:
-            guarded(gqa_bench, rows)
+            guarded(gqa_bench, rows, args.fwd_only)
     with open(path, "w") as fh:
         json.dump(RESULTS, fh, indent=1, default=str)
     log("overall correctness ok:", ok)

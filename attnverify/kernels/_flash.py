@@ -24,6 +24,7 @@ host when G > 1), dq in its own pass, dbias per query head reduced on the host.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -165,13 +166,17 @@ def _scores(
     mask_ptrs, bias_ptrs,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, DOT_PREC: tl.constexpr,
+    SCALED: tl.constexpr = True,
 ):  # fmt: skip
-    """Scores in base 2: (q.k * scale + bias) * LOG2E, -inf where hidden. [BLOCK_M, BLOCK_N]"""
+    """Scores in base 2: (q.k * scale + bias) * LOG2E, -inf where hidden. [BLOCK_M, BLOCK_N]
+    SCALED=False (no bias only): q.k, -inf where hidden; the caller applies the scale."""
+    tl.static_assert(SCALED or not HAS_BIAS, "unscaled scores cannot take a bias")
     # [BLOCK_M, BLOCK_N]
     s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PREC)
     if HAS_D1:
         s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
-    s = s * qk_scale
+    if SCALED:
+        s = s * qk_scale
     in_range = (rows < len_q)[:, None] & (cols < len_k)[None, :]
     if HAS_BIAS:
         if MASKED:
@@ -208,9 +213,10 @@ def _fwd_tile(
     d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
-    MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr,
+    MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr, RAW_MAX: tl.constexpr,
 ):  # fmt: skip
-    """One KV tile of the online softmax: update acc, running max m_i and sum l_i."""
+    """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
+    bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores)."""
     if _tile_active(flag_ptr, HAS_MASK):
         cols_ok = cols < len_k
         # [BLOCK_N, D0], [BLOCK_N, D1]
@@ -224,11 +230,18 @@ def _fwd_tile(
         # [BLOCK_M, BLOCK_N]
         s = _scores(
             q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs,
-            bias_ptrs, MASKED, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, DOT_PREC,
+            bias_ptrs, MASKED, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, DOT_PREC, not RAW_MAX,
         )  # fmt: skip
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
+        if RAW_MAX:
+            # unscaled scores, scale > 0: scale the row max once per row and fold the scale
+            # into the exponent's FMA (one multiply per score fewer than scaling s first)
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s * qk_scale - m_safe[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         # [BLOCK_M, D0], [BLOCK_M, D1]
@@ -290,9 +303,10 @@ def _flash_fwd_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
-    ALIGN: tl.constexpr,
+    ALIGN: tl.constexpr, RAW_MAX: tl.constexpr,
 ):  # fmt: skip
-    """Forward: one program per (query block, query head, batch); writes out and lse."""
+    """Forward: one program per (query block, query head, batch); writes out and lse.
+    RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -348,7 +362,7 @@ def _flash_fwd_kernel(
             k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX,
         )  # fmt: skip
     for n0 in range(n_full, n_end, BLOCK_N):
         n64 = _wide(n0)
@@ -357,7 +371,7 @@ def _flash_fwd_kernel(
             k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX,
         )  # fmt: skip
     has_key = l_i > 0
     inv_l = 1.0 / tl.where(has_key, l_i, 1.0)
@@ -828,13 +842,50 @@ def _head_div(x: torch.Tensor | None, problem: FlashProblem) -> int:
 
 @dataclass(frozen=True)
 class _Common:
-    """Arguments every kernel takes, resolved once per call."""
+    """Arguments every kernel takes, resolved once per launch, and that launch's grid."""
 
     kwargs: dict
-    grid_rows: tuple[int, int, int]
-    grid_cols: tuple[int, int, int]
-    work_rows: torch.Tensor
-    work_cols: torch.Tensor
+    grid: tuple[int, int, int]
+    work: torch.Tensor
+
+
+WORK_TABLE_CACHE = 64  # varlen work tables kept on their device (a few KiB each)
+
+
+@functools.lru_cache(maxsize=WORK_TABLE_CACHE)
+def _cached_work_table(
+    seqlens_rows: tuple[int, ...],
+    seqlens_cols: tuple[int, ...],
+    starts_rows: tuple[int, ...],
+    starts_cols: tuple[int, ...],
+    block: int,
+    rows_are_queries: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    return varlen_work_table(
+        seqlens_rows, seqlens_cols, starts_rows, starts_cols, block,
+        rows_are_queries=rows_are_queries, device=device,
+    )  # fmt: skip
+
+
+def _work_table(problem: FlashProblem, block: int, rows_are_queries: bool, device: torch.device):
+    """The varlen work table of one grid, built once per (lengths, block, side, device).
+
+    Building it is host Python plus a host-to-device copy, and it runs while the GPU idles: the
+    caller has just read cu_seqlens on the host. Repeated calls (every step of a vision encoder
+    with fixed image sizes, every benchmark repetition) reuse the device tensor. Kernels only
+    read it; `record_stream` keeps a cached table alive for the streams that read it if it is
+    evicted while a launch on another stream is still in flight.
+    """
+    p = problem
+    if rows_are_queries:
+        key = (p.seqlens_q, p.seqlens_k, p.starts_q, p.starts_k)
+    else:
+        key = (p.seqlens_k, p.seqlens_q, p.starts_k, p.starts_q)
+    table = _cached_work_table(*key, block, rows_are_queries, device)
+    if table.is_cuda:
+        table.record_stream(torch.cuda.current_stream(table.device))
+    return table
 
 
 def _block_sizes(
@@ -853,22 +904,21 @@ def _prepare(
     mask: torch.Tensor | None,
     bias: torch.Tensor | None,
     config: FlashConfig | None,
+    *,
+    rows_are_queries: bool,
 ) -> _Common:
+    """Shared kwargs and the grid of one pass: over query blocks (forward, dq) or key blocks
+    (dk/dv). Only that pass's varlen work table is built."""
     split = split_head_dim(q.shape[-1])
     outer, mask_block = _block_sizes(q, split, config)
     flags = block_any(mask, mask_block) if mask is not None else None
     if problem.is_varlen:
-        sq, sk, lq, lk = problem.starts_q, problem.starts_k, problem.seqlens_q, problem.seqlens_k
-        work_rows = varlen_work_table(lq, lk, sq, sk, outer, rows_are_queries=True, device=q.device)
-        work_cols = varlen_work_table(
-            lk, lq, sk, sq, outer, rows_are_queries=False, device=q.device
-        )
-        grid_rows = (work_rows.shape[0], problem.num_q_heads, 1)
-        grid_cols = (work_cols.shape[0], problem.num_q_heads, 1)
+        work = _work_table(problem, outer, rows_are_queries, q.device)
+        grid = (work.shape[0], problem.num_q_heads, 1)
     else:
-        work_rows = work_cols = q
-        grid_rows = (triton.cdiv(problem.seqlen_q, outer), problem.num_q_heads, problem.batch)
-        grid_cols = (triton.cdiv(problem.seqlen_k, outer), problem.num_q_heads, problem.batch)
+        work = q
+        length = problem.seqlen_q if rows_are_queries else problem.seqlen_k
+        grid = (triton.cdiv(length, outer), problem.num_q_heads, problem.batch)
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,
         Bias=bias if bias is not None else q,
@@ -894,7 +944,7 @@ def _prepare(
         HAS_BIAS=bias is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else None,
     )
-    return _Common(kwargs, grid_rows, grid_cols, work_rows, work_cols)
+    return _Common(kwargs, grid, work)
 
 
 def _stride_kw(prefix: str, axes: str, strides: tuple[int, ...]) -> dict[str, int]:
@@ -958,15 +1008,15 @@ def flash_forward(
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    common = _prepare(q, problem, mask, bias, config)
+    common = _prepare(q, problem, mask, bias, config, rows_are_queries=True)
     vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
     al = _alignment(vl, q, k, v, out)
     _launch(
-        _fwd, common.grid_rows, config,
-        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work_rows,
+        _fwd, common.grid, config,
+        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work,
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
-        **_named("o", out, vl, al), ALIGN=al,
+        **_named("o", out, vl, al), ALIGN=al, RAW_MAX=bias is None and problem.scale > 0,
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
         **common.kwargs,
     )  # fmt: skip
@@ -1046,7 +1096,7 @@ def flash_backward(
     delta = delta.contiguous()
     lse = lse.contiguous()
     lse_strides = _stride_kw("l", "zhm", _lse_strides(lse, vl))
-    common = _prepare(q, problem, mask, bias, config_dkdv)
+    common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     al = _alignment(vl, q, k, v, do, dq, dk, dv)
     shared = dict(
         Q=q, K=k, V=v, DO=do, Lse=lse, Delta=delta, ALIGN=al,
@@ -1058,16 +1108,16 @@ def flash_backward(
     else:
         db_buf, mode = q, 0
     _launch(
-        _dkdv, common.grid_cols, config_dkdv,
-        DK=dk, DV=dv, DB=db_buf, Work=common.work_cols,
+        _dkdv, common.grid, config_dkdv,
+        DK=dk, DV=dv, DB=db_buf, Work=common.work,
         **_named_kv("dk", dk, vl, al), **_named_kv("dv", dv, vl, al),
         **_stride_kw("db", "zhmn", db_buf.stride() if mode else (0, 0, 0, 0)),
         DBIAS_MODE=mode, **shared, **common.kwargs,
     )  # fmt: skip
-    common = _prepare(q, problem, mask, bias, config_dq)
+    common = _prepare(q, problem, mask, bias, config_dq, rows_are_queries=True)
     _launch(
-        _dq, common.grid_rows, config_dq,
-        DQ=dq, Work=common.work_rows, **_named("dq", dq, vl, al), **shared, **common.kwargs,
+        _dq, common.grid, config_dq,
+        DQ=dq, Work=common.work, **_named("dq", dq, vl, al), **shared, **common.kwargs,
     )  # fmt: skip
     if need_dbias:
         dbias = _reduce_dbias(db_buf, bias, problem)

@@ -9,6 +9,7 @@ Oracle: `attnverify.reference.varlen`. Core: `attnverify.kernels._flash` (IS_VAR
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 
 import torch
@@ -16,7 +17,16 @@ import torch
 from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
 from attnverify.kernels._gate import enforce_verified
 from attnverify.reference.varlen import cu_seqlens_from_grid_thw
-from attnverify.validation import check_varlen_inputs, resolve_scale
+from attnverify.validation import VarlenMeta, check_varlen_inputs, resolve_scale
+
+# What `varlen_attention` validated for the op call it is making: (cu_seqlens_q, cu_seqlens_k,
+# meta). Reading cu_seqlens on the host is a device sync, after which the GPU idles until the
+# launch; the op implementation reuses this read instead of making a second one when it gets
+# the very same tensor objects. Set only around that one eager call; torch.compile'd graphs,
+# opcheck and the backward validate themselves.
+_VALIDATED: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "attnverify_varlen_validated", default=None
+)
 
 # ------------------------------------------------------------------ launchers
 
@@ -30,8 +40,11 @@ def _problem(
     causal: bool,
     scale: float,
 ) -> FlashProblem:
-    """Validate (one host read of cu_seqlens) and describe the call for the flash core."""
-    meta = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None, None, scale)
+    """Validate (one host read of cu_seqlens) and describe the call for the flash core; an
+    eager `varlen_attention` call hands over its own validation (see `_VALIDATED`)."""
+    meta = _handed_over(cu_seqlens_q, cu_seqlens_k)
+    if meta is None:
+        meta = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None, None, scale)
     return FlashProblem(
         is_varlen=True,
         batch=1,
@@ -44,6 +57,14 @@ def _problem(
         seqlens_q=meta.seqlens_q,
         seqlens_k=meta.seqlens_k,
     )
+
+
+def _handed_over(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor) -> VarlenMeta | None:
+    """The meta `varlen_attention` validated for exactly these cu_seqlens objects, or None."""
+    handed = _VALIDATED.get()
+    if handed is None or handed[0] is not cu_seqlens_q or handed[1] is not cu_seqlens_k:
+        return None
+    return handed[2]
 
 
 def varlen_forward(
@@ -211,6 +232,12 @@ def varlen_attention(
         )
         scale = meta.scale
         enforce_verified("varlen", q.device)
+        token = _VALIDATED.set((cu_seqlens_q, cu_seqlens_k, meta))
+        try:
+            out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+        finally:
+            _VALIDATED.reset(token)
+        return (out, lse) if return_lse else out
     out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     return (out, lse) if return_lse else out
 

@@ -75,17 +75,24 @@ def test_varlen_harness_check():
     d=st.sampled_from([8, 24, 72, 136]),
     causal=st.booleans(),
     dtype=st.sampled_from(CPU_DTYPES),
+    scale=st.sampled_from([None, None, 0.3, -0.2, 0.0]),
 )
-@example(lens=[(63, 63), (0, 5), (1, 111)], heads=(2, 1), d=72, causal=True, dtype=torch.float32)
-@example(lens=[(40, 3)], heads=(1, 1), d=8, causal=True, dtype=torch.float16)
-def test_varlen_matches_oracle(judge, lens, heads, d, causal, dtype):
+@example(
+    lens=[(63, 63), (0, 5), (1, 111)], heads=(2, 1), d=72, causal=True, dtype=torch.float32,
+    scale=None,
+)  # fmt: skip
+@example(lens=[(40, 3)], heads=(1, 1), d=8, causal=True, dtype=torch.float16, scale=None)
+@example(lens=[(70, 70), (5, 40)], heads=(2, 2), d=24, causal=True, dtype=torch.float32, scale=-0.2)
+@example(lens=[(33, 40)], heads=(1, 1), d=24, causal=False, dtype=torch.float16, scale=0.0)
+def test_varlen_matches_oracle(judge, lens, heads, d, causal, dtype, scale):
+    """Any scale: > 0 takes the forward's unscaled-row-max path (RAW_MAX), <= 0 the other."""
     lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
     hq, hk = heads
     q, k, v, do = make(lens_q, lens_k, hq, hk, d, dtype, seed=sum(lens_q) + d)
     cq, ck = cu(lens_q), cu(lens_k)
-    got = run(varlen_attention, q, k, v, do, cq, ck, causal)
-    ref = run(oracle, q, k, v, do, cq, ck, causal)
-    base = run(oracle, q, k, v, do, cq, ck, causal, compute_dtype=dtype)
+    got = run(varlen_attention, q, k, v, do, cq, ck, causal, scale=scale)
+    ref = run(oracle, q, k, v, do, cq, ck, causal, scale=scale)
+    base = run(oracle, q, k, v, do, cq, ck, causal, compute_dtype=dtype, scale=scale)
     failures = judge("varlen", got, ref, base, dtype, zeros_of(lens_q, lens_k, causal))
     assert not failures, "\n".join(failures)
 
@@ -212,3 +219,37 @@ def test_varlen_work_table_longest_first():
     assert table[0].tolist() == [256, 8192, 256, 8192, 0], f"first item {table[0].tolist()}"
     blocks = sorted((int(r[0]), int(r[4])) for r in table if int(r[1]) == 300)
     assert blocks == [(8448, 0), (8448, 1), (8448, 2)], f"blocks of the 300-token sequence {blocks}"
+
+
+def test_varlen_forward_reads_cu_seqlens_once_and_reuses_its_work_table(monkeypatch):
+    """An eager forward makes one host read of cu_seqlens (a device sync after which the GPU
+    idles until the launch) and builds only the forward's work table, once per lengths."""
+    import attnverify.kernels.varlen as varlen_mod
+
+    reads = []
+    check = varlen_mod.check_varlen_inputs
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(varlen_mod, "check_varlen_inputs", counted)
+    lens = [37, 0, 51]
+    q, k, v, _ = make(lens, lens, 2, 1, 16, torch.float32, seed=3)
+    c, c2 = cu(lens), cu(lens)
+    _flash._cached_work_table.cache_clear()
+    with torch.no_grad():
+        first = varlen_attention(q, k, v, c, c)
+        assert len(reads) == 1, f"eager forward read cu_seqlens {len(reads)} times"
+        again = varlen_attention(q, k, v, c2, c2)
+    info = _flash._cached_work_table.cache_info()
+    assert (info.misses, info.hits) == (1, 1), f"one forward table, then reused: {info}"
+    assert torch.equal(first, again), "a reused work table changed the result"
+    # the op called directly (torch.compile graphs, opcheck) still validates by itself
+    reads.clear()
+    torch.ops.attnverify.varlen_fwd(q, k, v, c, c, False, 0.25)
+    assert len(reads) == 1, "the op skipped its own validation outside varlen_attention"
+    bad = torch.tensor([0, 40, 37, 88], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        torch.ops.attnverify.varlen_fwd(q, k, v, bad, c, False, 0.25)
+    assert varlen_mod._VALIDATED.get() is None, "the hand-over outlived its call"
