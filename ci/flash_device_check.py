@@ -10,6 +10,9 @@ Sections:
   gradients; every D in [8, 256]; a varlen call whose T * H * D passes 2^31 (64-bit offsets).
   Runs with ATTNVERIFY_AUTOTUNE=0 (first config only) to keep compile time down.
 - op: torch.library.opcheck of both custom ops, and torch.compile(fullgraph=True) fwd + bwd.
+- sm90 (no GPU needed; run without TRITON_INTERPRET): compile the forward for sm90 at D = 72,
+  80, 128, varlen and dense, every FWD config, RAW_MAX on and off, and print registers, spills,
+  shared memory and the instruction mix of the full-tile KV loop (`compile_fwd_sm90`).
 - bench: triton.testing.do_bench medians of ours and the baselines in this process; TFLOP/s on
   useful FLOPs (4 * sum(Lq_i * Lk_i) * Hq * D forward, 2.5x that backward); each shape is
   checked against the float64 oracle on a slice first. Every forward of ours is timed three
@@ -515,6 +518,94 @@ def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable, fwd_only: bool) -> di
     return row
 
 
+# ------------------------------------------------------------------ sm90 compile facts
+
+
+def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, raw_max: bool) -> dict:
+    """Compile the forward exactly as `flash_forward` launches it (bf16, non-causal, no mask or
+    bias) for sm90 with Triton's own binder, without a GPU; return registers, spills, shared
+    memory and the instruction mix of the full-tile KV loop (the first loop of the PTX)."""
+    import re
+    import subprocess
+    from collections import Counter
+
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+    from triton.runtime.jit import create_function_from_signature
+
+    rec, real = _Recorder(), _flash._fwd
+    _flash._fwd = rec
+    try:
+        if varlen:
+            lens = [256, 512, 384, 128]
+            q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
+            problem = _flash.FlashProblem(
+                True, 1, 4, 4, False, 0.1, starts_q=(0, 256, 768, 1152),
+                starts_k=(0, 256, 768, 1152), seqlens_q=tuple(lens), seqlens_k=tuple(lens),
+            )  # fmt: skip
+        else:
+            q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
+            problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)
+        _flash.flash_forward(q, q, q, problem, config=config)
+    finally:
+        _flash._fwd = real
+    kwargs = {**rec.kwargs, "RAW_MAX": raw_max}
+    kernel, target = real.fn, GPUTarget("cuda", 90, 32)
+    backend = CUDABackend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, spec, opts = binder(**kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
+    compiled = triton_compile(
+        ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
+    ptx = compiled.asm["ptx"]
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    info = subprocess.run(
+        [ptxas, "-arch=sm_90a", "-v", "-", "-o", os.devnull],
+        input=ptx, capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    lines = ptx.splitlines()
+    loop: list[str] = []
+    for i, ln in enumerate(lines):  # the first label some later branch jumps back to
+        if not re.match(r"^\$L__BB0_\d+:", ln):
+            continue
+        back = re.compile(r"bra(\.uni)?\s+" + re.escape(ln.split(":")[0]) + ";")
+        end = next((j for j in range(i + 1, len(lines)) if back.search(lines[j])), None)
+        if end is not None:
+            for body in lines[i + 1 : end + 1]:
+                op = re.sub(r"^@!?%p\d+\s+", "", body.strip()).split()
+                if op and not op[0].startswith((".loc", "//", "$L__")):
+                    loop.append(op[0])
+            break
+    mix = Counter(loop)
+    return {
+        "D": d, "varlen": varlen, "config": str(config), "raw_max": raw_max,
+        "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+        "shared_bytes": compiled.metadata.shared,
+        "loop_instructions": len(loop),
+        "loop_mix": {k: mix[k] for k in sorted(mix) if k.split(".")[0] in SM90_OPS},
+    }  # fmt: skip
+
+
+SM90_OPS = ("wgmma", "cp", "mul", "fma", "ex2", "add", "max", "cvt", "ld", "st")
+
+
+def sm90_facts() -> list[dict]:
+    """Compile facts of the forward at D = 72, 80, 128, varlen and dense, every FWD config."""
+    facts = []
+    for d in (128, 80, 72):
+        for b, w, st in _flash.FWD_CONFIGS:
+            for varlen in (True, False):
+                for raw_max in (True, False):
+                    config = _flash.FlashConfig(128, b, w, st)
+                    facts.append(compile_fwd_sm90(d, varlen, config, raw_max))
+                    log(json.dumps(facts[-1]))
+    return facts
+
+
 def guarded(fn: Callable, *args: object) -> object:
     """Run one section; a crash is logged with its traceback and the next section still runs."""
     try:
@@ -540,7 +631,7 @@ def main() -> int:
         "--fwd-only", action="store_true", help="bench forwards only (no backward, bias, sparse)"
     )
     args = ap.parse_args()
-    RESULTS["device"] = torch.cuda.get_device_name()
+    RESULTS["device"] = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
     log(RESULTS["device"], RESULTS["versions"])
     sections = args.sections.split(",")
@@ -554,6 +645,8 @@ def main() -> int:
         ok &= res["large_offsets"]["passed"]
         with open(path, "w") as fh:
             json.dump(RESULTS, fh, indent=1, default=str)
+    if "sm90" in sections:
+        RESULTS["sections"]["sm90"] = guarded(sm90_facts)
     if "op" in sections:
         RESULTS["sections"]["op"] = guarded(op_checks)
     if "bench" in sections:
