@@ -19,7 +19,8 @@ Sections:
   ways: the public call, its kernel alone (host work done once: `kernel_only`), and the kernel
   with RAW_MAX=False (the scale-first softmax of the tree before 2026-11-21); `host_share` is
   the part of the public call's time the GPU spent waiting for the host. --fwd-only skips the
-  backward, bias and sparse benches.
+  backward, bias and sparse benches. `--bench configs` adds a pinned sweep of the forward
+  over FWD_CONFIGS and CONFIG_CANDIDATES (`config_sweep`).
 Writes OUT_DIR/flash_device_check.json and prints a table.
 """
 
@@ -315,10 +316,13 @@ class _Recorder:
         return record
 
 
-def kernel_only(call: Callable[[], object], **override: object) -> Callable[[], object]:
+def kernel_only(
+    call: Callable[[], object], config: tuple[int, int, int] | None = None, **override: object
+) -> Callable[[], object]:
     """A closure launching just the forward kernel that `call()` launches, its host work (input
     checks, cu_seqlens read, work table, argument packing) done once here; `override` replaces
-    kernel arguments (e.g. RAW_MAX=False for the scale-first softmax of the previous tree)."""
+    kernel arguments (e.g. RAW_MAX=False for the scale-first softmax of the previous tree);
+    `config` = (BLOCK_INNER, num_warps, num_stages) pins the launch instead of autotuning."""
     rec, real = _Recorder(), _flash._fwd
     _flash._fwd = rec
     try:
@@ -326,7 +330,10 @@ def kernel_only(call: Callable[[], object], **override: object) -> Callable[[], 
     finally:
         _flash._fwd = real
     grid, kwargs = rec.grid, {**rec.kwargs, **override}
-    return lambda: real[grid](**kwargs)
+    if config is None:
+        return lambda: real[grid](**kwargs)
+    b, w, st = config
+    return lambda: real.fn[grid](**kwargs, BLOCK_INNER=b, num_warps=w, num_stages=st)
 
 
 def split_timings(row: dict, prefix: str, flops: float, call: Callable[[], object]) -> None:
@@ -428,6 +435,35 @@ def varlen_bench(rows: list, fwd_only: bool) -> None:
                 )
                 if ms_sb:
                     row["sdpa_flash_dense_bwd_tflops"] = tflops(2.5 * f_eq, ms_sb)
+        rows.append(row)
+        log(json.dumps(row))
+
+
+# candidates beside FWD_CONFIGS: 8-warp configs do not spill at BLOCK_OUTER 128 (sm90 section)
+CONFIG_CANDIDATES = ((128, 8, 4), (64, 8, 3), (128, 8, 2))
+
+
+def config_sweep(rows: list) -> None:
+    """Forward kernel alone under every FWD config and candidate, pinned (varlen bench lens,
+    bf16, H=16, D = 72, 80, 128): which configs the autotuner should keep."""
+    lens = [1024, 8192, 2048, 4096, 1024, 3072]
+    h, t, c = 16, sum(lens), cu(lens)
+    flops = 4 * sum(n * n for n in lens) * h
+    for d in (72, 80, 128):
+        g = torch.Generator(device=DEVICE).manual_seed(d)
+        q, k, v = (
+            torch.randn(t, h, d, device=DEVICE, dtype=torch.bfloat16, generator=g) for _ in range(3)
+        )
+        row = {"case": f"config sweep varlen bf16 H=16 D={d} lens={lens}"}
+        for config in (*_flash.FWD_CONFIGS, *CONFIG_CANDIDATES):
+            name = "b{}-w{}-s{}".format(*config)
+            try:
+                fn = kernel_only(lambda: varlen_attention(q, k, v, c, c), config)
+                fn()
+                torch.cuda.synchronize()
+                row[f"{name}_tflops"] = tflops(flops * d, bench_ms(fn))
+            except Exception as exc:  # e.g. out of shared memory: reported, not fatal
+                row[f"{name}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
         log(json.dumps(row))
 
@@ -656,6 +692,8 @@ def main() -> int:
             guarded(varlen_bench, rows, args.fwd_only)
         if "gqa" in args.bench:
             guarded(gqa_bench, rows, args.fwd_only)
+        if "configs" in args.bench:
+            guarded(config_sweep, rows)
     with open(path, "w") as fh:
         json.dump(RESULTS, fh, indent=1, default=str)
     log("overall correctness ok:", ok)
