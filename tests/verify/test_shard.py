@@ -26,3 +26,20 @@ def test_deal_keeps_groups_whole_and_balanced(variant: str, workers: int) -> Non
     assert max(sizes) - min(sizes) <= biggest
     for shard in shards:  # draw order kept within a worker
         assert [cases.index(c) for c in shard] == sorted(cases.index(c) for c in shard)
+
+
+def test_fp8_cases_of_one_head_dim_share_a_worker() -> None:
+    """fp8's V transpose kernel moves bytes: one compile serves both fp8 dtypes, causal or not,
+    any out dtype, so those cases must not be dealt to two workers."""
+    cases = draw_cases(
+        "fp8", profile="ci", dtypes=["float8_e4m3fn", "float8_e5m2"], examples=30, seed=0
+    )
+    by_dim: dict[int | None, set[tuple]] = {}
+    for case in cases:
+        by_dim.setdefault(case.head_dim, set()).add((case.dtype, case.causal, case.out_dtype))
+    assert any(len(kinds) > 1 for kinds in by_dim.values()), "draw holds no mixed head dim"
+    for shard_count in (2, 3):
+        owner: dict[int | None, int] = {}
+        for rank, shard in enumerate(deal(cases, shard_count)):
+            for case in shard:
+                assert owner.setdefault(case.head_dim, rank) == rank
