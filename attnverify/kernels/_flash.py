@@ -862,20 +862,27 @@ def _cached_work_table(
     rows_are_queries: bool,
     device: torch.device,
 ) -> torch.Tensor:
-    return varlen_work_table(
+    table = varlen_work_table(
         seqlens_rows, seqlens_cols, starts_rows, starts_cols, block,
         rows_are_queries=rows_are_queries, device=device,
     )  # fmt: skip
+    if table.is_cuda:
+        # the copy is asynchronous on this stream; a later launch on another stream must not
+        # read the table before it lands (cheap: the caller has just synced on cu_seqlens)
+        torch.cuda.current_stream(table.device).synchronize()
+    return table
 
 
-def _work_table(problem: FlashProblem, block: int, rows_are_queries: bool, device: torch.device):
+def _work_table(
+    problem: FlashProblem, block: int, rows_are_queries: bool, device: torch.device
+) -> torch.Tensor:
     """The varlen work table of one grid, built once per (lengths, block, side, device).
 
     Building it is host Python plus a host-to-device copy, and it runs while the GPU idles: the
     caller has just read cu_seqlens on the host. Repeated calls (every step of a vision encoder
     with fixed image sizes, every benchmark repetition) reuse the device tensor. Kernels only
-    read it; `record_stream` keeps a cached table alive for the streams that read it if it is
-    evicted while a launch on another stream is still in flight.
+    read it; a new table is on the device before any stream can read it, and `record_stream`
+    keeps an evicted table's memory from reuse until the launches that read it are done.
     """
     p = problem
     if rows_are_queries:
@@ -883,7 +890,7 @@ def _work_table(problem: FlashProblem, block: int, rows_are_queries: bool, devic
     else:
         key = (p.seqlens_k, p.seqlens_q, p.starts_k, p.starts_q)
     table = _cached_work_table(*key, block, rows_are_queries, device)
-    if table.is_cuda:
+    if table.is_cuda and not torch.cuda.is_current_stream_capturing():
         table.record_stream(torch.cuda.current_stream(table.device))
     return table
 
