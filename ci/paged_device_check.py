@@ -63,41 +63,47 @@ HQ, HK, D = 32, 8, 128
 
 
 def named_config(name: str) -> PagedConfig:
-    """ "bn128-w4-s5" -> PagedConfig(block_n=128, num_warps=4, num_stages=5); a fourth part
-    "r128" caps the registers per thread (maxnreg)."""
-    bn, w, st, *reg = name.split("-")
-    maxnreg = int(reg[0][1:]) if reg else None
-    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg)
+    """ "bn128-w4-s5" -> PagedConfig(block_n=128, num_warps=4, num_stages=5); optional further
+    parts: "r128" caps the registers per thread (maxnreg), "cast" / "bits" / "ptx" name how an
+    fp8 cache becomes float16 (`PagedConfig.fp8_convert`; default "ptx")."""
+    bn, w, st, *rest = name.split("-")
+    maxnreg = next((int(p[1:]) for p in rest if p.startswith("r")), None)
+    convert = next((p for p in rest if p in ("cast", "bits", "ptx")), "ptx")
+    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg, convert)
 
 
 # Launch settings timed by the sweep, per cache dtype (the first of each is today's default).
-# Stages >= 5 give the K / V tiles two buffers (the block-table read takes a pipeline stage;
-# stages 2..4 give one). Register caps let more programs share an SM; for sm90 with triton 3.6
-# (ptxas -v, D = 128, block 16): fp8 bn128-w4 uses 226 registers (2 programs per SM against
-# bf16 bn64-w4's 126, 4 programs); bn64-w4-s5 196 -> 128 with 8 bytes spilled (4 programs);
-# bn64-w8-s5 and bn32-w4-s5 reach 128 without spills. One stage loads K / V straight into
-# registers (no shared-memory staging of the fp8 bytes before the dot).
+# fp8: K / V read as 32-bit words and converted in registers ("ptx", the default) against
+# Triton's element loads ("cast", the earlier path: fp8 bytes staged in shared memory and read
+# into the dot operands byte by byte). Stages >= 5 give the K / V tiles two buffers (the
+# block-table read takes a pipeline stage; stages 2..4 give one). sm90, triton 3.6, D = 128,
+# block 16 (ptxas -v): word path bn64-w4-s5 148 registers, capped at 128 without spills (four
+# programs per SM, 55 KB shared each); bn32-w4-s5-r128 97, bn64-w8-s5-r128 99,
+# bn128-w8-s5-r128 128 (107 KB shared: two programs); bn128-w4-s3 152 (74 KB).
 SWEEP = {
     "float8_e4m3fn": [
-        "bn128-w4-s3",
-        "bn128-w4-s5",
-        "bn64-w4-s5",
         "bn64-w4-s5-r128",
+        "bn64-w4-s5-r128-cast",
         "bn64-w4-s3-r128",
-        "bn128-w8-s5-r128",
-        "bn64-w8-s5-r128",
         "bn32-w4-s5-r128",
-        "bn128-w4-s1",
-        "bn64-w4-s1",
-        "bn128-w8-s1",
+        "bn64-w8-s5-r128",
+        "bn128-w8-s5-r128",
+        "bn64-w4-s5",
+        "bn128-w4-s3",
     ],
-    "float8_e5m2": ["bn128-w4-s3", "bn128-w4-s5", "bn64-w4-s5-r128"],
-    "bfloat16": ["bn64-w4-s3", "bn64-w4-s5", "bn32-w4-s5"],
+    "float8_e5m2": [
+        "bn64-w4-s5-r128",
+        "bn64-w4-s5-r128-cast",
+        "bn64-w4-s3-r128",
+        "bn32-w4-s5-r128",
+    ],
+    "bfloat16": ["bn64-w4-s3"],
 }
-# Launch settings checked beside the default on each random correctness case.
+# Launch settings checked beside the default on each random correctness case ("bits": the
+# portable integer conversion, run on the GPU).
 ALT_CONFIGS = [
     (n, named_config(n))
-    for n in ("bn64-w4-s5-r128", "bn128-w4-s5", "bn128-w8-s5-r128", "bn32-w4-s5-r128")
+    for n in ("bn64-w4-s5-r128-cast", "bn64-w4-s3-bits", "bn128-w8-s5-r128", "bn32-w4-s5-r128")
 ]
 DEVICE = "cuda"  # --device cpu: a dry run under TRITON_INTERPRET=1 (tiny shapes, no timing)
 DRY = False
