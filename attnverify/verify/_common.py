@@ -147,6 +147,11 @@ def modified_inputs(before: dict[str, torch.Tensor], inputs: dict[str, Any]) -> 
     return [k for k, t in before.items() if not torch.equal(_bits(t), _bits(inputs[k]))]
 
 
+def _broadcast(shape: tuple[int, ...] | None) -> tuple[bool, ...] | None:
+    """Which dims of a mask / bias shape are 1 (broadcast), or None without one."""
+    return None if shape is None else tuple(n == 1 for n in shape)
+
+
 class ImplError(Exception):
     """The implementation raised or returned something unusable (message says which)."""
 
@@ -199,6 +204,19 @@ class VariantSpec:
         if quantity == "lse":
             return torch.float32
         return case.torch_dtype
+
+    def compile_affinity(self, case: Case) -> tuple:
+        """The case fields that select the variant's kernel specialisations: cases with equal
+        keys compile the same kernels, so a sharded run deals each key's cases to one worker
+        (`attnverify.verify.shard.deal`). Default: dtypes, head dim, causal, which dims of
+        the mask and bias broadcast, the cache's dtype, layout and block size. Input layouts,
+        descale shapes and lengths are left out: the kernels take them as strides and runtime
+        values."""
+        return (
+            case.variant, case.dtype, case.head_dim, case.causal, _broadcast(case.mask_shape),
+            _broadcast(case.bias_shape), case.bias_dtype, case.out_dtype, case.cache_dtype,
+            case.kv_layout, case.block_size,
+        )  # fmt: skip
 
     def pinned_cases(self) -> list[Case]:
         """Small hand-picked cases run before the drawn ones in every `check` (their dtype is

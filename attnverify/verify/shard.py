@@ -72,13 +72,9 @@ def draw_cases(
 
 
 def compile_affinity(case: Case) -> tuple:
-    """The variant and head dim: every kernel specialisation a case compiles is specific to its
-    head dim, and some are shared across the other fields (fp8's V transpose moves bytes, so
-    both fp8 dtypes, causal and non-causal and every out dtype share it; paged's split path
-    shares the merge kernel). On an H200 a key that also held dtype, causal and out dtype left
-    fp8 cases of one head dim on both workers of a 2-GPU run, each compiling the transpose:
-    12.7 s more fp8 busy time than one worker (28.4 s)."""
-    return (case.variant, case.head_dim)
+    """The case's kernel-specialisation key (its spec's `compile_affinity`): cases with equal
+    keys compile the same kernels and go to one worker."""
+    return get_spec(case.variant).compile_affinity(case)
 
 
 def deal(cases: Sequence[Case], workers: int) -> list[list[Case]]:
