@@ -7,9 +7,10 @@ the whole context). Caches are "NHD" (num_blocks, block_size, Hk, D) or "HND"
 are the tuned case; any block_size >= 1 is correct). Caches in q's dtype (float16, bfloat16,
 float32) or fp8 (float8_e4m3fn / float8_e5m2) with float32 descales () or (Hk,); an fp8 cache
 is multiplied in float16 (fp8 -> fp16 is exact; q is rescaled by a power of two into fp16
-range), with float32 q in float32. Head dims: any D in [8, 256] with D % 8 == 0 (the tile is
-padded to the next power of two with masked lanes, which load no bytes). LSE: natural log,
-float32. Block ids are widened to int64 before any offset is formed.
+range), with float32 q in float32; its K / V are read as 32-bit words of 4 fp8 values and
+converted in registers (`PagedConfig.fp8_convert`), so no fp8 byte is read on its own. Head
+dims: any D in [8, 256] with D % 8 == 0 (the tile is padded to the next power of two with
+masked lanes, which load no bytes). LSE: natural log, float32. Block ids are widened to int64 before any offset is formed.
 
 One program serves one (request, kv head, split): all G = Hq / Hk query heads of the kv head
 and all Lq queries form the M rows of the tile (padded to >= 16 for `tl.dot`), so K and V are
@@ -31,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnverify.arch import Arch, current_arch
+from attnverify.arch import Arch, current_arch, interpreter_active
 from attnverify.kernels._common import cdiv
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import check_merge_inputs, check_paged_layout, check_paged_values
@@ -45,6 +46,7 @@ WAVES = 4  # default splits aim at WAVES * num_sms programs ...
 MIN_TILES_PER_SPLIT = 4  # ... but never fewer than this many KV tiles per split
 MERGE_MAX_BLOCK_S = 256  # splits merged per step (more: a loop)
 MERGE_TILE = 4096  # elements of one merge program's (splits x D) tile
+FP8_CONVERTS = ("ptx", "bits", "cast")  # `PagedConfig.fp8_convert`
 
 
 def _next_pow2(x: int) -> int:
@@ -64,7 +66,7 @@ class PagedConfig:
             lets more programs share an SM.
         fp8_convert: how an fp8 cache becomes float16 (other caches ignore it):
             "ptx": K / V loaded as 32-bit words (4 fp8 each) and converted in registers by
-            `cvt.rn.f16x2.e4m3x2` (e4m3) or a byte permute (e5m2): NVIDIA sm89+ (elsewhere,
+            `cvt.rn.f16x2.e4m3x2` (e4m3) or a byte permute (e5m2) on NVIDIA sm89+ (elsewhere,
             the interpreter included, "bits" runs instead);
             "bits": the same word loads, converted with integer bit operations (portable);
             "cast": fp8 element loads converted by Triton (which stages the fp8 bytes in shared
@@ -78,6 +80,10 @@ class PagedConfig:
     num_stages: int
     maxnreg: int | None = None
     fp8_convert: str = "bits"
+
+    def __post_init__(self) -> None:
+        if self.fp8_convert not in FP8_CONVERTS:
+            raise ValueError(f"fp8_convert must be one of {FP8_CONVERTS}; got {self.fp8_convert!r}")
 
 
 def pick_config(
@@ -510,14 +516,20 @@ def _fp8_words(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, convert: str
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(k, v, FP8_WORDS) as the kernel reads them: int32 word views of fp8 caches with
-    FP8_WORDS 2 (PTX conversion, CUDA tensors) or 1 (integer conversion); otherwise the caches
-    themselves and 0 (element loads)."""
+    FP8_WORDS 2 (PTX conversion: `convert` "ptx" on an NVIDIA sm89+ device, not interpreted)
+    or 1 (integer conversion); otherwise the caches themselves and 0 (element loads)."""
     if k_cache.dtype.itemsize != 1 or q.dtype == torch.float32 or convert == "cast":
         return k_cache, v_cache, 0
     k_words, v_words = _word_view(k_cache), _word_view(v_cache)
     if k_words is None or v_words is None:
         return k_cache, v_cache, 0
-    ptx = convert == "ptx" and q.is_cuda and torch.version.hip is None
+    ptx = (
+        convert == "ptx"
+        and q.is_cuda
+        and torch.version.hip is None
+        and not interpreter_active()
+        and torch.cuda.get_device_capability(q.device) >= (8, 9)
+    )
     return k_words, v_words, 2 if ptx else 1
 
 

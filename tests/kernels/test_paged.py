@@ -39,6 +39,7 @@ from attnverify.kernels.paged import (
     MERGE_MAX_BLOCK_S,
     MIN_TILES_PER_SPLIT,
     WAVES,
+    PagedConfig,
     _fp8_words_to_f16,
     check_inputs,
     default_num_splits,
@@ -61,6 +62,7 @@ NEG_INF = float("-inf")
 # Small tiles under the interpreter (BLOCK_N = 16): pages of 8 span tiles, pages of 32 hold two.
 BLOCK_SIZES = (8, 16, 32)
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+NEEDS_CUDA = pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on NVIDIA GPUs")
 
 
 @dataclass(frozen=True)
@@ -275,8 +277,7 @@ def _words_to_f16_kernel(words_ptr, out_ptr, E5M2: tl.constexpr, PTX: tl.constex
     tl.store(out_ptr + rows * 16 + tl.arange(0, 16)[None, :], halves)
 
 
-@pytest.mark.parametrize("ptx", [False, pytest.param(True, marks=pytest.mark.skipif(
-    DEVICE.type != "cuda", reason="inline PTX runs on an NVIDIA GPU only"))])  # fmt: skip
+@pytest.mark.parametrize("ptx", [False, pytest.param(True, marks=NEEDS_CUDA)])
 @pytest.mark.parametrize("cache_dtype", FP8)
 def test_fp8_words_convert_every_byte_exactly(cache_dtype: torch.dtype, ptx: bool) -> None:
     """Every fp8 bit pattern, in every byte position of a word, becomes the float16 of the same
@@ -344,7 +345,9 @@ def test_paged_fp8_word_loads_equal_element_loads(
             args[0], *caches, *args[3:], *descales, scale=plan.scale, num_splits=2,
             kv_layout=layout, config=config,
         )  # fmt: skip
-    assert kernel._fp8_words(args[0], *args[1:3], "bits")[2] == 1
+    ptx_here = DEVICE.type == "cuda" and torch.cuda.get_device_capability() >= (8, 9)
+    for convert, fp8_words in (("ptx", 2 if ptx_here else 1), ("bits", 1), ("cast", 0)):
+        assert kernel._fp8_words(args[0], *args[1:3], convert)[2] == fp8_words, convert
     assert kernel._word_view(_shifted(args[1])) is None
     for name in ("cast", "shifted"):
         for got, want in zip(results[name], results["words"], strict=True):
@@ -532,6 +535,11 @@ def test_pick_config_by_arch_and_cache() -> None:
     assert pick_config(16, 256, torch.bfloat16, sm90).block_n == bf16.block_n // 2
     assert pick_config(16, 128, torch.float8_e5m2, arch_from_name("sm80")).fp8_convert == "bits"
     assert pick_config(16, 128, torch.float8_e5m2, arch_from_name("gfx950")).fp8_convert == "bits"
+
+
+def test_paged_config_rejects_unknown_fp8_convert() -> None:
+    with pytest.raises(ValueError, match="fp8_convert must be one of"):
+        PagedConfig(block_n=64, num_warps=4, num_stages=3, fp8_convert="fast")
 
 
 @pytest.mark.parametrize(
