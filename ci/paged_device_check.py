@@ -77,19 +77,21 @@ def named_config(name: str) -> PagedConfig:
 # Triton's element loads ("cast", the earlier path: fp8 bytes staged in shared memory and read
 # into the dot operands byte by byte). Stages >= 5 give the K / V tiles two buffers (the
 # block-table read takes a pipeline stage; stages 2..4 give one). sm90, triton 3.6, D = 128,
-# block 16 (ptxas -v): word path bn64-w4-s5 148 registers, capped at 128 without spills (four
-# programs per SM, 55 KB shared each); bn32-w4-s5-r128 97, bn64-w8-s5-r128 99,
-# bn128-w8-s5-r128 128 (107 KB shared: two programs); bn128-w4-s3 152 (74 KB).
+# block 16 (ptxas -v; "issue": SASS loop instructions x warps per 64 keys): word path
+# bn64-w4-s5-r128 128 registers, no spill, 55 KB shared (four programs per SM), issue 2800;
+# bn64-w4-s5 148 (three programs), 2720; bn128-w4-s3 152, 74 KB (three), 2244; bn128-w4-s5
+# 154, 107 KB (two), 2286; bn32-w4-s5-r128 97, 29 KB, 3232; bn128-w8-s5-r128 128, 107 KB
+# (two), 2936; bf16 bn64-w4-s3 2596; element path bn64-w4-s5-r128-cast 3596.
 SWEEP = {
     "float8_e4m3fn": [
         "bn64-w4-s5-r128",
         "bn64-w4-s5-r128-cast",
         "bn64-w4-s3-r128",
         "bn32-w4-s5-r128",
-        "bn64-w8-s5-r128",
+        "bn128-w4-s3",
+        "bn128-w4-s5",
         "bn128-w8-s5-r128",
         "bn64-w4-s5",
-        "bn128-w4-s3",
     ],
     "float8_e5m2": [
         "bn64-w4-s5-r128",
