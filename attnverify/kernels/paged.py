@@ -87,14 +87,15 @@ class PagedConfig:
 
 
 def pick_config(
-    block_size: int, head_dim: int, cache_dtype: torch.dtype, arch: Arch
+    block_size: int, head_dim: int, cache_dtype: torch.dtype, arch: Arch, rows: int = 1
 ) -> PagedConfig:
     """Launch settings for a cache geometry and dtype on `arch` (16-key tiles when interpreted).
 
     bf16 / fp16 / fp32 caches: 64-key tiles, 4 warps, 3 stages. fp8 caches: 64-key tiles read
     as 32-bit words, converted to float16 by PTX on NVIDIA sm89+ (`PagedConfig.fp8_convert`),
-    5 stages (two K / V buffers in flight) and 128 registers per thread (four programs per SM,
-    as bf16). Tiles of half the keys for D > 128.
+    5 stages (two K / V buffers in flight) and, when the `rows` (G * Lq query rows of a kv
+    head) fit one MIN_BLOCK_M tile, 128 registers per thread (four programs per SM, as bf16;
+    larger row tiles would spill under that cap). Tiles of half the keys for D > 128.
     """
     ptx = arch.vendor == "nvidia" and arch.capability >= (8, 9)
     convert = "ptx" if ptx else "bits"
@@ -102,8 +103,9 @@ def pick_config(
         return PagedConfig(block_n=16, num_warps=1, num_stages=1, fp8_convert=convert)
     block_n = 64 if head_dim <= 128 else 32
     if cache_dtype.itemsize == 1:
+        maxnreg = 128 if rows <= MIN_BLOCK_M else None
         return PagedConfig(
-            block_n=block_n, num_warps=4, num_stages=5, maxnreg=128, fp8_convert=convert
+            block_n=block_n, num_warps=4, num_stages=5, maxnreg=maxnreg, fp8_convert=convert
         )
     return PagedConfig(block_n=block_n, num_warps=4, num_stages=3)
 
@@ -765,10 +767,10 @@ def plan_paged(
     enforce_verified("paged", q.device)
     arch = current_arch(q.device)
     block_size, hk = _block_size_and_heads(k_cache, kv_layout)
+    group_rows = (q.shape[1] // hk) * q.shape[2]
     if config is None:
-        config = pick_config(block_size, q.shape[-1], k_cache.dtype, arch)
+        config = pick_config(block_size, q.shape[-1], k_cache.dtype, arch, group_rows)
     if num_splits is None:
-        group_rows = (q.shape[1] // hk) * q.shape[2]
         programs = q.shape[0] * hk * cdiv(group_rows, MAX_BLOCK_M)
         num_splits = default_num_splits(programs, longest, config.block_n, arch.num_sms)
     return PagedPlan(scale=scale, num_splits=num_splits, config=config)
