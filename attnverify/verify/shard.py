@@ -96,12 +96,16 @@ def run_worker(
     jobs: list[tuple[str, list[Any]]],
     options: dict[str, Any],
     results: Any,
+    cpu_threads: int,
 ) -> None:
     """Worker `rank`'s process on `device`: `check(cases=...)` per variant, results on the queue.
 
     Messages: ("progress", rank, passed), ("run", rank, variant, results, errors, seconds),
     ("skip", rank, variant, why), ("done", rank). A crash shows as a dead worker in the parent.
+    `cpu_threads`: torch's intra-op threads here (the comparisons run in float64 on the CPU);
+    workers that each took every core would oversubscribe the host.
     """
+    torch.set_num_threads(cpu_threads)
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     else:
@@ -145,9 +149,11 @@ def verify_sharded(
     context = multiprocessing.get_context("spawn")
     inbox = context.Queue()
     workers = []
+    cpu_threads = max(1, len(os.sched_getaffinity(0)) // len(devices))
     for rank, device in enumerate(devices):
         jobs = [(variant, shards[rank]) for variant, shards in plan.items()]
-        proc = context.Process(target=run_worker, args=(rank, str(device), jobs, options, inbox))
+        args = (rank, str(device), jobs, options, inbox, cpu_threads)
+        proc = context.Process(target=run_worker, args=args)
         proc.start()
         workers.append(proc)
     total = sum(len(c) for shards in plan.values() for c in shards)
