@@ -10,7 +10,8 @@ is multiplied in float16 (fp8 -> fp16 is exact; q is rescaled by a power of two 
 range), with float32 q in float32; its K / V are read as 32-bit words of 4 fp8 values and
 converted in registers (`PagedConfig.fp8_convert`), so no fp8 byte is read on its own. Head
 dims: any D in [8, 256] with D % 8 == 0 (the tile is padded to the next power of two with
-masked lanes, which load no bytes). LSE: natural log, float32. Block ids are widened to int64 before any offset is formed.
+masked lanes, which load no bytes). LSE: natural log, float32. Block ids are widened to
+int64 before any offset is formed.
 
 One program serves one (request, kv head, split): all G = Hq / Hk query heads of the kv head
 and all Lq queries form the M rows of the tile (padded to >= 16 for `tl.dot`), so K and V are
@@ -172,7 +173,7 @@ def _fp8_byte_to_f16(x, E5M2: tl.constexpr):
 def _fp8_words_to_f16(w, E5M2: tl.constexpr, PTX: tl.constexpr):
     """[R, W] int32 words of 4 fp8 values each (byte j of word i: element 4 i + j) ->
     [R, 4 W] float16 of the same values (exact). The conversion runs in registers on 32-bit
-    words, so the float16 tile is what Triton stages for the dot (16-bit, ldmatrix-able)."""
+    words: whatever Triton stages in shared memory for the dot is 32- or 16-bit, never bytes."""
     if PTX:
         f0, f1, f2, f3 = tl.inline_asm_elementwise(
             _E5M2_WORD_PTX if E5M2 else _E4M3_WORD_PTX,
