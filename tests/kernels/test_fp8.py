@@ -1,4 +1,4 @@
-"""fp8 attention kernel (`attnverify.kernels.fp8`) against the oracle, through `verify.check`.
+"""fp8 attention (`kernels.fp8`; jit code: `kernels._fp8_kernels`) vs the oracle (`verify.check`).
 
 Without a GPU the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 is set before
 triton is imported). There the kernel rounds P to the fp8 grid in fp32 arithmetic before the
