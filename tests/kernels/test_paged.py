@@ -35,12 +35,12 @@ from hypothesis import strategies as st
 from attnverify.arch import CPU_INTERPRETER, arch_from_name
 from attnverify.kernels import _gate
 from attnverify.kernels import paged as kernel
+from attnverify.kernels._paged_kernels import _fp8_words_to_f16
 from attnverify.kernels.paged import (
     MERGE_MAX_BLOCK_S,
     MIN_TILES_PER_SPLIT,
     WAVES,
     PagedConfig,
-    _fp8_words_to_f16,
     check_inputs,
     default_num_splits,
     launch_paged,
@@ -270,7 +270,7 @@ def test_paged_fp8_cache(cache_dtype: torch.dtype) -> None:
 
 @triton.jit
 def _words_to_f16_kernel(words_ptr, out_ptr, E5M2: tl.constexpr, PTX: tl.constexpr):
-    """[64, 4] int32 words -> [64, 16] float16 through `paged._fp8_words_to_f16`."""
+    """[64, 4] int32 words -> [64, 16] float16 through `_paged_kernels._fp8_words_to_f16`."""
     rows = tl.arange(0, 64)[:, None]
     words = tl.load(words_ptr + rows * 4 + tl.arange(0, 4)[None, :])
     halves = _fp8_words_to_f16(words, E5M2, PTX)
