@@ -1,0 +1,274 @@
+"""Flash core, shared device side: launch configs, pruning, autotune key, and the `@triton.jit`
+helpers the forward (`_flash_fwd`) and backward (`_flash_bwd`) kernels inline.
+
+Layout (see `_flash`): every tensor as (z, h, row, d) with explicit strides; row strides reach
+the kernels divided by ALIGN. Scores are float32 in base 2 (`_scores` pre-multiplies by LOG2E).
+Tiles: BLOCK_M query rows x BLOCK_N keys; head dims in two lane tiles D0 + D1
+(`_common.HeadDimSplit`).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from attnverify.arch import interpreter_active
+from attnverify.kernels import _autotune as autotune_policy
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+INTERPRETER_BLOCK = 32
+
+
+def _configs(gpu: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
+    """(BLOCK_INNER, num_warps, num_stages) candidates; one small config under the interpreter."""
+    if interpreter_active():
+        return [triton.Config({"BLOCK_INNER": INTERPRETER_BLOCK}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=s) for b, w, s in gpu]
+
+
+FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2))
+BWD_CONFIGS = ((32, 4, 5), (64, 8, 3), (32, 8, 3), (64, 4, 2))
+FALLBACK_CONFIGS = [
+    triton.Config({"BLOCK_INNER": b}, num_warps=4, num_stages=s)
+    for b, s in ((32, 2), (32, 1), (16, 1))
+]
+SMEM_BUDGET = 200 * 1024
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
+    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory."""
+    args = {**named_args, **kwargs}
+    width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
+    elem = args["Q"].element_size()
+
+    def smem(c: triton.Config) -> int:
+        return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
+
+    kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
+    if not kept:
+        kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
+    # $ATTNVERIFY_AUTOTUNE=0 pins the first config; "rotate" (the verifier's policy) still
+    # autotunes these kernels: their shared memory (mask, bias, resident tiles) is known only
+    # after compiling, and the autotuner drops a config that does not fit, where a pinned
+    # one would fail the launch.
+    return kept[:1] if autotune_policy.policy() == "0" else kept
+
+
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER"]
+
+# Lengths, group and head divisors, and the lse / tile-flag strides vary per call and gain
+# nothing from specialisation: one compile serves them all (the verifier draws hundreds of
+# shapes; each specialisation is a compile per autotune config).
+_VARYING = [
+    "seqlen_q",
+    "seqlen_k",
+    "group",
+    "mask_head_div",
+    "bias_head_div",
+    "stride_lz",
+    "stride_lh",
+    "stride_fz",
+    "stride_fh",
+    "stride_fm",
+    "stride_fn",
+]
+
+
+# ------------------------------------------------------------------ jit helpers
+
+
+@triton.jit
+def _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+    """(start_q, len_q, start_k, len_k, block) of program `pid` (varlen: from the work table)."""
+    if IS_VARLEN:
+        w = Work + pid * 5
+        start_q = tl.load(w)
+        len_q = tl.load(w + 1)
+        start_k = tl.load(w + 2)
+        len_k = tl.load(w + 3)
+        blk = tl.load(w + 4)
+    else:
+        start_q = pid * 0
+        len_q = seqlen_q + start_q
+        start_k = start_q
+        len_k = seqlen_k + start_q
+        blk = pid
+    return start_q, len_q, start_k, len_k, blk
+
+
+@triton.jit
+def _program(Work, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+    """(h, z, start_q, len_q, start_k, len_k, block) of this program: grid axis 0 is the block
+    (varlen: a work-table item), axis 1 the query head, axis 2 the batch."""
+    pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start_q, len_q, start_k, len_k, blk = _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN)
+    return h, z, start_q, len_q, start_k, len_k, blk
+
+
+@triton.jit
+def _lanes(HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr):
+    """Head-dim lanes of the two tiles and the lanes each owns. [D0], [D1], [D0], [D1]
+
+    Tile 0 covers [0, D0) (lanes past D masked); tile 1 ends at D, so its loads need no mask,
+    and the lanes it shares with tile 0 are zeroed or left unstored (d1_ok False there)."""
+    offs_d0 = tl.arange(0, HEAD_D0)
+    offs_d1 = (HEAD_DIM - HEAD_D1) + tl.arange(0, HEAD_D1)
+    return offs_d0, offs_d1, offs_d0 < HEAD_DIM, offs_d1 >= HEAD_D0
+
+
+@triton.jit
+def _wide(x):
+    """x as int64 (loop counters may be Python ints under the interpreter)."""
+    return tl.full([], 0, tl.int64) + x
+
+
+@triton.jit
+def _aligned(stride_z, stride_h, stride_r, ALIGN: tl.constexpr):
+    """Strides the host passed divided by ALIGN, times ALIGN: the compiler then knows every
+    row start is ALIGN-element aligned (vector loads, async copies) even when D = 72. The
+    batch and head strides come back in 64 bits: a batch stride of 2^31 elements arrives as
+    2^28 and would wrap in 32 bits once multiplied (row offsets inside a block stay 32-bit)."""
+    return _wide(stride_z) * ALIGN, _wide(stride_h) * ALIGN, stride_r * ALIGN
+
+
+@triton.jit
+def _base(X, z, h, row, stride_z, stride_h, stride_r):
+    """Scalar pointer to X[z, h, row, 0] with 64-bit offsets."""
+    return X + z.to(tl.int64) * stride_z + h.to(tl.int64) * stride_h + row.to(tl.int64) * stride_r
+
+
+@triton.jit
+def _offsets(offs, stride_r, stride_d, offs_d0, offs_d1):
+    """In-tile offsets of rows `offs` in both lane tiles. [BLOCK, D0], [BLOCK, D1]"""
+    off0 = offs[:, None] * stride_r + offs_d0[None, :] * stride_d
+    off1 = offs[:, None] * stride_r + offs_d1[None, :] * stride_d
+    return off0, off1
+
+
+@triton.jit
+def _load_tile(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    if MASK_ROWS:
+        if MASK_COLS:
+            x = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+    else:
+        if MASK_COLS:
+            x = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _load_pair(
+    x_base, y_base, offs, stride_xr, stride_xd, stride_yr, stride_yd, offs_d0, offs_d1,
+    rows_ok, d0_ok, d1_ok, MASK_D0: tl.constexpr, HAS_D1: tl.constexpr,
+):  # fmt: skip
+    """The two operands a backward program keeps for its whole loop (K and V of its KV block,
+    or Q and dO of its query block): rows `offs` from each base, both lane tiles, tile 1's
+    overlap with tile 0 zeroed. Returns x0, x1, y0, y1: [BLOCK, D0], [BLOCK, D1] (x1 = x0
+    and y1 = y0 when there is no tile 1)."""
+    x0 = _load_tile(x_base + offs[:, None] * stride_xr + offs_d0[None, :] * stride_xd,
+                    rows_ok, d0_ok, True, MASK_D0)  # fmt: skip
+    y0 = _load_tile(y_base + offs[:, None] * stride_yr + offs_d0[None, :] * stride_yd,
+                    rows_ok, d0_ok, True, MASK_D0)  # fmt: skip
+    x1 = x0
+    y1 = y0
+    if HAS_D1:
+        x1 = _load_tile(x_base + offs[:, None] * stride_xr + offs_d1[None, :] * stride_xd,
+                        rows_ok, d1_ok, True, False)  # fmt: skip
+        y1 = _load_tile(y_base + offs[:, None] * stride_yr + offs_d1[None, :] * stride_yd,
+                        rows_ok, d1_ok, True, False)  # fmt: skip
+        x1 = tl.where(d1_ok[None, :], x1, 0.0)
+        y1 = tl.where(d1_ok[None, :], y1, 0.0)
+    return x0, x1, y0, y1
+
+
+@triton.jit
+def _scores(
+    q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale,
+    mask_ptrs, bias_ptrs,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, DOT_PREC: tl.constexpr,
+    SCALED: tl.constexpr = True,
+):  # fmt: skip
+    """Scores in base 2: (q.k * scale + bias) * LOG2E, -inf where hidden. [BLOCK_M, BLOCK_N]
+    SCALED=False (no bias only): q.k, -inf where hidden; the caller applies the scale."""
+    tl.static_assert(SCALED or not HAS_BIAS, "unscaled scores cannot take a bias")
+    # [BLOCK_M, BLOCK_N]
+    s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PREC)
+    if HAS_D1:
+        s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
+    if SCALED:
+        s = s * qk_scale
+    in_range = (rows < len_q)[:, None] & (cols < len_k)[None, :]
+    if HAS_BIAS:
+        if MASKED:
+            bias = tl.load(bias_ptrs, mask=in_range, other=0.0)
+        else:
+            bias = tl.load(bias_ptrs)
+        s += bias.to(tl.float32) * LOG2E
+    if MASKED:
+        visible = in_range
+        if IS_CAUSAL:
+            visible = visible & (cols[None, :] <= rows[:, None] + causal_shift)
+        if HAS_MASK:
+            visible = visible & (tl.load(mask_ptrs, mask=visible, other=0) != 0)
+        s = tl.where(visible, s, float("-inf"))
+    elif HAS_MASK:
+        s = tl.where(tl.load(mask_ptrs) != 0, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _query_block_extras(
+    Mask, Bias, Flags, z, h, m0, len_q, offs_n, mask_head_div, bias_head_div,
+    stride_mz, stride_mh, stride_mm, stride_mn, stride_bz, stride_bh, stride_bm, stride_bn,
+    stride_fz, stride_fh, stride_fm, BLOCK_M: tl.constexpr, MASK_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Mask, bias and tile-flag pointers of a program over query block m0 (forward, dq): the
+    bases at row m0 (column 0) and the in-tile offsets [BLOCK_M, BLOCK_N] of mask and bias.
+    Rows past Lq read row Lq - 1 (results discarded), so interior tiles load without masks."""
+    m_base = _base(Mask, z, h // mask_head_div, m0, stride_mz, stride_mh, stride_mm)
+    b_base = _base(Bias, z, h // bias_head_div, m0, stride_bz, stride_bh, stride_bm)
+    f_base = _base(Flags, z, h // mask_head_div, m0 // MASK_BLOCK, stride_fz, stride_fh, stride_fm)
+    local = tl.minimum(tl.arange(0, BLOCK_M), len_q - 1 - m0)[:, None]
+    m_off = local * stride_mm + offs_n[None, :] * stride_mn
+    b_off = local * stride_bm + offs_n[None, :] * stride_bn
+    return m_base, b_base, f_base, m_off, b_off
+
+
+@triton.jit
+def _tile_active(flag_ptr, HAS_MASK: tl.constexpr):
+    """False when the host's tile summary says this tile's mask block is all False."""
+    if HAS_MASK:
+        active = tl.load(flag_ptr) != 0
+    else:
+        active = True
+    return active
+
+
+@triton.jit
+def _row_range(m0, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               IS_CAUSAL: tl.constexpr):  # fmt: skip
+    """KV range of a query block: [0, n_full) unmasked tiles, then [n_full, n_end) masked."""
+    if IS_CAUSAL:
+        shift = len_k - len_q
+        n_end = tl.maximum(tl.minimum(len_k, m0 + BLOCK_M + shift), 0)
+        n_full = tl.maximum(tl.minimum(m0 + shift + 1, len_k), 0) // BLOCK_N * BLOCK_N
+    else:
+        n_end = len_k
+        n_full = len_k // BLOCK_N * BLOCK_N
+    return n_full, n_end
+
+
+__all__ = [
+    "AUTOTUNE_KEY",
+    "BWD_CONFIGS",
+    "FWD_CONFIGS",
+    "INTERPRETER_BLOCK",
+    "LN2",
+    "LOG2E",
+]
