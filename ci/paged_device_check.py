@@ -74,10 +74,11 @@ def named_config(name: str) -> PagedConfig:
     return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg, convert, kwidth)
 
 
-# Launch settings timed by the sweep, per cache dtype (the first of each is today's default).
-# fp8: K / V read as 32-bit words and converted in registers ("ptx", the default) against
-# Triton's element loads ("cast", the earlier path: fp8 bytes staged in shared memory and read
-# into the dot operands byte by byte); "k2": 16-bit dot-operand layouts (PagedConfig.fp8_kwidth).
+# Launch settings timed by the sweep, per cache dtype. fp8: K / V read as 32-bit words and
+# converted in registers ("ptx") against Triton's element loads ("cast": fp8 bytes staged in
+# shared memory and read into the dot operands byte by byte); "k2": 16-bit dot-operand layouts
+# (PagedConfig.fp8_kwidth). The 2026-11-21 H200 sweep (ci/notes_paged.md) made pick_config's
+# default the first setting with "ptx" for pages of 16 and with "cast" for pages of 64.
 # Stages >= 5 give the K / V tiles two buffers (the block-table read takes a pipeline stage;
 # stages 2..4 give one). sm90, triton 3.6, D = 128, block 16 (ptxas -v; "issue": SASS loop
 # instructions x warps per 64 keys; programs per SM by registers and shared memory):

@@ -106,17 +106,24 @@ def pick_config(
 ) -> PagedConfig:
     """Launch settings for a cache geometry and dtype on `arch` (16-key tiles when interpreted).
 
-    bf16 / fp16 / fp32 caches: 64-key tiles, 4 warps, 3 stages. fp8 caches: 64-key tiles read
-    as 32-bit words, converted to float16 by PTX on NVIDIA sm89+ (`PagedConfig.fp8_convert`),
-    5 stages (two K / V buffers in flight) and, when the `rows` (G * Lq query rows of a kv
-    head) fit one MIN_BLOCK_M tile, 128 registers per thread (four programs per SM, as bf16;
-    larger row tiles would spill under that cap). Tiles of half the keys for D > 128.
+    bf16 / fp16 / fp32 caches: 64-key tiles, 4 warps, 3 stages. fp8 caches: 5 stages (two K / V
+    buffers in flight) and, when the `rows` (G * Lq query rows of a kv head) fit one
+    MIN_BLOCK_M tile, 128 registers per thread (four programs per SM, as bf16; larger row
+    tiles would spill under that cap). Pages shorter than a tile are read as 32-bit words
+    converted in registers (PTX on NVIDIA sm89+, integer operations elsewhere), longer ones as
+    fp8 elements (`PagedConfig.fp8_convert`): on an H200 (ci/notes_paged.md, 2026-11-21 sweep)
+    words beat element loads by 2-4% with pages of 16 keys and lost by 13-15% with pages of
+    64. Tiles of half the keys for D > 128.
     """
-    ptx = arch.vendor == "nvidia" and arch.capability >= (8, 9)
-    convert = "ptx" if ptx else "bits"
+    block_n = 16 if arch.is_interpreter else 64 if head_dim <= 128 else 32
+    if block_size >= block_n:
+        convert = "cast"
+    elif arch.vendor == "nvidia" and arch.capability >= (8, 9):
+        convert = "ptx"
+    else:
+        convert = "bits"
     if arch.is_interpreter:
-        return PagedConfig(block_n=16, num_warps=1, num_stages=1, fp8_convert=convert)
-    block_n = 64 if head_dim <= 128 else 32
+        return PagedConfig(block_n=block_n, num_warps=1, num_stages=1, fp8_convert=convert)
     if cache_dtype.itemsize == 1:
         maxnreg = 128 if rows <= MIN_BLOCK_M else None
         return PagedConfig(
