@@ -34,8 +34,10 @@ from dataclasses import dataclass
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from attnverify.arch import interpreter_active
+from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels._common import (
     HeadDimSplit,
     block_any,
@@ -46,7 +48,7 @@ from attnverify.kernels._flash_bwd import _dkdv, _dq
 from attnverify.kernels._flash_fwd import _fwd
 from attnverify.kernels._flash_tiles import BWD_CONFIGS as BWD_CONFIGS  # re-exported
 from attnverify.kernels._flash_tiles import FWD_CONFIGS as FWD_CONFIGS  # re-exported
-from attnverify.kernels._flash_tiles import INTERPRETER_BLOCK, LOG2E
+from attnverify.kernels._flash_tiles import INTERPRETER_BLOCK, LOG2E, _prune
 
 GPU_MASK_BLOCK = 128  # granularity of the tile-level mask summary; every BLOCK_* divides it
 
@@ -268,19 +270,45 @@ def _named_kv(prefix: str, x: torch.Tensor, is_varlen: bool, align: int) -> dict
     return _stride_kw(prefix, "zhnd", (z // align, h // align, r // align, d))
 
 
+# (kernel, dtype, autotune key values) -> index in its `pinned_order` of the config that fit
+_PINNED_FITS: dict[tuple, int] = {}
+
+
 def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kwargs: object):
-    """Launch the autotuned `kernel`, or its plain jit function with a pinned `config`."""
+    """Launch `kernel`: its plain jit function with a pinned `config`, else per the autotune
+    policy (`attnverify.kernels._autotune`). The pinning policies ("0", "rotate") launch the
+    policy's pick among the configs `_prune` keeps, or the next one that fits: `_prune`
+    estimates only the pipelined tiles' shared memory, and mask, bias and resident tiles can
+    push a config past the device's (on an H200 the first backward config of a gqa case, D=80
+    with a bias, asked for 268 KiB of 227). The config that fitted is remembered per kernel,
+    dtype and autotune key."""
     if grid[0] == 0:
         return
-    if config is None:
-        kernel[grid](**kwargs)
-    else:
+    if config is not None:
         kernel.fn[grid](
             **kwargs,
             BLOCK_INNER=config.block_inner,
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )
+        return
+    key = (kernel.fn.__name__, kwargs["Q"].dtype, *(kwargs[name] for name in kernel.keys))
+    order = autotune_policy.pinned_order(_prune(kernel.configs, kwargs), key)
+    if order is None:
+        kernel[grid](**kwargs)
+        return
+    for index in range(_PINNED_FITS.get(key, 0), len(order)):
+        pick = order[index]
+        try:
+            kernel.fn[grid](
+                **kwargs, **pick.kwargs, num_warps=pick.num_warps, num_stages=pick.num_stages
+            )
+        except OutOfResources:
+            if index == len(order) - 1:
+                raise
+            continue
+        _PINNED_FITS[key] = index
+        return
 
 
 def flash_forward(

@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from attnverify.arch import interpreter_active
-from attnverify.kernels import _autotune as autotune_policy
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -48,11 +47,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
     if not kept:
         kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
-    # $ATTNVERIFY_AUTOTUNE=0 pins the first config; "rotate" (the verifier's policy) still
-    # autotunes these kernels: their shared memory (mask, bias, resident tiles) is known only
-    # after compiling, and the autotuner drops a config that does not fit, where a pinned
-    # one would fail the launch.
-    return kept[:1] if autotune_policy.policy() == "0" else kept
+    return kept
 
 
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER"]

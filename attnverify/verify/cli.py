@@ -286,8 +286,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
             f"{profile!r}; bfloat16 is not verified here (triton#11584): run on a GPU for it.\n"
         )
     else:
-        # One config per autotune key (attnverify.kernels._autotune; the flash core keeps
-        # autotuning): a drawn run compiles fewer kernels and still exercises every config.
+        # One config per autotune key (attnverify.kernels._autotune): a drawn run compiles
+        # fewer kernels and still exercises every config.
         autotune = os.environ.setdefault(autotune_policy.ENV, "rotate")
         out.write(f"GPU: autotune policy {autotune!r} (${autotune_policy.ENV}: 1, 0, rotate)\n")
     start = time.monotonic()
