@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +24,7 @@ if not torch.cuda.is_available():
 
 import pytest
 import triton
+from _jit_process import run_jit_process
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -456,11 +455,5 @@ def test_fp8_kernel_compiles_for_sm90(
         f"{causal}, {use_tma}, {v_layout!r}, kfp8.{config}); print('wgmma', "
         "'wgmma.mma_async' in ptx, 'tma', 'cp.async.bulk.tensor' in ptx)"
     )
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(__file__).parent)])
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-4:] == ["wgmma", "True", "tma", str(use_tma)], done.stdout
+    stdout = run_jit_process(code)
+    assert stdout.split()[-4:] == ["wgmma", "True", "tma", str(use_tma)], stdout

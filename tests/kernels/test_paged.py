@@ -15,8 +15,6 @@ Lq > seq_len rows are exactly 0 / -inf, bad input raises before any launch.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +27,7 @@ if not torch.cuda.is_available():
 import pytest
 import triton
 import triton.language as tl
+from _jit_process import run_jit_process
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -419,17 +418,9 @@ def test_fp8_cache_reads_no_bytes_from_shared_memory_on_sm90() -> None:
         "    print(f'{name}-k{kw}', len(re.findall(r'ld\\.shared(\\.v\\d)?\\.[bsu]8', ptx)),"
         " ptx.count('cvt.rn.f16x2.e4m3x2'), ptx.count('prmt.b32'), ptx.count('ldmatrix'))\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(__file__).parent)])
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    stdout = run_jit_process(code)
     counts = {
-        line.split()[0]: [int(n) for n in line.split()[1:]]
-        for line in done.stdout.split("\n")
-        if line
+        line.split()[0]: [int(n) for n in line.split()[1:]] for line in stdout.split("\n") if line
     }
     e4m3, e5m2, bf16 = counts["float8_e4m3fn-k4"], counts["float8_e5m2-k4"], counts["bfloat16-k4"]
     e4m3_k2 = counts["float8_e4m3fn-k2"]
