@@ -167,9 +167,8 @@ class Fp8Spec(VariantSpec):
 
     def compile_affinity(self, case: Case) -> tuple:
         """The head dim alone: the V transpose kernel moves bytes, so one compile serves both
-        fp8 dtypes, causal and not, every out dtype. On an H200 x2 the default key dealt those
-        cases to both workers, each compiling the transpose: 41.1 s of fp8 busy time against
-        28.4 s on one worker."""
+        fp8 dtypes, causal and not, every out dtype (the default key would deal those cases
+        to different workers, each compiling it)."""
         return (case.variant, case.head_dim)
 
     def pinned_cases(self) -> list[Case]:

@@ -149,7 +149,8 @@ def verify_sharded(
     context = multiprocessing.get_context("spawn")
     inbox = context.Queue()
     workers = []
-    cpu_threads = max(1, len(os.sched_getaffinity(0)) // len(devices))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu_threads = max(1, (cores or 1) // len(devices))
     for rank, device in enumerate(devices):
         jobs = [(variant, shards[rank]) for variant, shards in plan.items()]
         args = (rank, str(device), jobs, options, inbox, cpu_threads)
