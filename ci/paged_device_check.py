@@ -65,27 +65,23 @@ HQ, HK, D = 32, 8, 128
 def named_config(name: str) -> PagedConfig:
     """ "bn128-w4-s5" -> PagedConfig(block_n=128, num_warps=4, num_stages=5); optional further
     parts: "r128" caps the registers per thread (maxnreg), "cast" / "bits" / "ptx" name how an
-    fp8 cache becomes float16 (`PagedConfig.fp8_convert`; default "ptx"), "k2" / "k4" the
-    dot-operand layout of the word loads (`PagedConfig.fp8_kwidth`; default 4)."""
+    fp8 cache becomes float16 (`PagedConfig.fp8_convert`; default "ptx")."""
     bn, w, st, *rest = name.split("-")
     maxnreg = next((int(p[1:]) for p in rest if p.startswith("r")), None)
     convert = next((p for p in rest if p in ("cast", "bits", "ptx")), "ptx")
-    kwidth = next((int(p[1:]) for p in rest if p.startswith("k")), 4)
-    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg, convert, kwidth)
+    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg, convert)
 
 
 # Launch settings timed by the sweep, per cache dtype. fp8: K / V read as 32-bit words and
 # converted in registers ("ptx") against Triton's element loads ("cast": fp8 bytes staged in
-# shared memory and read into the dot operands byte by byte); "k2": 16-bit dot-operand layouts
-# (PagedConfig.fp8_kwidth). The 2026-11-21 H200 sweep (ci/notes_paged.md) made pick_config's
-# default the first setting with "ptx" for pages of 16 and with "cast" for pages of 64.
-# Stages >= 5 give the K / V tiles two buffers (the block-table read takes a pipeline stage;
-# stages 2..4 give one). sm90, triton 3.6, D = 128, block 16 (ptxas -v; "issue": SASS loop
-# instructions x warps per 64 keys; programs per SM by registers and shared memory):
+# shared memory and read into the dot operands byte by byte). The 2026-11-21 H200 sweep
+# (ci/notes_paged.md) made pick_config's default the first setting with "ptx" for pages of 16
+# and with "cast" for pages of 64; a 16-bit dot-operand variant of the word loads was slower
+# everywhere (0.73-1.14x bf16) and was removed. Stages >= 5 give the K / V tiles two buffers
+# (the block-table read takes a pipeline stage; stages 2..4 give one). sm90, triton 3.6,
+# D = 128, block 16 (ptxas -v; "issue": SASS loop instructions x warps per 64 keys; programs
+# per SM by registers and shared memory):
 #   bn64-w4-s5-r128     128 regs, 55 KB, 4 programs, issue 2800
-#   bn64-w4-s5-r128-k2  128 regs, 69 KB, 3 programs, issue 2336
-#   bn64-w4-s3-r128-k2  128 regs, 52 KB, 4 programs (one buffer), issue 2224
-#   bn32-w4-s5-r128-k2  102 regs, 36 KB, 4 programs, issue 2736
 #   bn32-w4-s5-r128      97 regs, 29 KB, 4 programs, issue 3232
 #   bn128-w4-s3         152 regs, 73 KB, 3 programs (one buffer), issue 2244
 #   bn128-w4-s5         154 regs, 105 KB, 2 programs, issue 2286
@@ -94,26 +90,18 @@ SWEEP = {
     "float8_e4m3fn": [
         "bn64-w4-s5-r128",
         "bn64-w4-s5-r128-cast",
-        "bn64-w4-s5-r128-k2",
-        "bn64-w4-s3-r128-k2",
-        "bn32-w4-s5-r128-k2",
         "bn32-w4-s5-r128",
         "bn128-w4-s3",
         "bn128-w4-s5",
     ],
-    "float8_e5m2": [
-        "bn64-w4-s5-r128",
-        "bn64-w4-s5-r128-cast",
-        "bn64-w4-s5-r128-k2",
-        "bn64-w4-s3-r128-k2",
-    ],
+    "float8_e5m2": ["bn64-w4-s5-r128", "bn64-w4-s5-r128-cast"],
     "bfloat16": ["bn64-w4-s3"],
 }
 # Launch settings checked beside the default on each random correctness case ("bits": the
 # portable integer conversion, run on the GPU).
 ALT_CONFIGS = [
     (n, named_config(n))
-    for n in ("bn64-w4-s5-r128-cast", "bn64-w4-s3-bits", "bn64-w4-s5-r128-k2", "bn32-w4-s5-r128-k2")
+    for n in ("bn64-w4-s5-r128-cast", "bn64-w4-s5-r128", "bn64-w4-s3-bits", "bn32-w4-s5-r128")
 ]
 DEVICE = "cuda"  # --device cpu: a dry run under TRITON_INTERPRET=1 (tiny shapes, no timing)
 DRY = False

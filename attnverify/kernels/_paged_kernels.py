@@ -100,14 +100,13 @@ def _kv_tile(
     BLOCK_N: tl.constexpr,
     FP8_WORDS: tl.constexpr,
     FP8_E5M2: tl.constexpr,
-    FP8_KWIDTH: tl.constexpr,
 ):
     """K and V [BLOCK_N, BLOCK_D] of keys start_n.. of one kv head; keys at or past `end`, and
     the block-table entries of their pages, are not read.
 
     FP8_WORDS (0: off): the caches are int32 views of fp8 caches (strides in words, `offs_d` /
     `d_ok` the BLOCK_D / 4 words of a row), returned as float16, converted by PTX (2) or by
-    integer operations (1); FP8_KWIDTH: `PagedConfig.fp8_kwidth`."""
+    integer operations (1)."""
     pos = start_n + tl.arange(0, BLOCK_N)
     pos_ok = pos < end
     slot = (pos % BLOCK_SIZE).to(tl.int64)[:, None]
@@ -134,15 +133,6 @@ def _kv_tile(
     if FP8_WORDS:
         k = _fp8_words_to_f16(k, FP8_E5M2, FP8_WORDS == 2)
         v = _fp8_words_to_f16(v, FP8_E5M2, FP8_WORDS == 2)
-        if FP8_WORDS == 2 and FP8_KWIDTH == 2:
-            # an opaque move (side effects: Triton's operand-width search stops here) makes
-            # the dot operands 16-bit ones (`PagedConfig.fp8_kwidth`)
-            k = tl.inline_asm_elementwise(
-                "mov.b32 $0, $1;", "=r,r", [k], dtype=tl.float16, is_pure=False, pack=2
-            )
-            v = tl.inline_asm_elementwise(
-                "mov.b32 $0, $1;", "=r,r", [v], dtype=tl.float16, is_pure=False, pack=2
-            )
     return k, v
 
 
@@ -216,7 +206,6 @@ def _paged_fwd_kernel(
     DOT_PRECISION: tl.constexpr,
     FP8_WORDS: tl.constexpr,
     FP8_E5M2: tl.constexpr,
-    FP8_KWIDTH: tl.constexpr,
 ):
     # grid (num_splits, Hk * row tiles, B): one program per (request, kv head, split); its
     # BLOCK_M rows are (query head of the group, query position) pairs sharing one K/V read
@@ -291,7 +280,6 @@ def _paged_fwd_kernel(
             BLOCK_N,
             FP8_WORDS,
             FP8_E5M2,
-            FP8_KWIDTH,
         )
         pos = start_n + tl.arange(0, BLOCK_N)
         # [BLOCK_M, BLOCK_N] scores in log2 units

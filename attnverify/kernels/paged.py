@@ -78,13 +78,6 @@ class PagedConfig:
             memory and reads the dot operands from there byte by byte).
             The word loads need a cache whose D is contiguous and whose other strides and
             storage offset are multiples of 4 elements; others are read as "cast".
-        fp8_kwidth: the dot-operand layout of "ptx" word loads. 4: the layout Triton derives
-            from the word reassembly (it takes the joins for 8-bit data): K goes from the
-            words straight into the mma operand, but q is re-read every tile with 64-bit
-            loads and register moves. 2: the float16 K / V pass an opaque register move, so
-            Triton lays both dot operands out for 16-bit values (q, K and V read with
-            ldmatrix, as for bf16): ~17% fewer instructions, but K makes a float16 round
-            trip through shared memory (+16 KB per program with 64-key tiles).
     """
 
     block_n: int
@@ -92,13 +85,10 @@ class PagedConfig:
     num_stages: int
     maxnreg: int | None = None
     fp8_convert: str = "bits"
-    fp8_kwidth: int = 4
 
     def __post_init__(self) -> None:
         if self.fp8_convert not in FP8_CONVERTS:
             raise ValueError(f"fp8_convert must be one of {FP8_CONVERTS}; got {self.fp8_convert!r}")
-        if self.fp8_kwidth not in (2, 4):
-            raise ValueError(f"fp8_kwidth must be 2 or 4; got {self.fp8_kwidth!r}")
 
 
 def pick_config(
@@ -308,7 +298,6 @@ def launch_paged(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
         FP8_WORDS=fp8_words,
         FP8_E5M2=k_cache.dtype == torch.float8_e5m2,
-        FP8_KWIDTH=config.fp8_kwidth if fp8_words == 2 else 4,
         num_warps=config.num_warps,
         maxnreg=config.maxnreg,
     )

@@ -354,9 +354,9 @@ def test_paged_fp8_word_loads_equal_element_loads(
     assert_matches_oracle(case, x, *results["words"], kv_layout=layout)
 
 
-def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int, fp8_kwidth: int = 4) -> str:
-    """PTX of the attention kernel as `paged_attention` launches it on sm90 (default config
-    with `fp8_kwidth`; Hq 32, Hk 8, D 128; fp8 caches read as words, PTX conversion), compiled
+def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int) -> str:
+    """PTX of the attention kernel as `paged_attention` launches it on sm90 (default config;
+    Hq 32, Hk 8, D 128; fp8 caches in pages shorter than the tile read as words), compiled
     by Triton for sm90 with aligned pointers. Needs a process without TRITON_INTERPRET (JIT
     functions)."""
     from triton.backends.compiler import GPUTarget
@@ -379,10 +379,7 @@ def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int, fp8_kwidth: int 
             torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), k, k,
             torch.zeros(1, 8, dtype=torch.int32), torch.full((1,), 64, dtype=torch.int32),
             descale, descale, scale=0.1, num_splits=1, kv_layout="NHD",
-            config=replace(
-                pick_config(block_size, 128, cache_dtype, arch_from_name("sm90")),
-                fp8_kwidth=fp8_kwidth,
-            ),
+            config=pick_config(block_size, 128, cache_dtype, arch_from_name("sm90")),
         )  # fmt: skip
     finally:
         kernel._paged_fwd_kernel = jit
@@ -407,25 +404,21 @@ def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int, fp8_kwidth: int 
 def test_fp8_cache_reads_no_bytes_from_shared_memory_on_sm90() -> None:
     """The point of the word loads: compiled for sm90, the fp8 kernels read no single bytes from
     shared memory (Triton's element path reads the fp8 dot operands byte by byte) and convert
-    with `cvt.rn.f16x2.e4m3x2` (e4m3, both fp8_kwidth layouts) or byte permutes (e5m2); the
-    bf16 kernel uses ldmatrix."""
+    with `cvt.rn.f16x2.e4m3x2` (e4m3) or byte permutes (e5m2); the bf16 kernel uses ldmatrix."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     code = (
         "import re, torch, test_paged\n"
-        "for name, kw in (('float8_e4m3fn', 4), ('float8_e4m3fn', 2), ('float8_e5m2', 4),"
-        " ('bfloat16', 4)):\n"
-        "    ptx = test_paged.compile_sm90_ptx(getattr(torch, name), 16, kw)\n"
-        "    print(f'{name}-k{kw}', len(re.findall(r'ld\\.shared(\\.v\\d)?\\.[bsu]8', ptx)),"
+        "for name in ('float8_e4m3fn', 'float8_e5m2', 'bfloat16'):\n"
+        "    ptx = test_paged.compile_sm90_ptx(getattr(torch, name), 16)\n"
+        "    print(name, len(re.findall(r'ld\\.shared(\\.v\\d)?\\.[bsu]8', ptx)),"
         " ptx.count('cvt.rn.f16x2.e4m3x2'), ptx.count('prmt.b32'), ptx.count('ldmatrix'))\n"
     )
     stdout = run_jit_process(code)
     counts = {
         line.split()[0]: [int(n) for n in line.split()[1:]] for line in stdout.split("\n") if line
     }
-    e4m3, e5m2, bf16 = counts["float8_e4m3fn-k4"], counts["float8_e5m2-k4"], counts["bfloat16-k4"]
-    e4m3_k2 = counts["float8_e4m3fn-k2"]
+    e4m3, e5m2, bf16 = counts["float8_e4m3fn"], counts["float8_e5m2"], counts["bfloat16"]
     assert e4m3[0] == 0 and e4m3[1] > 0, counts
-    assert e4m3_k2[0] == 0 and e4m3_k2[1] > 0, counts
     assert e5m2[0] == 0 and e5m2[2] > 0 and e5m2[1] == 0, counts
     assert bf16[0] == 0 and bf16[3] > 0, counts
 
