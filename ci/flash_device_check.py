@@ -301,19 +301,24 @@ def try_bench(name: str, fn: Callable[[], object]) -> float | None:
         return None
 
 
-class _Recorder:
-    """Stands in for the autotuned forward kernel: records the grid and kwargs of one launch."""
+def record_launch(call: Callable[[], object]) -> tuple:
+    """(kernel, grid, kwargs) of the last forward launch `call()` makes, not launched; a pinned
+    config's BLOCK_INNER, num_warps and num_stages are in kwargs."""
+    launches: list[tuple] = []
 
-    def __init__(self) -> None:
-        self.fn = self
-        self.grid: tuple | None = None
-        self.kwargs: dict = {}
+    def record(kernel, grid: tuple, config: _flash.FlashConfig | None, **kwargs: object) -> None:
+        if config is not None:
+            kwargs = {**kwargs, "BLOCK_INNER": config.block_inner,
+                      "num_warps": config.num_warps, "num_stages": config.num_stages}  # fmt: skip
+        launches.append((kernel, grid, kwargs))
 
-    def __getitem__(self, grid: tuple) -> Callable[..., None]:
-        def record(**kwargs: object) -> None:
-            self.grid, self.kwargs = grid, kwargs
-
-        return record
+    real = _flash._launch
+    _flash._launch = record
+    try:
+        call()
+    finally:
+        _flash._launch = real
+    return launches[-1]
 
 
 def kernel_only(
@@ -323,17 +328,12 @@ def kernel_only(
     checks, cu_seqlens read, work table, argument packing) done once here; `override` replaces
     kernel arguments (e.g. RAW_MAX=False for the scale-first softmax of the previous tree);
     `config` = (BLOCK_INNER, num_warps, num_stages) pins the launch instead of autotuning."""
-    rec, real = _Recorder(), _flash._fwd
-    _flash._fwd = rec
-    try:
-        call()
-    finally:
-        _flash._fwd = real
-    grid, kwargs = rec.grid, {**rec.kwargs, **override}
+    kernel, grid, kwargs = record_launch(call)
+    kwargs = {**kwargs, **override}
     if config is None:
-        return lambda: real[grid](**kwargs)
+        return lambda: kernel[grid](**kwargs)
     b, w, st = config
-    return lambda: real.fn[grid](**kwargs, BLOCK_INNER=b, num_warps=w, num_stages=st)
+    return lambda: kernel.fn[grid](**kwargs, BLOCK_INNER=b, num_warps=w, num_stages=st)
 
 
 def split_timings(row: dict, prefix: str, flops: float, call: Callable[[], object]) -> None:
@@ -571,9 +571,7 @@ def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, raw_max: 
     from triton.compiler import compile as triton_compile
     from triton.runtime.jit import create_function_from_signature
 
-    rec, real = _Recorder(), _flash._fwd
-    _flash._fwd = rec
-    try:
+    def launch() -> None:
         if varlen:
             lens = [256, 512, 384, 128]
             q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
@@ -585,9 +583,9 @@ def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, raw_max: 
             q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
             problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)
         _flash.flash_forward(q, q, q, problem, config=config)
-    finally:
-        _flash._fwd = real
-    kwargs = {**rec.kwargs, "RAW_MAX": raw_max}
+
+    real, _, kwargs = record_launch(launch)
+    kwargs = {**kwargs, "RAW_MAX": raw_max}
     kernel, target = real.fn, GPUTarget("cuda", 90, 32)
     backend = CUDABackend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
