@@ -327,23 +327,12 @@ class BenchInputs:
         self.flops = 4.0 * length * length * h * d
         self.causal_flops = 4.0 * (length * (length + 1) / 2) * h * d
 
-    def pinned(
-        self, config: triton.Config, causal: bool, lse: bool = False, mixed: bool = True
-    ) -> Callable[[], Any]:
-        """Our kernel with `config`, V prepared, returning (out, lse) (lse None unless `lse`);
-        `mixed` False: every softmax exp2 on the MUFU (`fp8.MIXED_EXP2` off for the call)."""
-
-        def run() -> Any:
-            shipped, kfp8.MIXED_EXP2 = kfp8.MIXED_EXP2, mixed
-            try:
-                return kfp8._launch_fwd(
-                    self.q8, self.k8, self.v_prep, self.qd, self.kd, self.vd, self.scale,
-                    causal, torch.bfloat16, lse, config=config,
-                )  # fmt: skip
-            finally:
-                kfp8.MIXED_EXP2 = shipped
-
-        return run
+    def pinned(self, config: triton.Config, causal: bool, lse: bool = False) -> Callable[[], Any]:
+        """Our kernel with `config`, V prepared, returning (out, lse) (lse None unless `lse`)."""
+        return lambda: kfp8._launch_fwd(
+            self.q8, self.k8, self.v_prep, self.qd, self.kd, self.vd, self.scale, causal,
+            torch.bfloat16, lse, config=config,
+        )  # fmt: skip
 
     def public(self, v: torch.Tensor, causal: bool = False) -> Callable[[], Any]:
         return lambda: kfp8.fp8_attention(
@@ -380,10 +369,10 @@ class BenchInputs:
     def tasks(self) -> dict[str, Callable[[], Any]]:
         """Every compile the timings need, by name (what `precompile` warms the caches with)."""
         out: dict[str, Callable[[], Any]] = {}
-        for name, (config, mixed) in SWEEP.items():
+        for name, config in SWEEP.items():
             for causal in (False, True):
-                out[f"sweep {name} causal={causal}"] = self.pinned(config, causal, False, mixed)
-                out[f"sweep {name} causal={causal} lse"] = self.pinned(config, causal, True, mixed)
+                out[f"sweep {name} causal={causal}"] = self.pinned(config, causal)
+                out[f"sweep {name} causal={causal} lse"] = self.pinned(config, causal, True)
         out["public prepared"] = self.public(self.v_prep)
         out["public causal"] = self.public(self.v_prep, True)
         out["raw row-major ptr"] = self.raw(self.v8, False)
@@ -394,18 +383,15 @@ class BenchInputs:
         return out
 
 
-# Configs timed side by side at the bench shape (pinned, V prepared), non-causal and causal:
-# (config, mixed exp2); "mufu" rows put every softmax exp2 on the MUFU (the tree before
-# 2026-11-21).
+# Configs timed side by side at the bench shape (pinned, V prepared), non-causal and causal.
 SWEEP = {
-    f"{bm}x{bn} w{w} s{s}{f' r{r}' if r else ''}{'' if mixed else ' mufu'}": (
-        kfp8._config(bm, bn, w, s, maxnreg=r), mixed,
-    )
+    f"{bm}x{bn} w{w} s{s}{f' r{r}' if r else ''}": kfp8._config(bm, bn, w, s, maxnreg=r)
     for bm, bn, w, s, r in (
-        (128, 128, 4, 3, None), (64, 128, 4, 3, None), (64, 128, 4, 2, 168),
-        (64, 64, 4, 3, None), (128, 128, 8, 3, None), (128, 64, 4, 4, None),
+        (128, 128, 4, 3, None), (128, 128, 4, 2, None), (128, 128, 4, 4, None),
+        (64, 128, 4, 3, None), (64, 128, 4, 2, 168), (64, 128, 4, 3, 200),
+        (64, 64, 4, 3, None), (64, 64, 4, 3, 168), (64, 64, 4, 4, 168),
+        (128, 128, 8, 3, None), (128, 64, 4, 4, None),
     )
-    for mixed in (True, False)
 }  # fmt: skip
 # Timing rounds of the sweep (and ROUNDS + 1 alternating rounds of ours vs flex): medians.
 ROUNDS = 2
@@ -476,18 +462,17 @@ def bench(device: torch.device, log: Callable, length: int = 8192) -> dict[str, 
 
     log(f"  sweep (pinned configs, V prepared, no lse; {ROUNDS} rounds, checked with lse):")
     checks: dict[tuple[str, bool], Any] = {}
-    for name, (config, mixed) in SWEEP.items():
+    for name, config in SWEEP.items():
         for causal in (False, True):
             try:
-                checks[(name, causal)] = check(*x.pinned(config, causal, True, mixed)(), causal)
+                checks[(name, causal)] = check(*x.pinned(config, causal, True)(), causal)
             except Exception as exc:
                 checks[(name, causal)] = {"error": repr(exc)[:300]}
     for r in range(ROUNDS):
-        for name, (config, mixed) in SWEEP.items():
+        for name, config in SWEEP.items():
             for causal in (False, True):
                 work = x.causal_flops if causal else x.flops
-                timed(f"[{name}] causal={causal} #{r}", x.pinned(config, causal, False, mixed),
-                      work, 150,
+                timed(f"[{name}] causal={causal} #{r}", x.pinned(config, causal), work, 150,
                       check=checks[(name, causal)])  # fmt: skip
     for name in SWEEP:
         for causal in (False, True):
@@ -559,12 +544,6 @@ def ratios(rows: dict[str, Any]) -> dict[str, float]:
         nc, c = tf(f"[{name}] causal=False"), tf(f"[{name}] causal=True")
         pairs[f"[{name}] / flex fp8"] = (nc, flex)
         pairs[f"[{name}] causal / non-causal"] = (c, nc)
-        if name.endswith(" mufu"):
-            for causal in (False, True):
-                pairs[f"[{name.removesuffix(' mufu')}] causal={causal} mixed / mufu exp2"] = (
-                    tf(f"[{name.removesuffix(' mufu')}] causal={causal}"),
-                    tf(f"[{name}] causal={causal}"),
-                )
     return {k: a / b for k, (a, b) in pairs.items() if a and b}
 
 

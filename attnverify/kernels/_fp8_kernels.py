@@ -21,8 +21,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnverify.kernels._exp2 import exp2_tile
-
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -155,7 +153,6 @@ def _softmax_step(
     qk, m_i, l_i, qk_scale, offs_m, start_n, n_left, causal_offset, p_dtype: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
-    MIXED_EXP2: tl.constexpr,
 ):
     """Online-softmax update for the raw scores qk of key tile start_n.
 
@@ -174,11 +171,11 @@ def _softmax_step(
         # [BLOCK_M]; rows with nothing visible yet keep m = -inf: subtract 0 (no NaN)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = exp2_tile(s - m_new[:, None], MIXED_EXP2)
+        p = tl.math.exp2(s - m_new[:, None])
     else:
         # qk_scale >= 0: max(qk) * scale is the max score; one FMA per element
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = exp2_tile(qk * qk_scale - m_new[:, None], MIXED_EXP2)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if EXACT_P_ROUNDING:
@@ -196,7 +193,7 @@ def _attend_tiles(
     BLOCK_N: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     USE_TMA: tl.constexpr, V_SEQ_CONTIG: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
-    QK_ACC_CHUNK: tl.constexpr, MIXED_EXP2: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr,
 ):
     """Online softmax over key tiles [start, end); k_ptr / v_ptr point at key `start`."""
     p_dtype: tl.constexpr = v_ptr.dtype.element_ty
@@ -211,7 +208,7 @@ def _attend_tiles(
         qk = _scores(q0, q1, kt0, kt1, HAS_D1, QK_ACC_CHUNK)
         p8, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, qk_scale, offs_m, start_n, n_left,
                                             causal_offset, p_dtype, MASKED, IS_CAUSAL, BLOCK_N,
-                                            EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, MIXED_EXP2)
+                                            EXACT_P_ROUNDING, P_MANT, P_MIN_EXP)
         # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D]
         acc0 = tl.dot(p8, v0, acc0 * alpha[:, None])
         if HAS_D1:
@@ -249,7 +246,7 @@ def _fp8_fwd_kernel(
     HAS_D1: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_TMA: tl.constexpr,
     V_SEQ_CONTIG: tl.constexpr, STORE_LSE: tl.constexpr,
     EXACT_P_ROUNDING: tl.constexpr, P_MANT: tl.constexpr, P_MIN_EXP: tl.constexpr,
-    QK_ACC_CHUNK: tl.constexpr, MIXED_EXP2: tl.constexpr,
+    QK_ACC_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head); 1-D grid of
@@ -324,7 +321,7 @@ def _fp8_fwd_kernel(
         0, full_end, offs_m, Lk, causal_offset, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         False, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK, MIXED_EXP2,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
     )
     k_ptr += full_end.to(tl.int64) * stride_kn
     v_ptr += full_end.to(tl.int64) * stride_vn
@@ -334,7 +331,7 @@ def _fp8_fwd_kernel(
         full_end, hi, offs_m, Lk, causal_offset, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         True, IS_CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D0, BLOCK_D1, HAS_D1, USE_TMA, V_SEQ_CONTIG,
-        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK, MIXED_EXP2,
+        EXACT_P_ROUNDING, P_MANT, P_MIN_EXP, QK_ACC_CHUNK,
     )
 
     # Rows with no visible key: l = 0, acc = 0 -> out 0, lse -inf.

@@ -141,9 +141,6 @@ TRANSPOSE_BLOCK_D = 64
 # hardware default) 777 TFLOP/s, lse error 46x the fp32 baseline's (median over a random
 # sweep); 32: 602 TFLOP/s, 20x.
 QK_ACC_CHUNK = 0
-# One exp2 in four of the softmax by an FMA polynomial instead of the MUFU (`_exp2`; NVIDIA,
-# not under the interpreter). Accuracy as `tl.math.exp2`'s; speed: ci/notes_fp8.md.
-MIXED_EXP2 = True
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
@@ -252,9 +249,8 @@ def _launch_fwd(
     lse = torch.empty((b, hq, lq), dtype=torch.float32, device=q.device) if return_lse else None
     if out.numel() == 0:
         return out, lse
-    arch = arch if arch is not None else current_arch(q.device)
     if use_tma is None:
-        use_tma = _tma_eligible(k, v, arch)
+        use_tma = _tma_eligible(k, v, arch if arch is not None else current_arch(q.device))
     d0, d1 = split_head_dim(d)
     descs = _kv_descriptors(k, v, d1 > 0) if use_tma else [None] * 4
     lse_arg = lse if lse is not None else out
@@ -280,7 +276,6 @@ def _launch_fwd(
         "P_MIN_EXP": round(math.log2(torch.finfo(v.dtype).tiny)),
         # at most the K of each Q K^T dot (the chunk widths)
         "QK_ACC_CHUNK": min(QK_ACC_CHUNK, d0, d1 or d0),
-        "MIXED_EXP2": MIXED_EXP2 and not interpreter_active() and arch.vendor == "nvidia",
     }
     if config is None and interpreter_active():
         config = INTERPRETER_CONFIG
