@@ -183,18 +183,16 @@ def _check_max_seqlen(name: str, given: int | None, real: int) -> int:
     return value
 
 
-def check_varlen_inputs(
+def check_varlen_layout(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
     cu_seqlens_k: torch.Tensor,
-    max_seqlen_q: int | None,
-    max_seqlen_k: int | None,
-    scale: float | None,
     dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
-) -> VarlenMeta:
-    """Validate `varlen_attention` inputs: q (Tq, Hq, D); k, v (Tk, Hk, D); cu_seqlens (N+1,)."""
+) -> None:
+    """The checks of `check_varlen_inputs` that read no tensor values (no device sync): q
+    (Tq, Hq, D); k, v (Tk, Hk, D); cu_seqlens int32 (N+1,) on q's device, the same N."""
     _check_qkv(q, k, v, 3, dtypes)
     check_head_dim("q", q.shape[-1])
     check_heads(q.shape[1], k.shape[1])
@@ -205,9 +203,21 @@ def check_varlen_inputs(
             "cu_seqlens_q and cu_seqlens_k must describe the same number of sequences N; "
             f"got {tensor_q.numel() - 1} and {tensor_k.numel() - 1}"
         )
-    # one host read (one device sync) for both tensors
-    values = torch.cat([tensor_q, tensor_k]).tolist()
-    n = tensor_q.numel()
+
+
+def check_varlen_values(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int | None,
+    max_seqlen_k: int | None,
+    scale: float | None,
+) -> VarlenMeta:
+    """The value checks of `check_varlen_inputs`, after `check_varlen_layout`: one host read of
+    both cu_seqlens (one device sync), their values, and the maxima against the lengths."""
+    values = torch.cat([cu_seqlens_q, cu_seqlens_k]).tolist()
+    n = cu_seqlens_q.numel()
     cu_q = _check_cu_values("cu_seqlens_q", values[:n], q.shape[0])
     cu_k = _check_cu_values("cu_seqlens_k", values[n:], k.shape[0])
     lens_q = tuple(b - a for a, b in itertools.pairwise(cu_q))
@@ -219,6 +229,24 @@ def check_varlen_inputs(
         seqlens_q=lens_q,
         seqlens_k=lens_k,
     )
+
+
+def check_varlen_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int | None,
+    max_seqlen_k: int | None,
+    scale: float | None,
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+) -> VarlenMeta:
+    """Validate `varlen_attention` inputs: q (Tq, Hq, D); k, v (Tk, Hk, D); cu_seqlens (N+1,).
+    `check_varlen_layout` then `check_varlen_values` (kernels run the two apart: see
+    `attnverify.kernels.varlen`)."""
+    check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, dtypes)
+    return check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
 
 
 def check_grid_thw(grid_thw: object) -> torch.Tensor:
@@ -542,5 +570,7 @@ __all__ = [
     "check_same",
     "check_tensor",
     "check_varlen_inputs",
+    "check_varlen_layout",
+    "check_varlen_values",
     "resolve_scale",
 ]
