@@ -18,6 +18,9 @@ bias); the differences are constexpr flags, never copies of a kernel:
   with D0 zeroed), see `_common.HeadDimSplit`; row strides reach the kernels divided by 8 so
   the compiler knows rows are 16-byte aligned (D = 72 loads vectorize).
 Any Lq / Lk: interior tiles run unmasked, boundary and diagonal tiles masked.
+- Forward K/V loads: TMA descriptors over K and V as (Z, Hk, rows, D) on NVIDIA sm90+ where the
+  layout allows (`tma_policy`, `$ATTNVERIFY_FLASH_TMA`), else pointers; bitwise the same out
+  and lse either way. The backward loads through pointers.
 
 Layout handled here: every tensor as (z, h, row, d) with explicit strides (varlen: z stride 0,
 row offset from the work table). 64-bit base offsets; in-tile offsets stay 32-bit.
@@ -30,13 +33,19 @@ host when G > 1), dq in its own pass, dbias per query head reduced on the host.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from attnverify.arch import interpreter_active
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # triton without host TMA descriptors: pointer loads only
+    TensorDescriptor = None
+
+from attnverify.arch import current_arch, interpreter_active
 from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels._common import (
     HeadDimSplit,
@@ -45,7 +54,7 @@ from attnverify.kernels._common import (
     varlen_work_table,
 )
 from attnverify.kernels._flash_bwd import _dkdv, _dq
-from attnverify.kernels._flash_fwd import _fwd
+from attnverify.kernels._flash_fwd import KV_DESC_NAMES, _fwd, _set_kv_block_shapes
 from attnverify.kernels._flash_tiles import BWD_CONFIGS as BWD_CONFIGS  # re-exported
 from attnverify.kernels._flash_tiles import FWD_CONFIGS as FWD_CONFIGS  # re-exported
 from attnverify.kernels._flash_tiles import INTERPRETER_BLOCK, LOG2E, _prune
@@ -299,6 +308,8 @@ def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kw
         return
     for index in range(_PINNED_FITS.get(key, 0), len(order)):
         pick = order[index]
+        if pick.pre_hook is not None:
+            pick.pre_hook({**kwargs, **pick.kwargs})
         try:
             kernel.fn[grid](
                 **kwargs, **pick.kwargs, num_warps=pick.num_warps, num_stages=pick.num_stages
@@ -311,6 +322,81 @@ def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kw
         return
 
 
+TMA_ENV = "ATTNVERIFY_FLASH_TMA"
+TMA_POLICIES = ("auto", "0", "1")
+TMA_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def tma_policy() -> str:
+    """How the forward loads K and V, from `$ATTNVERIFY_FLASH_TMA` (read at every call):
+
+    - unset or "auto": TMA descriptors on NVIDIA sm90+ (`attnverify.arch`) outside the
+      interpreter, where the layout allows them (`_tma_view`), else pointer loads;
+    - "0": pointer loads always;
+    - "1": TMA wherever the layout allows, on any device, the interpreter included (tests,
+      compile checks on a machine without a GPU, and the TMA-vs-pointer device comparison;
+      on a GPU without TMA the launch fails).
+
+    Raises:
+        ValueError: the variable holds something else than the documented values.
+    """
+    value = os.environ.get(TMA_ENV, "auto")
+    if value not in TMA_POLICIES:
+        raise ValueError(f"${TMA_ENV} must be one of {', '.join(TMA_POLICIES)}; got {value!r}")
+    return value
+
+
+def _tma_view(x: torch.Tensor, is_varlen: bool) -> tuple[list[int], list[int]] | None:
+    """K or V as the (Z, H, rows, D) shape and strides of a TMA descriptor, or None where TMA
+    cannot address it: a float16 / bfloat16 tensor with D unit-stride, every other stride
+    positive and a multiple of 16 bytes, and a 16-byte aligned base. Varlen (T, Hk, D) is
+    (1, Hk, T, D); the size-1 Z dim gets the stride T * stride_t (never stepped along)."""
+    if x.dtype not in TMA_DTYPES or x.numel() == 0:
+        return None
+    if is_varlen:
+        t, h, d = x.shape
+        shape = [1, h, t, d]
+        strides = [t * x.stride(0), x.stride(1), x.stride(0), x.stride(2)]
+    else:
+        shape, strides = list(x.shape), list(x.stride())
+    aligned = all(s > 0 and s * x.element_size() % 16 == 0 for s in strides[:-1])
+    if strides[-1] != 1 or not aligned or x.data_ptr() % 16 != 0:
+        return None
+    return shape, strides
+
+
+def _use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_varlen: bool) -> bool:
+    """Whether this forward loads K and V through TMA descriptors (`tma_policy`)."""
+    mode = tma_policy()
+    if mode == "0" or TensorDescriptor is None:
+        return False
+    if _tma_view(k, is_varlen) is None or _tma_view(v, is_varlen) is None:
+        return False
+    if mode == "1":
+        return True
+    if interpreter_active():
+        return False
+    arch = current_arch(q.device)
+    return arch.vendor == "nvidia" and arch.capability >= (9, 0)
+
+
+def _kv_descriptors(
+    k: torch.Tensor, v: torch.Tensor, split: HeadDimSplit, is_varlen: bool
+) -> dict[str, object]:
+    """The forward's descriptor arguments K_desc0, V_desc0 (lane tile 0) and K_desc1, V_desc1
+    (tile 1; None without one) over (Z, Hk, rows, D) K and V (`_tma_view`). Their block
+    shapes are placeholders until `_flash_fwd._set_kv_block_shapes` runs for the config."""
+    descs: dict[str, object] = {}
+    for name in KV_DESC_NAMES:
+        x = k if name.startswith("K") else v
+        if name.endswith("1") and not split.has_d1:
+            descs[name] = None
+            continue
+        shape, strides = _tma_view(x, is_varlen)
+        descs[name] = TensorDescriptor(x, shape, strides, [1, 1, 16, 16])
+    return descs
+
+
 def flash_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -321,7 +407,9 @@ def flash_forward(
     bias: torch.Tensor | None = None,
     config: FlashConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Allocate out (q's shape and dtype) and lse (float32), launch the forward kernel."""
+    """Allocate out (q's shape and dtype) and lse (float32), launch the forward kernel. K and
+    V load through TMA descriptors as `tma_policy` says; out and lse are bitwise the same
+    either way."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if problem.is_varlen:
         lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
@@ -333,9 +421,14 @@ def flash_forward(
     vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
     al = _alignment(vl, q, k, v, out)
+    use_tma = _use_tma(q, k, v, vl)
+    split = split_head_dim(q.shape[-1])
+    descs = _kv_descriptors(k, v, split, vl) if use_tma else dict.fromkeys(KV_DESC_NAMES)
+    if config is not None:
+        _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
     _launch(
         _fwd, common.grid, config,
-        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work,
+        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work, **descs, USE_TMA=use_tma,
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("o", out, vl, al), ALIGN=al, RAW_MAX=bias is None and problem.scale > 0,
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
@@ -457,4 +550,12 @@ def _sum_group(buf: torch.Tensor, like: torch.Tensor, problem: FlashProblem) -> 
     return buf.view(b, problem.num_kv_heads, g, n, d).sum(dim=2).to(like.dtype)
 
 
-__all__ = ["FlashConfig", "FlashProblem", "flash_backward", "flash_forward"]
+__all__ = [
+    "TMA_ENV",
+    "TMA_POLICIES",
+    "FlashConfig",
+    "FlashProblem",
+    "flash_backward",
+    "flash_forward",
+    "tma_policy",
+]

@@ -2,7 +2,9 @@
 
 Online softmax over the KV tiles of its query block, full tiles unmasked first, then the
 boundary and diagonal tiles masked (`_row_range`). Out in the input dtype; lse (natural log,
-float32) -inf for rows with no visible key, whose out is 0. The launcher is
+float32) -inf for rows with no visible key, whose out is 0. K and V tiles load through host TMA
+descriptors (USE_TMA, NVIDIA sm90+, `_flash.tma_policy`) or pointers, with the same values
+(`_kv_tiles`); Q, mask, bias and tile flags always through pointers. The launcher is
 `_flash.flash_forward`; shared helpers live in `_flash_tiles`.
 """
 
@@ -13,7 +15,7 @@ import triton.language as tl
 
 from attnverify.kernels._flash_tiles import (
     _VARYING,
-    AUTOTUNE_KEY,
+    FWD_AUTOTUNE_KEY,
     FWD_CONFIGS,
     LN2,
     _aligned,
@@ -33,26 +35,76 @@ from attnverify.kernels._flash_tiles import (
 
 
 @triton.jit
+def _desc_tile(desc, z, h, row, col, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
+    """TMA load of rows [row, row + BLOCK_N), columns [col, col + WIDTH) of head h of batch z
+    from a (Z, H, rows, D) descriptor (box [1, 1, BLOCK_N, WIDTH]); whatever lies outside the
+    tensor reads 0. [BLOCK_N, WIDTH]"""
+    return desc.load([z, h, row, col]).reshape([BLOCK_N, WIDTH])
+
+
+@triton.jit
+def _kv_tiles(
+    k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1,
+    z, hk, row, cols_ok, d0_ok, d1_ok,
+    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
+    MASK_D1: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """K and V of one key tile (packed key row `row` of kv head hk, batch z) in both lane
+    tiles: k0, k1, v0, v1 [BLOCK_N, D0], [BLOCK_N, D1] (k1 = k0, v1 = v0 without tile 1).
+
+    Pointer loads: keys past len_k (MASKED) and lanes past D (MASK_D0) read 0. TMA loads give
+    the same values: lanes past D, and rows past the tensor's end (gqa: past Lk), read 0 from
+    the descriptor. A varlen tile's rows past len_k (cols_ok False) are the next sequence's
+    rows, finite or not; V's are zeroed here (they would reach P @ V through 0 * v, and a NaN
+    or inf there makes NaN), K's need nothing: `_scores` replaces every score of a column
+    past len_k by -inf, whatever q.k gave. Zeroing V costs a register round trip of the
+    masked tiles only, where masked pointer loads would keep their offsets live in registers
+    across the whole kernel."""
+    if TMA:
+        k0 = _desc_tile(K_desc0, z, hk, row, 0, BLOCK_N, HEAD_D0)
+        v0 = _desc_tile(V_desc0, z, hk, row, 0, BLOCK_N, HEAD_D0)
+        if MASKED and IS_VARLEN:
+            v0 = tl.where(cols_ok[:, None], v0, 0.0)
+    else:
+        k0 = _load_tile(k_ptrs + k_off0, cols_ok, d0_ok, MASKED, MASK_D0)
+        v0 = _load_tile(v_ptrs + v_off0, cols_ok, d0_ok, MASKED, MASK_D0)
+    k1 = k0
+    v1 = v0
+    if HAS_D1:
+        if TMA:
+            k1 = _desc_tile(K_desc1, z, hk, row, HEAD_DIM - HEAD_D1, BLOCK_N, HEAD_D1)
+            v1 = _desc_tile(V_desc1, z, hk, row, HEAD_DIM - HEAD_D1, BLOCK_N, HEAD_D1)
+            if MASKED and IS_VARLEN:
+                v1 = tl.where(cols_ok[:, None], v1, 0.0)
+        else:
+            k1 = _load_tile(k_ptrs + k_off1, cols_ok, d1_ok, MASKED, MASK_D1)
+            v1 = _load_tile(v_ptrs + v_off1, cols_ok, d1_ok, MASKED, MASK_D1)
+    return k0, k1, v0, v1
+
+
+@triton.jit
 def _fwd_tile(
     acc0, acc1, m_i, l_i, q0, q1, k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1,
+    K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row,
     mask_ptrs, bias_ptrs, flag_ptr, rows, cols, len_q, len_k, causal_shift, qk_scale,
     d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr, RAW_MAX: tl.constexpr,
+    TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
-    bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores)."""
+    bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
+    TMA: K and V through the descriptors at packed key row `row` (`_kv_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
-        cols_ok = cols < len_k
         # [BLOCK_N, D0], [BLOCK_N, D1]
-        k0 = _load_tile(k_ptrs + k_off0, cols_ok, d0_ok, MASKED, MASK_D0)
-        v0 = _load_tile(v_ptrs + v_off0, cols_ok, d0_ok, MASKED, MASK_D0)
-        k1 = k0
-        v1 = v0
-        if HAS_D1:
-            k1 = _load_tile(k_ptrs + k_off1, cols_ok, d1_ok, MASKED, MASK_D1)
-            v1 = _load_tile(v_ptrs + v_off1, cols_ok, d1_ok, MASKED, MASK_D1)
+        k0, k1, v0, v1 = _kv_tiles(
+            k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
+            V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
+        )  # fmt: skip
         # [BLOCK_M, BLOCK_N]
         s = _scores(
             q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs,
@@ -80,7 +132,7 @@ def _fwd_tile(
 
 @triton.jit(do_not_specialize=_VARYING)
 def _flash_fwd_kernel(
-    Q, K, V, Out, Lse, Mask, Bias, Flags, Work,
+    Q, K, V, Out, Lse, Mask, Bias, Flags, Work, K_desc0, K_desc1, V_desc0, V_desc1,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -94,10 +146,13 @@ def _flash_fwd_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
-    ALIGN: tl.constexpr, RAW_MAX: tl.constexpr,
+    ALIGN: tl.constexpr, RAW_MAX: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     """Forward: one program per (query block, query head, batch); writes out and lse.
-    RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`."""
+    RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
+    USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
+    as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
+    the same values as the pointer loads (`_kv_tiles`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -142,19 +197,23 @@ def _flash_fwd_kernel(
         n64 = _wide(n0)
         acc0, acc1, m_i, l_i = _fwd_tile(
             acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-            k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
+            k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1, z, hk,
+            start_k + n0, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
     for n0 in range(n_full, n_end, BLOCK_N):
         n64 = _wide(n0)
         acc0, acc1, m_i, l_i = _fwd_tile(
             acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-            k_off0, k_off1, v_off0, v_off1, m_base + n64 * stride_mn + m_off,
+            k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1, z, hk,
+            start_k + n0, m_base + n64 * stride_mn + m_off,
             b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
             rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
     has_key = l_i > 0
     inv_l = 1.0 / tl.where(has_key, l_i, 1.0)
@@ -172,6 +231,22 @@ def _flash_fwd_kernel(
     tl.store(l_base + tl.arange(0, BLOCK_M) * stride_lm, lse, mask=rows_ok)
 
 
+KV_DESC_NAMES = ("K_desc0", "V_desc0", "K_desc1", "V_desc1")
+
+
+def _set_kv_block_shapes(nargs: dict) -> None:
+    """Config pre-hook: the TMA descriptors' boxes for the config's BLOCK_INNER,
+    [1, 1, BLOCK_INNER, D0] (K_desc0, V_desc0) and [1, 1, BLOCK_INNER, D1] (K_desc1, V_desc1);
+    a descriptor argument that is None (pointer loads, no tile 1) is left as it is."""
+    block_n = nargs["BLOCK_INNER"]
+    for name in KV_DESC_NAMES:
+        if nargs[name] is not None:
+            width = nargs["HEAD_D0"] if name.endswith("0") else nargs["HEAD_D1"]
+            nargs[name].block_shape = [1, 1, block_n, width]
+
+
 _fwd = triton.autotune(
-    _configs(FWD_CONFIGS), AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    _configs(FWD_CONFIGS, _set_kv_block_shapes),
+    FWD_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune},
 )(_flash_fwd_kernel)

@@ -9,6 +9,8 @@ Tiles: BLOCK_M query rows x BLOCK_N keys; head dims in two lane tiles D0 + D1
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import triton
 import triton.language as tl
 
@@ -19,11 +21,17 @@ LN2 = tl.constexpr(0.6931471805599453)
 INTERPRETER_BLOCK = 32
 
 
-def _configs(gpu: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
-    """(BLOCK_INNER, num_warps, num_stages) candidates; one small config under the interpreter."""
+def _configs(
+    gpu: tuple[tuple[int, int, int], ...], pre_hook: Callable[[dict], None] | None = None
+) -> list[triton.Config]:
+    """(BLOCK_INNER, num_warps, num_stages) candidates; one small config under the interpreter.
+    `pre_hook` runs before every launch of a config (the forward sets its TMA block shapes)."""
     if interpreter_active():
-        return [triton.Config({"BLOCK_INNER": INTERPRETER_BLOCK}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=s) for b, w, s in gpu]
+        gpu = ((INTERPRETER_BLOCK, 4, 1),)
+    return [
+        triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=s, pre_hook=pre_hook)
+        for b, w, s in gpu
+    ]
 
 
 FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2))
@@ -36,7 +44,8 @@ SMEM_BUDGET = 200 * 1024
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory."""
+    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory. Fallback
+    configs take the pre-hook of `configs` (the kernel's, shared by all its configs)."""
     args = {**named_args, **kwargs}
     width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
     elem = args["Q"].element_size()
@@ -47,10 +56,17 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
     if not kept:
         kept = [c for c in FALLBACK_CONFIGS if smem(c) <= SMEM_BUDGET] or FALLBACK_CONFIGS[-1:]
+        hook = configs[0].pre_hook if configs else None
+        kept = [
+            triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=hook)
+            for c in kept
+        ]
     return kept
 
 
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER"]
+# The forward also tunes per K/V load path: TMA and pointer loads pipeline differently.
+FWD_AUTOTUNE_KEY = [*AUTOTUNE_KEY, "USE_TMA"]
 
 # Lengths, group and head divisors, and the lse / tile-flag strides vary per call and gain
 # nothing from specialisation: one compile serves them all (the verifier draws hundreds of
@@ -262,6 +278,7 @@ def _row_range(m0, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 __all__ = [
     "AUTOTUNE_KEY",
     "BWD_CONFIGS",
+    "FWD_AUTOTUNE_KEY",
     "FWD_CONFIGS",
     "INTERPRETER_BLOCK",
     "LN2",
