@@ -1,0 +1,694 @@
+"""TMA vs pointer K/V loads of the flash forward (varlen_attention, gqa_attention): bitwise
+agreement, oracle checks, speed, and sm90 compile facts.
+
+The forward loads K and V through TMA descriptors or pointers as `$ATTNVERIFY_FLASH_TMA` says
+(`attnverify.kernels._flash.tma_policy`: "0" pointer loads, "1" TMA wherever the layout
+allows, "auto" the default per arch); this script sets it per call to run both paths in one
+process.
+
+Run from the repository root:
+
+    # on a CUDA machine (H100 / H200), <= 240 s:
+    PYTHONPATH=. python3 ci/flash_tma_check.py --out OUT_DIR
+    # sm90 compile facts on a machine without a GPU (Triton 3.6 at /work/t36):
+    PYTHONPATH=/work/t36/lib/python3.11/site-packages:. TRITON_INTERPRET=0 \\
+        TRITON_DISABLE_LINE_INFO=1 python3 ci/flash_tma_check.py --sections compile --out OUT
+    # a tiny dry run of the device sections under the interpreter (CPU, float16):
+    TRITON_INTERPRET=1 PYTHONPATH=. python3 ci/flash_tma_check.py --dry --out OUT
+
+Sections:
+- bench (device): bf16, Hq = Hk = 16, D in 72, 80, 128: (a) dense gqa B=1 L=8192 non-causal,
+  (b) varlen lens [1024, 8192, 2048, 4096, 1024, 3072]. Per shape and forward config (pinned,
+  `--configs`: the first FWD config, which ATTNVERIFY_AUTOTUNE=0 runs, or all): the kernel
+  alone (host work done once) with TMA and with pointer loads; out and lse bitwise equal; both
+  checked against the float64 oracle on a slice (tolerance rules of
+  `attnverify.verify.tolerance`, as ci/flash_device_check.py); then both timed with
+  triton.testing.do_bench (median), TFLOP/s on useful FLOPs (4 * sum(Lq * Lk) * H * D) and
+  the ratio TMA / pointer. The public call (ATTNVERIFY_AUTOTUNE=0, host work included) is
+  compared bitwise and timed per path too.
+- odd (device): correctness only, TMA vs pointer bitwise and TMA vs the oracle: Lk not a
+  multiple of the block, D = 8, D = 200, GQA Hk = 4, causal (dense and varlen), a varlen with a
+  zero-length sequence, and NaN / inf in the K/V rows right after a sequence's end in the
+  packed tensors (must not reach that sequence's output).
+- compile (no GPU; TRITON_INTERPRET=0): compile the forward for sm90 at D = 72, 80, 128,
+  dense and varlen, every FWD config, TMA and pointer; registers, spills, shared memory and
+  the instruction mix of the full-tile KV loop.
+Before the device sections run, `--workers` processes compile every kernel specialisation they
+need in parallel (Triton's on-disk cache), so that compiles do not run one by one.
+Writes OUT_DIR/flash_tma_check.json and OUT_DIR/flash_tma_check.log, whose last lines are a
+summary table. Exit status 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from attnverify.arch import interpreter_active
+from attnverify.kernels import _flash, _flash_tiles
+from attnverify.kernels._common import split_head_dim
+from attnverify.kernels.gqa import gqa_attention, gqa_forward
+from attnverify.kernels.varlen import varlen_attention, varlen_forward
+from attnverify.reference.gqa import gqa_attention as gqa_oracle
+from attnverify.reference.varlen import varlen_attention as varlen_oracle
+from attnverify.verify.compare import compare
+from attnverify.verify.tolerance import arch_kind, lookup
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+LOG: list[str] = []
+
+
+def log(*args: object, sep: str = " ") -> None:
+    line = sep.join(str(a) for a in args)
+    LOG.append(line)
+    print(line, flush=True)
+
+
+@contextlib.contextmanager
+def tma_mode(mode: str) -> Iterator[None]:
+    """Run the enclosed calls with `$ATTNVERIFY_FLASH_TMA` = mode ("0" or "1")."""
+    old = os.environ.get(_flash.TMA_ENV)
+    os.environ[_flash.TMA_ENV] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_flash.TMA_ENV)
+        else:
+            os.environ[_flash.TMA_ENV] = old
+
+
+class _Recorder:
+    """Stands in for the autotuned forward: records the grid and kwargs of one launch."""
+
+    def __init__(self) -> None:
+        self.fn = self
+        self.grid: tuple | None = None
+        self.kwargs: dict = {}
+
+    def __getitem__(self, grid: tuple) -> Callable[..., None]:
+        def record(**kwargs: object) -> None:
+            self.grid, self.kwargs = grid, kwargs
+
+        return record
+
+
+def recorded_launch(call: Callable[[], object]) -> tuple:
+    """(grid, kwargs) of the forward launch `call()` makes (pinned to a FlashConfig)."""
+    rec, real = _Recorder(), _flash._fwd
+    _flash._fwd = rec
+    try:
+        call()
+    finally:
+        _flash._fwd = real
+    return rec.grid, rec.kwargs
+
+
+# ------------------------------------------------------------------ cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One forward call. gqa: q (b, hq, lq, d), k and v (b, hk, lk, d) (`seq_major`: stored
+    (b, lk, hk, d)); varlen: packed lens_q / lens_k (lens_k None: lens_q). `poison`: index of
+    the sequence whose first K/V rows get NaN, inf and -inf (the rows the previous sequence's
+    last tile spans). `bench`: timed, pinned to each config of --configs."""
+
+    name: str
+    kind: str
+    d: int
+    hq: int = 16
+    hk: int = 16
+    causal: bool = False
+    b: int = 1
+    lq: int = 0
+    lk: int = 0
+    lens_q: tuple[int, ...] = ()
+    lens_k: tuple[int, ...] | None = None
+    seq_major: bool = False
+    poison: int | None = None
+    bench: bool = False
+
+    @property
+    def keys(self) -> tuple[int, ...]:
+        return self.lens_k if self.lens_k is not None else self.lens_q
+
+    @property
+    def flops(self) -> float:
+        """Useful forward FLOPs, non-causal: 4 * sum(Lq * Lk) * Hq * D."""
+        if self.kind == "gqa":
+            return 4.0 * self.b * self.lq * self.lk * self.hq * self.d
+        return (
+            4.0 * sum(a * b for a, b in zip(self.lens_q, self.keys, strict=True)) * self.hq * self.d
+        )
+
+
+BENCH_LENS = (1024, 8192, 2048, 4096, 1024, 3072)
+
+
+def cases(dry: bool) -> list[Case]:
+    """Bench shapes (D = 72, 80, 128, dense then varlen) and the odd correctness cases;
+    `dry`: the same list at interpreter size."""
+    if dry:
+        lens, length, h = (40, 70, 20), 100, 2
+    else:
+        lens, length, h = BENCH_LENS, 8192, 16
+    out = []
+    for d in (72, 80, 128):
+        out.append(Case(f"gqa D={d} L={length}", "gqa", d, h, h, b=1, lq=length, lk=length,
+                        bench=True))  # fmt: skip
+        out.append(Case(f"varlen D={d} lens={list(lens)}", "varlen", d, h, h, lens_q=lens,
+                        bench=True))  # fmt: skip
+    small = 4
+    n = 1000 if not dry else 70
+    out += [
+        Case(f"gqa Lk={n} not a block multiple", "gqa", 128, small, small, lq=n, lk=n),
+        Case("gqa D=8 causal Lq>Lk", "gqa", 8, small, small, causal=True, lq=n // 2, lk=n // 3),
+        Case("gqa GQA Hk=4", "gqa", 128, 16, 4, lq=n + 37, lk=n + 37),
+        Case("gqa causal D=80 B=2", "gqa", 80, small, 2, causal=True, b=2, lq=n, lk=n + 9),
+        Case("gqa seq-major K/V", "gqa", 128, small, small, lq=n // 2, lk=n - 3, seq_major=True),
+        Case("varlen D=200 causal", "varlen", 200, small, 2, causal=True,
+             lens_q=(n // 3, n // 2 + 1, n // 7)),
+        Case("varlen causal D=72", "varlen", 72, small, small, causal=True,
+             lens_q=(n, n // 27, n // 2)),
+        Case("varlen zero-length", "varlen", 72, small, small,
+             lens_q=(n // 5, 0, n // 3, n // 20), lens_k=(n // 4, 0, n // 2, 0)),
+        Case("varlen NaN after a sequence", "varlen", 72, small, small,
+             lens_q=(n // 3 + 1, n // 2 + 17, n // 8), poison=1),
+    ]  # fmt: skip
+    return out
+
+
+def selected_cases(sections: list[str], dry: bool) -> list[Case]:
+    """The cases of the "bench" and "odd" sections asked for."""
+    return [c for c in cases(dry) if ("bench" if c.bench else "odd") in sections]
+
+
+def cu(lens: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
+
+
+def inputs(case: Case, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Seeded q, k, v (and cu_seqlens) of a case, on DEVICE."""
+    g = torch.Generator(device=DEVICE).manual_seed(case.d * 7919 + len(case.name))
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=DEVICE, generator=g).to(dtype)
+
+    if case.kind == "gqa":
+        q = randn(case.b, case.hq, case.lq, case.d)
+        if case.seq_major:
+            k, v = (randn(case.b, case.lk, case.hk, case.d).transpose(1, 2) for _ in range(2))
+        else:
+            k, v = (randn(case.b, case.hk, case.lk, case.d) for _ in range(2))
+        return {"q": q, "k": k, "v": v}
+    q = randn(sum(case.lens_q), case.hq, case.d)
+    k, v = (randn(sum(case.keys), case.hk, case.d) for _ in range(2))
+    if case.poison is not None:
+        row = sum(case.keys[: case.poison])
+        k[row], v[row] = float("nan"), float("nan")
+        k[row + 1], v[row + 2] = float("inf"), float("-inf")
+    return {"q": q, "k": k, "v": v, "cq": cu(case.lens_q, DEVICE), "ck": cu(case.keys, DEVICE)}
+
+
+def public_call(case: Case, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of the public function."""
+    if case.kind == "gqa":
+        return gqa_attention(x["q"], x["k"], x["v"], causal=case.causal, return_lse=True)
+    return varlen_attention(
+        x["q"], x["k"], x["v"], x["cq"], x["ck"], causal=case.causal, return_lse=True
+    )
+
+
+def pinned_kernel(
+    case: Case, x: dict[str, torch.Tensor], config: tuple[int, int, int], mode: str
+) -> tuple[Callable[[], None], torch.Tensor, torch.Tensor]:
+    """The forward kernel alone under `config` (BLOCK_INNER, num_warps, num_stages) with the
+    loads of `mode`, its host work (validation, work table, descriptors) done once here:
+    (launch, out, lse); out and lse are written by every launch."""
+    split = split_head_dim(case.d)
+    outer = _flash._outer_block(split, x["q"].dtype, DEVICE == "cpu")
+    pinned = _flash.FlashConfig(outer, *config)
+    scale = case.d**-0.5
+    if case.kind == "gqa":
+        call = lambda: gqa_forward(x["q"], x["k"], x["v"], None, None, case.causal, scale,
+                                   config=pinned)  # fmt: skip
+    else:
+        call = lambda: varlen_forward(x["q"], x["k"], x["v"], x["cq"], x["ck"], case.causal,
+                                      scale, config=pinned)  # fmt: skip
+    with tma_mode(mode):
+        grid, kwargs = recorded_launch(call)
+    assert kwargs["USE_TMA"] == (mode == "1"), f"{case.name}: mode {mode} not taken"
+    real = _flash._fwd.fn
+    return lambda: real[grid](**kwargs), kwargs["Out"], kwargs["Lse"]
+
+
+# ------------------------------------------------------------------ checks
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same bits (NaN patterns included)."""
+    ints = {2: torch.int16, 4: torch.int32}[a.element_size()]
+    return a.shape == b.shape and torch.equal(a.view(ints), b.view(ints))
+
+
+def _rows_with_keys(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query rows, key rows) of the varlen sequences the oracle judges: every sequence but
+    the poisoned one (its own keys hold NaN)."""
+    rows, keys = [], []
+    sq, sk = cu(case.lens_q, "cpu").tolist(), cu(case.keys, "cpu").tolist()
+    for i in range(len(case.lens_q)):
+        if i != case.poison:
+            rows.append(torch.arange(sq[i], sq[i + 1]))
+            keys.append(torch.arange(sk[i], sk[i + 1]))
+    return torch.cat(rows), torch.cat(keys)
+
+
+def _empty_rows(case: Case, lens_q: tuple[int, ...], lens_k: tuple[int, ...]) -> torch.Tensor:
+    """Query rows with no visible key (their out must be exactly 0), packed."""
+    rows = []
+    for lq, lk in zip(lens_q, lens_k, strict=True):
+        i = torch.arange(lq)
+        rows.append((i + lk - lq < 0) if case.causal else torch.full((lq,), lk == 0))
+    return torch.cat(rows).to(DEVICE)
+
+
+def oracle_failures(
+    case: Case, x: dict[str, torch.Tensor], out: torch.Tensor, lse: torch.Tensor
+) -> list[str]:
+    """Out and lse against the float64 oracle, judged by the tolerance rules of
+    `attnverify.verify.tolerance` relative to the same-precision oracle (as
+    ci/flash_device_check.py). Bench shapes: the first 256 query rows (gqa) or of the longest
+    sequence (varlen); odd cases: every row (varlen: every sequence but a poisoned one)."""
+    dtype = x["q"].dtype
+    dtn = str(dtype).removeprefix("torch.")
+    q, k, v = x["q"], x["k"], x["v"]
+    zeros = None
+    if case.kind == "gqa" and case.bench:
+        rs = slice(0, 256)
+        got = {"out": out[:, :, rs], "lse": lse[:, :, rs]}
+        call = lambda cdt: gqa_oracle(q[:, :, rs], k, v, return_lse=True, compute_dtype=cdt)
+    elif case.kind == "gqa":
+        got = {"out": out, "lse": lse}
+        call = lambda cdt: gqa_oracle(q, k, v, causal=case.causal, return_lse=True,
+                                      compute_dtype=cdt)  # fmt: skip
+        if case.causal and case.lq > case.lk:
+            zeros = {"out": torch.arange(case.lq, device=DEVICE)[:, None] < case.lq - case.lk}
+    elif case.bench:
+        i = max(range(len(case.lens_q)), key=lambda j: case.lens_q[j])
+        start, n = sum(case.lens_q[:i]), case.lens_q[i]
+        rs, ks = slice(start, start + min(256, n)), slice(start, start + n)
+        got = {"out": out[rs], "lse": lse[:, rs]}
+
+        def call(cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+            qd, kd, vd = (y.transpose(0, 1)[None] for y in (q[rs], k[ks], v[ks]))
+            o, lz = gqa_oracle(qd, kd, vd, return_lse=True, compute_dtype=cdt)
+            return o[0].transpose(0, 1), lz[0]
+    else:
+        rows, keys = _rows_with_keys(case)
+        rows, keys = rows.to(DEVICE), keys.to(DEVICE)
+        lens = [n for i, n in enumerate(case.lens_q) if i != case.poison]
+        lens_k = [n for i, n in enumerate(case.keys) if i != case.poison]
+        got = {"out": out[rows], "lse": lse[:, rows]}
+        cq, ck = cu(tuple(lens), DEVICE), cu(tuple(lens_k), DEVICE)
+        call = lambda cdt: varlen_oracle(q[rows], k[keys], v[keys], cq, ck, causal=case.causal,
+                                         return_lse=True, compute_dtype=cdt)  # fmt: skip
+        zeros = {"out": _empty_rows(case, tuple(lens), tuple(lens_k))[:, None, None]}
+    ref = dict(zip(("out", "lse"), call(torch.float64), strict=True))
+    base = dict(zip(("out", "lse"), call(dtype), strict=True))
+    fails = []
+    for name, value in got.items():
+        rule = lookup(case.kind, dtn, name, arch_kind(value.device))
+        qdt = torch.float32 if name == "lse" else dtype
+        c = compare(f"{case.kind}/{dtn}/{name}", name, value, ref[name], base[name], rule, qdt,
+                    zeros=(zeros or {}).get(name))  # fmt: skip
+        if not c.passed:
+            fails.append(f"{case.name}: {c}")
+    return fails
+
+
+def agreement(case: Case, results: dict[str, tuple]) -> list[str]:
+    """TMA vs pointer, bitwise: out and lse (varlen with a poisoned sequence: the others)."""
+    (out_p, lse_p), (out_t, lse_t) = results["0"], results["1"]
+    if case.poison is not None:
+        rows = _rows_with_keys(case)[0].to(DEVICE)
+        out_p, out_t, lse_p, lse_t = out_p[rows], out_t[rows], lse_p[:, rows], lse_t[:, rows]
+        if not bool(out_t.isfinite().all()):
+            return [f"{case.name}: a non-finite K/V row of the poisoned sequence leaked"]
+    fails = []
+    for name, a, b in (("out", out_p, out_t), ("lse", lse_p, lse_t)):
+        if not bitwise_equal(a, b):
+            diff = (a.float() - b.float()).abs().nan_to_num(float("inf")).max().item()
+            fails.append(f"{case.name}: {name} TMA != pointer (max |diff| {diff})")
+    return fails
+
+
+# ------------------------------------------------------------------ device sections
+
+
+def bench_configs(choice: str, dry: bool) -> list[tuple[int, int, int]]:
+    """The pinned configs of the bench shapes: the first FWD config (what ATTNVERIFY_AUTOTUNE=0
+    runs) or all of them; under the interpreter its one config."""
+    if dry:
+        return [(_flash_tiles.INTERPRETER_BLOCK, 4, 1)]
+    return list(_flash.FWD_CONFIGS[:1] if choice == "first" else _flash.FWD_CONFIGS)
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def run_bench_case(case: Case, dtype: torch.dtype, configs: list, timed: bool) -> list[dict]:
+    """Per config: TMA vs pointer bitwise, both against the oracle, then (both verified) both
+    timed: median of do_bench, alternating ptr, tma, ptr, tma; the faster round of each
+    counts."""
+    x = inputs(case, dtype)
+    rows = []
+    for config in configs:
+        row: dict = {"case": case.name, "config": "b{}-w{}-s{}".format(*config)}
+        launches = {}
+        for mode in ("0", "1"):
+            fn, out, lse = pinned_kernel(case, x, config, mode)
+            fn()
+            launches[mode] = (fn, out, lse)
+        wrong = [*oracle_failures(case, x, *launches["0"][1:]),
+                 *oracle_failures(case, x, *launches["1"][1:])]  # fmt: skip
+        row["failures"] = agreement(case, {m: launches[m][1:] for m in launches}) + wrong
+        if timed and not wrong:  # both paths verified (a bitwise mismatch alone still times)
+            rounds = {"0": [], "1": []}
+            for _ in range(2):
+                for mode in ("0", "1"):
+                    rounds[mode].append(median_ms(launches[mode][0]))
+            ms_p, ms_t = min(rounds["0"]), min(rounds["1"])
+            row.update(
+                ms_pointer_rounds=rounds["0"], ms_tma_rounds=rounds["1"],
+                tflops_pointer=case.flops / ms_p * 1e-9, tflops_tma=case.flops / ms_t * 1e-9,
+                tma_over_pointer=ms_p / ms_t,
+            )  # fmt: skip
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
+def public_timing(case: Case, dtype: torch.dtype, timed: bool) -> dict:
+    """The public function with ATTNVERIFY_AUTOTUNE=0 (first config) per load path: bitwise
+    agreement, and (timed) TFLOP/s of the whole call, host work (descriptors included) too."""
+    x = inputs(case, dtype)
+    results, ms = {}, {}
+    for mode in ("0", "1"):
+        with tma_mode(mode):
+            results[mode] = public_call(case, x)
+            if timed:
+                ms[mode] = median_ms(lambda: public_call(case, x))
+    row: dict = {"case": f"public call: {case.name}", "failures": agreement(case, results)}
+    if ms:
+        row.update(
+            tflops_pointer=case.flops / ms["0"] * 1e-9, tflops_tma=case.flops / ms["1"] * 1e-9,
+            tma_over_pointer=ms["0"] / ms["1"],
+        )  # fmt: skip
+    log(json.dumps(row))
+    return row
+
+
+def run_odd_case(case: Case, dtype: torch.dtype) -> dict:
+    """The public function per load path (ATTNVERIFY_AUTOTUNE=0): bitwise agreement and the
+    oracle (a poisoned varlen sequence: the others, and nothing non-finite leaks)."""
+    x = inputs(case, dtype)
+    results = {}
+    for mode in ("0", "1"):
+        with tma_mode(mode):
+            legal = _flash._use_tma(x["q"], x["k"], x["v"], case.kind == "varlen")
+            results[mode] = public_call(case, x)
+    fails = [] if legal else [f"{case.name}: inputs not TMA-legal, the TMA path was not taken"]
+    fails += agreement(case, results) + oracle_failures(case, x, *results["1"])
+    row = {"case": case.name, "failures": fails}
+    log(json.dumps(row))
+    return row
+
+
+def warm_tasks(all_cases: list[Case], configs: list) -> list[tuple[int, str, tuple | None]]:
+    """(case index, mode, config or None for the public call): one per kernel specialisation
+    the run compiles, in the order the run meets them."""
+    tasks = []
+    for i, case in enumerate(all_cases):
+        for mode in ("0", "1"):
+            # a bench shape's public call runs the first config, pinned among `configs`
+            tasks += [(i, mode, c) for c in configs] if case.bench else [(i, mode, None)]
+    return tasks
+
+
+def warm_shard(all_cases: list[Case], configs: list, dtype: torch.dtype, shard: int,
+               shards: int) -> None:  # fmt: skip
+    """Compile (by launching once) every `shards`-th specialisation from `shard` on: worker
+    processes fill Triton's on-disk cache in parallel, the main process then loads them."""
+    for i, mode, config in warm_tasks(all_cases, configs)[shard::shards]:
+        case = all_cases[i]
+        x = inputs(case, dtype)
+        if config is None:
+            with tma_mode(mode):
+                public_call(case, x)
+        else:
+            pinned_kernel(case, x, config, mode)[0]()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def warm(args: argparse.Namespace, n_tasks: int) -> None:
+    """Run `warm_shard` in worker processes (compile in parallel); a failed worker is logged,
+    the main process then compiles what it left."""
+    shards = max(1, min(args.workers, n_tasks))
+    cmd = [sys.executable, __file__, "--configs", args.configs, "--sections", args.sections,
+           "--warm-shards", str(shards), *(["--dry"] if args.dry else [])]  # fmt: skip
+    env = {**os.environ, "ATTNVERIFY_AUTOTUNE": "0"}
+    procs = []
+    for i in range(shards):
+        worker = [*cmd, "--warm-shard", str(i)]
+        procs.append(subprocess.Popen(worker, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    for i, proc in enumerate(procs):
+        text, _ = proc.communicate()
+        if proc.returncode:
+            log(f"warm worker {i} exited {proc.returncode}: {text[-1500:]}")
+
+
+# ------------------------------------------------------------------ sm90 compile facts
+
+
+def _compile_problem(d: int, varlen: bool) -> tuple[torch.Tensor, _flash.FlashProblem]:
+    """A bf16 non-causal problem (CPU tensors: only their types and strides matter here)."""
+    if varlen:
+        lens = (256, 512, 384, 128)
+        starts = tuple(itertools.accumulate(lens, initial=0))[:-1]
+        q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
+        problem = _flash.FlashProblem(
+            True, 1, 4, 4, False, 0.1, starts_q=starts, starts_k=starts, seqlens_q=lens,
+            seqlens_k=lens,
+        )  # fmt: skip
+    else:
+        q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
+        problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)
+    return q, problem
+
+
+def _loops(ptx: str) -> list[list[str]]:
+    """Opcodes of every PTX loop body (a label some later branch jumps back to), in order."""
+    lines = ptx.splitlines()
+    loops = []
+    for i, ln in enumerate(lines):
+        if not re.match(r"^\$L__BB0_\d+:", ln):
+            continue
+        back = re.compile(r"bra(\.uni)?\s+" + re.escape(ln.split(":")[0]) + ";")
+        end = next((j for j in range(i + 1, len(lines)) if back.search(lines[j])), None)
+        if end is None:
+            continue
+        body = []
+        for text in lines[i + 1 : end + 1]:
+            op = re.sub(r"^@!?\S+\s+", "", text.strip()).split()
+            if op and not op[0].startswith((".", "//", "$L__", "{", "}")) and op[0][-1] != ":":
+                body.append(op[0])
+        loops.append(body)
+    return loops
+
+
+def _mix(body: list[str]) -> dict[str, int]:
+    """Counts of the load and address instructions of a loop body."""
+    mix = Counter(body)
+
+    def count(pred: Callable[[str], bool]) -> int:
+        return sum(n for op, n in mix.items() if pred(op))
+
+    return {
+        "instructions": len(body),
+        "cp.async (pointer)": count(lambda op: op.startswith("cp.async.cg")),
+        "cp.async.bulk.tensor (TMA)": count(lambda op: op.startswith("cp.async.bulk.tensor")),
+        "mbarrier": count(lambda op: op.startswith("mbarrier")),
+        "add.s32": mix["add.s32"],
+        "add.s64": mix["add.s64"],
+        "wgmma.mma_async": count(lambda op: op.startswith("wgmma.mma_async")),
+    }
+
+
+def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, tma: bool) -> dict:
+    """Compile the forward exactly as `flash_forward` launches it (bf16, non-causal, no mask or
+    bias, loads per `tma`) for sm90 with Triton's own binder, without a GPU; registers, spills,
+    shared memory and the instruction mix of the full-tile KV loop (the first PTX loop)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+    from triton.runtime.jit import create_function_from_signature
+
+    q, problem = _compile_problem(d, varlen)
+    with tma_mode("1" if tma else "0"):
+        _, kwargs = recorded_launch(lambda: _flash.flash_forward(q, q, q, problem, config=config))
+    assert kwargs["USE_TMA"] == tma, f"the launch did not take the {tma=} path"
+    kernel, target = _flash._fwd.fn, GPUTarget("cuda", 90, 32)
+    backend = CUDABackend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, spec, opts = binder(**kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
+    compiled = triton_compile(
+        ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
+    ptx = compiled.asm["ptx"]
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    info = subprocess.run(
+        [ptxas, "-arch=sm_90a", "-v", "-", "-o", os.devnull],
+        input=ptx, capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    loops = _loops(ptx)
+    return {
+        "D": d, "varlen": varlen, "tma": tma,
+        "config": f"b{config.block_inner}-w{config.num_warps}-s{config.num_stages}",
+        "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+        "shared_bytes": compiled.metadata.shared,
+        "loops": len(loops),
+        "full_tile_loop": _mix(loops[0]) if loops else {},
+        "masked_tile_loop": _mix(loops[1]) if len(loops) > 1 else {},
+    }  # fmt: skip
+
+
+def sm90_facts() -> list[dict]:
+    """Compile facts of both load paths at D = 72, 80, 128, varlen and dense, every FWD
+    config (BLOCK_OUTER 128, as `flash_forward` picks for bf16 at these head dims)."""
+    facts = []
+    for d in (72, 80, 128):
+        for b, w, st in _flash.FWD_CONFIGS:
+            for varlen in (False, True):
+                for tma in (False, True):
+                    config = _flash.FlashConfig(128, b, w, st)
+                    facts.append(compile_fwd_sm90(d, varlen, config, tma))
+                    log(json.dumps(facts[-1]))
+    return facts
+
+
+# ------------------------------------------------------------------ main
+
+
+def guarded(fn: Callable, *args: object) -> object:
+    """Run one part; a crash is logged with its traceback (and counted as a failure)."""
+    try:
+        return fn(*args)
+    except Exception:
+        log(traceback.format_exc())
+        return {"failures": [traceback.format_exc()[-2000:]]}
+
+
+def device_sections(args: argparse.Namespace, sections: list[str]) -> dict:
+    """bench and odd: every row carries its failures (empty: passed)."""
+    os.environ["ATTNVERIFY_AUTOTUNE"] = "0"  # public calls: the first config, as the workers
+    dtype = torch.float16 if args.dry else torch.bfloat16
+    all_cases = selected_cases(sections, args.dry)
+    configs = bench_configs(args.configs, args.dry)
+    if args.workers > 0:
+        start = time.time()
+        warm(args, len(warm_tasks(all_cases, configs)))
+        log(f"warm-up compile: {time.time() - start:.0f}s")
+    timed = DEVICE == "cuda"
+    res: dict = {"bench": [], "public": [], "odd": []}
+    for case in all_cases:
+        if case.bench:
+            res["bench"] += guarded(run_bench_case, case, dtype, configs, timed)
+            res["public"].append(guarded(public_timing, case, dtype, timed))
+        else:
+            res["odd"].append(guarded(run_odd_case, case, dtype))
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--sections", default="bench,odd", help="bench, odd, compile")
+    ap.add_argument("--configs", default="first", choices=("first", "all"),
+                    help="bench shapes pinned to the first FWD config or to each of them")  # fmt: skip
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes compiling the kernels in parallel first (0: none; default "
+                         "12 or the cores, 0 with --dry)")  # fmt: skip
+    ap.add_argument("--dry", action="store_true",
+                    help="interpreter-size shapes, float16, no timing (TRITON_INTERPRET=1)")  # fmt: skip
+    ap.add_argument("--warm-shard", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--warm-shards", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.workers is None:
+        args.workers = 0 if args.dry else min(12, os.cpu_count() or 1)
+    sections = args.sections.split(",")
+    if args.warm_shard is not None:
+        dtype = torch.float16 if args.dry else torch.bfloat16
+        all_cases = selected_cases(sections, args.dry)
+        warm_shard(all_cases, bench_configs(args.configs, args.dry), dtype, args.warm_shard,
+                   args.warm_shards)  # fmt: skip
+        return 0
+    if args.dry and not interpreter_active():
+        raise SystemExit("--dry runs the kernels under the interpreter: set TRITON_INTERPRET=1")
+    start = time.time()
+    results: dict = {
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "versions": {"torch": torch.__version__, "triton": triton.__version__},
+        "command": " ".join(sys.argv),
+    }
+    log(results["device"], results["versions"])
+    failures: list[str] = []
+    if "compile" in sections:
+        results["compile"] = guarded(sm90_facts)
+        if isinstance(results["compile"], dict):
+            failures += results["compile"]["failures"]
+    if "bench" in sections or "odd" in sections:
+        res = device_sections(args, sections)
+        results.update(res)
+        for row in (*res["bench"], *res["public"], *res["odd"]):
+            failures += row.get("failures", [])
+    results["failures"] = failures
+    results["passed"] = not failures
+    for row in (*results.get("bench", []), *results.get("public", [])):
+        if "tma_over_pointer" in row:
+            log("{:58s} {:>11s} pointer {:6.1f} TMA {:6.1f} TFLOP/s  TMA/pointer {:.3f}".format(
+                row["case"], row.get("config", "autotune=0"), row["tflops_pointer"],
+                row["tflops_tma"], row["tma_over_pointer"]))  # fmt: skip
+    results["wall_s"] = time.time() - start
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "flash_tma_check.json"), "w") as fh:
+        json.dump(results, fh, indent=1, default=str)
+    log(f"failures: {len(failures)}", *failures, sep="\n")
+    log(f"passed: {results['passed']}  wall: {results['wall_s']:.0f}s")
+    with open(os.path.join(args.out, "flash_tma_check.log"), "w") as fh:
+        fh.write("\n".join(LOG) + "\n")
+    return 0 if results["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
