@@ -27,8 +27,9 @@ Sections:
   the ratio TMA / pointer. The public call (ATTNVERIFY_AUTOTUNE=0, host work included) is
   compared bitwise and timed per path too.
 - odd (device): correctness only, TMA vs pointer bitwise and TMA vs the oracle: Lk not a
-  multiple of the block, D = 8, D = 200, GQA Hk = 4, causal (dense and varlen), a varlen with a
-  zero-length sequence, and NaN / inf in the K/V rows right after a sequence's end in the
+  multiple of the block, D = 8 (pointer loads: its lane tile is wider than D), D = 200, GQA
+  Hk = 4, causal (dense and varlen), K/V seq-major (strides not in size order), a varlen with
+  a zero-length sequence, and NaN / inf in the K/V rows right after a sequence's end in the
   packed tensors (must not reach that sequence's output).
 - compile (no GPU; TRITON_INTERPRET=0): compile the forward for sm90 at D = 72, 80, 128,
   dense and varlen, every FWD config, TMA and pointer; registers, spills, shared memory and
@@ -126,7 +127,8 @@ class Case:
     """One forward call. gqa: q (b, hq, lq, d), k and v (b, hk, lk, d) (`seq_major`: stored
     (b, lk, hk, d)); varlen: packed lens_q / lens_k (lens_k None: lens_q). `poison`: index of
     the sequence whose first K/V rows get NaN, inf and -inf (the rows the previous sequence's
-    last tile spans). `bench`: timed, pinned to each config of --configs."""
+    last tile spans). `bench`: timed, pinned to each config of --configs. `tma`: whether the
+    policy must take TMA loads ("1"); D = 8 keeps pointer loads (box wider than D)."""
 
     name: str
     kind: str
@@ -142,6 +144,7 @@ class Case:
     seq_major: bool = False
     poison: int | None = None
     bench: bool = False
+    tma: bool = True
 
     @property
     def keys(self) -> tuple[int, ...]:
@@ -177,7 +180,8 @@ def cases(dry: bool) -> list[Case]:
     n = 1000 if not dry else 70
     out += [
         Case(f"gqa Lk={n} not a block multiple", "gqa", 128, small, small, lq=n, lk=n),
-        Case("gqa D=8 causal Lq>Lk", "gqa", 8, small, small, causal=True, lq=n // 2, lk=n // 3),
+        Case("gqa D=8 causal Lq>Lk (pointer)", "gqa", 8, small, small, causal=True, lq=n // 2,
+             lk=n // 3, tma=False),
         Case("gqa GQA Hk=4", "gqa", 128, 16, 4, lq=n + 37, lk=n + 37),
         Case("gqa causal D=80 B=2", "gqa", 80, small, 2, causal=True, b=2, lq=n, lk=n + 9),
         Case("gqa seq-major K/V", "gqa", 128, small, small, lq=n // 2, lk=n - 3, seq_major=True),
@@ -428,12 +432,14 @@ def run_odd_case(case: Case, dtype: torch.dtype) -> dict:
     """The public function per load path (ATTNVERIFY_AUTOTUNE=0): bitwise agreement and the
     oracle (a poisoned varlen sequence: the others, and nothing non-finite leaks)."""
     x = inputs(case, dtype)
+    with tma_mode("1"):
+        block = _flash._largest_key_block(None)
+        taken = _flash._use_tma(x["q"], x["k"], x["v"], case.kind == "varlen", block)
     results = {}
     for mode in ("0", "1"):
         with tma_mode(mode):
-            legal = _flash._use_tma(x["q"], x["k"], x["v"], case.kind == "varlen")
             results[mode] = public_call(case, x)
-    fails = [] if legal else [f"{case.name}: inputs not TMA-legal, the TMA path was not taken"]
+    fails = [] if taken == case.tma else [f"{case.name}: TMA taken {taken}, expected {case.tma}"]
     fails += agreement(case, results) + oracle_failures(case, x, *results["1"])
     row = {"case": case.name, "failures": fails}
     log(json.dumps(row))

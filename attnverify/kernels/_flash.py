@@ -346,11 +346,15 @@ def tma_policy() -> str:
     return value
 
 
-def _tma_view(x: torch.Tensor, is_varlen: bool) -> tuple[list[int], list[int]] | None:
+def _tma_view(x: torch.Tensor, is_varlen: bool, block_n: int) -> tuple[list[int], list[int]] | None:
     """K or V as the (Z, H, rows, D) shape and strides of a TMA descriptor, or None where TMA
     cannot address it: a float16 / bfloat16 tensor with D unit-stride, every other stride
-    positive and a multiple of 16 bytes, and a 16-byte aligned base. Varlen (T, Hk, D) is
-    (1, Hk, T, D); the size-1 Z dim gets the stride T * stride_t (never stepped along)."""
+    positive and a multiple of 16 bytes, a 16-byte aligned base, and boxes no larger than the
+    tensor (at least `block_n` rows, the largest key block the launch may take, and D at least
+    the lane tile D0: D = 8 keeps pointer loads). Boxes reaching past the end of the rows are
+    fine (zero fill); CUDA's encoder is not relied on for boxes larger than a whole dim.
+    Varlen (T, Hk, D) is (1, Hk, T, D); the size-1 Z dim gets the stride T * stride_t (never
+    stepped along)."""
     if x.dtype not in TMA_DTYPES or x.numel() == 0:
         return None
     if is_varlen:
@@ -359,18 +363,23 @@ def _tma_view(x: torch.Tensor, is_varlen: bool) -> tuple[list[int], list[int]] |
         strides = [t * x.stride(0), x.stride(1), x.stride(0), x.stride(2)]
     else:
         shape, strides = list(x.shape), list(x.stride())
+    if shape[2] < block_n or shape[3] < split_head_dim(shape[3]).d0:
+        return None
     aligned = all(s > 0 and s * x.element_size() % 16 == 0 for s in strides[:-1])
     if strides[-1] != 1 or not aligned or x.data_ptr() % 16 != 0:
         return None
     return shape, strides
 
 
-def _use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_varlen: bool) -> bool:
-    """Whether this forward loads K and V through TMA descriptors (`tma_policy`)."""
+def _use_tma(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_varlen: bool, block_n: int
+) -> bool:
+    """Whether this forward loads K and V through TMA descriptors (`tma_policy`); `block_n`:
+    the largest key block the launch may take (`_largest_key_block`)."""
     mode = tma_policy()
     if mode == "0" or TensorDescriptor is None:
         return False
-    if _tma_view(k, is_varlen) is None or _tma_view(v, is_varlen) is None:
+    if _tma_view(k, is_varlen, block_n) is None or _tma_view(v, is_varlen, block_n) is None:
         return False
     if mode == "1":
         return True
@@ -378,6 +387,14 @@ def _use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_varlen: bool)
         return False
     arch = current_arch(q.device)
     return arch.vendor == "nvidia" and arch.capability >= (9, 0)
+
+
+def _largest_key_block(config: FlashConfig | None) -> int:
+    """The largest BLOCK_INNER a forward launch may run: the pinned config's, else the largest
+    of the forward's configs (the autotuner and the pinning policies pick among them)."""
+    if config is not None:
+        return config.block_inner
+    return max(c.kwargs["BLOCK_INNER"] for c in _fwd.configs)
 
 
 def _kv_descriptors(
@@ -392,7 +409,7 @@ def _kv_descriptors(
         if name.endswith("1") and not split.has_d1:
             descs[name] = None
             continue
-        shape, strides = _tma_view(x, is_varlen)
+        shape, strides = _tma_view(x, is_varlen, 1)
         descs[name] = TensorDescriptor(x, shape, strides, [1, 1, 16, 16])
     return descs
 
@@ -421,7 +438,7 @@ def flash_forward(
     vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
     al = _alignment(vl, q, k, v, out)
-    use_tma = _use_tma(q, k, v, vl)
+    use_tma = _use_tma(q, k, v, vl, _largest_key_block(config))
     split = split_head_dim(q.shape[-1])
     descs = _kv_descriptors(k, v, split, vl) if use_tma else dict.fromkeys(KV_DESC_NAMES)
     if config is not None:

@@ -29,7 +29,9 @@ from attnverify.kernels.varlen import varlen_attention, varlen_forward
 from attnverify.reference.varlen import varlen_attention as varlen_oracle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-HEAD_DIMS = (8, 16, 72, 80, 200)  # D0 > D (8), one tile, 64 + 16, 64 + 16, 128 + 128
+HEAD_DIMS = (16, 72, 80, 200)  # one lane tile, 64 + 16, 64 + 16, 128 + 128
+# TMA boxes stay inside the tensor: K/V need at least the largest key block of rows
+MIN_ROWS = _flash._largest_key_block(None)
 
 
 @contextmanager
@@ -54,11 +56,14 @@ def randn(*shape: int, g: torch.Generator, dtype: torch.dtype = torch.float16) -
     return torch.randn(*shape, generator=g).to(DEVICE, dtype)
 
 
-def both_paths(call, is_varlen: bool, k: torch.Tensor, v: torch.Tensor) -> list[tuple]:
+def both_paths(
+    call, is_varlen: bool, k: torch.Tensor, v: torch.Tensor, config: FlashConfig | None = None
+) -> list[tuple]:
     """[(out, lse) with pointer loads, (out, lse) with TMA loads]; asserts the TMA path is
     really taken (the layout is TMA-legal)."""
+    block = _flash._largest_key_block(config)
     with env(_flash.TMA_ENV, "1"):
-        assert _flash._use_tma(k, k, v, is_varlen), "test inputs must be TMA-legal"
+        assert _flash._use_tma(k, k, v, is_varlen, block), "test inputs must be TMA-legal"
     results = []
     for mode in ("0", "1"):
         with env(_flash.TMA_ENV, mode):
@@ -73,17 +78,26 @@ def assert_bitwise(results: list[tuple], what: str) -> None:
     assert torch.equal(lse_p, lse_t), f"{what}: lse differs"
 
 
+def _with_long(short: list[int], long: int) -> list[int]:
+    """`short` with a sequence of `long` tokens after its first one (K/V reach MIN_ROWS)."""
+    return [*short[:1], long, *short[1:]]
+
+
 @settings(max_examples=4)
 @given(
-    lens=st.lists(st.integers(0, 90), min_size=1, max_size=3).filter(lambda n: sum(n) > 0),
+    lens=st.builds(
+        _with_long,
+        st.lists(st.integers(0, 90), max_size=2),
+        st.integers(MIN_ROWS, MIN_ROWS + 60),
+    ),
     hk=st.sampled_from([1, 2]),
     group=st.sampled_from([1, 2]),
     d=st.sampled_from(HEAD_DIMS),
     causal=st.booleans(),
 )
-@example(lens=[37, 0, 70], hk=2, group=2, d=72, causal=False)
-@example(lens=[64, 33], hk=1, group=1, d=8, causal=True)
-@example(lens=[1, 90], hk=1, group=2, d=200, causal=False)
+@example(lens=[37, 0, MIN_ROWS + 5], hk=2, group=2, d=72, causal=False)
+@example(lens=[MIN_ROWS + 32, 33], hk=1, group=1, d=16, causal=True)
+@example(lens=[1, MIN_ROWS + 9], hk=1, group=2, d=200, causal=False)
 def test_flash_tma_varlen_bitwise_equals_pointer(
     lens: list[int], hk: int, group: int, d: int, causal: bool
 ) -> None:
@@ -103,14 +117,14 @@ def test_flash_tma_varlen_bitwise_equals_pointer(
     hk=st.sampled_from([1, 2]),
     group=st.sampled_from([1, 3]),
     lq=st.integers(1, 80),
-    lk=st.integers(1, 80),
+    lk=st.integers(MIN_ROWS, MIN_ROWS + 50),
     d=st.sampled_from(HEAD_DIMS),
     causal=st.booleans(),
     seq_major=st.booleans(),
 )
-@example(b=2, hk=2, group=1, lq=45, lk=50, d=72, causal=True, seq_major=False)
-@example(b=1, hk=1, group=3, lq=1, lk=33, d=8, causal=False, seq_major=True)
-@example(b=1, hk=2, group=1, lq=70, lk=63, d=80, causal=False, seq_major=True)
+@example(b=2, hk=2, group=1, lq=45, lk=MIN_ROWS + 18, d=72, causal=True, seq_major=False)
+@example(b=1, hk=1, group=3, lq=1, lk=MIN_ROWS + 1, d=16, causal=False, seq_major=True)
+@example(b=1, hk=2, group=1, lq=70, lk=MIN_ROWS + 31, d=80, causal=False, seq_major=True)
 def test_flash_tma_gqa_bitwise_equals_pointer(
     b: int, hk: int, group: int, lq: int, lk: int, d: int, causal: bool, seq_major: bool
 ) -> None:
@@ -135,14 +149,14 @@ def test_flash_tma_every_launch_path_sets_the_block_shapes(launch: str) -> None:
     kernel's tile fails to reshape): the autotuner's pre-hook, the pinning policy's and a
     pinned FlashConfig with another BLOCK_INNER all give the pointer path's result."""
     g = torch.Generator().manual_seed(5)
-    lens = [50, 29]
-    q, k, v = (randn(79, 2, 72, g=g) for _ in range(3))
+    lens = [50, MIN_ROWS]
+    q, k, v = (randn(sum(lens), 2, 72, g=g) for _ in range(3))
     c = cu(lens)
     config = FlashConfig(32, 16, 4, 1) if launch == "pinned-config" else None
     policy = "0" if launch == "pinned-policy" else "1"
     with env(_autotune.ENV, policy):
         results = both_paths(
-            lambda: varlen_forward(q, k, v, c, c, True, 0.3, config=config), True, k, v
+            lambda: varlen_forward(q, k, v, c, c, True, 0.3, config=config), True, k, v, config
         )
     assert_bitwise(results, launch)
 
@@ -151,8 +165,8 @@ def test_flash_tma_next_sequence_nan_stays_out(judge) -> None:
     """A varlen sequence's last, partial tile reads the next sequence's rows through TMA: NaN /
     inf in the K and V rows right after sequence 0 never reach sequence 0's out or lse."""
     g = torch.Generator().manual_seed(9)
-    lens = [40, 70]
-    q, k, v = (randn(110, 2, 72, g=g) for _ in range(3))
+    lens = [40, MIN_ROWS]
+    q, k, v = (randn(sum(lens), 2, 72, g=g) for _ in range(3))
     k[40], v[40], k[41], v[42] = float("nan"), float("nan"), float("inf"), float("-inf")
     c = cu(lens)
     (out_p, lse_p), (out_t, lse_t) = both_paths(
@@ -172,6 +186,9 @@ def test_flash_tma_next_sequence_nan_stays_out(judge) -> None:
 # ------------------------------------------------------------------ policy
 
 
+BLOCK = 32  # the largest key block of the launch the policy tests decide for
+
+
 def _gpu_policy(monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
     """Decide as on a GPU of `arch` (interpreter off, arch override), policy "auto"."""
     monkeypatch.setattr(_flash, "interpreter_active", lambda: False)
@@ -187,7 +204,7 @@ def test_flash_tma_auto_policy_follows_the_arch(
 ) -> None:
     _gpu_policy(monkeypatch, arch)
     k = torch.empty(2, 3, 40, 72, dtype=torch.bfloat16)
-    assert _flash._use_tma(k, k, k, False) is expected
+    assert _flash._use_tma(k, k, k, False, BLOCK) is expected
 
 
 def test_flash_tma_auto_policy_is_off_under_the_interpreter(
@@ -197,10 +214,10 @@ def test_flash_tma_auto_policy_is_off_under_the_interpreter(
     monkeypatch.setenv(ARCH_ENV, "sm90")
     monkeypatch.delenv(_flash.TMA_ENV, raising=False)
     k = torch.empty(2, 3, 40, 72, dtype=torch.bfloat16)
-    assert not _flash._use_tma(k, k, k, False)
+    assert not _flash._use_tma(k, k, k, False, BLOCK)
     monkeypatch.setenv(_flash.TMA_ENV, "0")
     monkeypatch.setattr(_flash, "interpreter_active", lambda: False)
-    assert not _flash._use_tma(k, k, k, False), '"0" turns TMA off on a TMA-capable arch'
+    assert not _flash._use_tma(k, k, k, False, BLOCK), '"0" turns TMA off on a TMA-capable arch'
 
 
 def _layouts() -> dict[str, tuple[torch.Tensor, bool, bool]]:
@@ -215,24 +232,29 @@ def _layouts() -> dict[str, tuple[torch.Tensor, bool, bool]]:
         "base-not-16-bytes": (flat[4:].view(2, 3, 40, 72), False, False),
         "d-strided": (torch.empty(2, 3, 72, 40, dtype=bf16).transpose(-1, -2), False, False),
         "float32": (torch.empty(2, 3, 40, 72), False, False),
+        "rows-below-block": (torch.empty(2, 3, BLOCK - 1, 72, dtype=bf16), False, False),
+        "rows-at-block": (torch.empty(2, 3, BLOCK, 72, dtype=bf16), False, True),
+        "d-below-lane-tile": (torch.empty(2, 3, 40, 8, dtype=bf16), False, False),
         "varlen-packed": (torch.empty(120, 3, 72, dtype=bf16), True, True),
         "varlen-head-major": (torch.empty(3, 120, 72, dtype=bf16).transpose(0, 1), True, True),
         "varlen-empty": (torch.empty(0, 3, 72, dtype=bf16), True, False),
+        "varlen-rows-below-block": (torch.empty(BLOCK - 1, 3, 72, dtype=bf16), True, False),
     }
 
 
 @pytest.mark.parametrize("name", list(_layouts()))
 def test_flash_tma_only_for_legal_layouts(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """TMA needs float16 / bfloat16, D unit-stride, every other stride a positive multiple of
-    16 bytes and a 16-byte aligned base; anything else keeps pointer loads."""
+    16 bytes, a 16-byte aligned base, and boxes inside the tensor (rows >= the largest key
+    block, D >= the lane tile D0); anything else keeps pointer loads."""
     _gpu_policy(monkeypatch, "sm90")
     k, is_varlen, legal = _layouts()[name]
-    assert _flash._use_tma(k, k, k, is_varlen) is legal
+    assert _flash._use_tma(k, k, k, is_varlen, BLOCK) is legal
 
 
 def test_flash_tma_varlen_view_is_one_batch_of_packed_rows() -> None:
     k = torch.empty(3, 120, 72, dtype=torch.bfloat16).transpose(0, 1)  # (T, Hk, D), head-major
-    shape, strides = _flash._tma_view(k, True)
+    shape, strides = _flash._tma_view(k, True, BLOCK)
     assert shape == [1, 3, 120, 72]
     assert strides == [120 * 72, 120 * 72, 72, 1]
 
