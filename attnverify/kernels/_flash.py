@@ -389,12 +389,15 @@ def _use_tma(
     return arch.vendor == "nvidia" and arch.capability >= (9, 0)
 
 
+# the largest BLOCK_INNER of the forward's configs (the autotuner and the pinning policies
+# pick among them, or among smaller fallbacks)
+FWD_LARGEST_KEY_BLOCK = max(c.kwargs["BLOCK_INNER"] for c in _fwd.configs)
+
+
 def _largest_key_block(config: FlashConfig | None) -> int:
-    """The largest BLOCK_INNER a forward launch may run: the pinned config's, else the largest
-    of the forward's configs (the autotuner and the pinning policies pick among them)."""
-    if config is not None:
-        return config.block_inner
-    return max(c.kwargs["BLOCK_INNER"] for c in _fwd.configs)
+    """The largest BLOCK_INNER a forward launch may run: the pinned config's, else
+    FWD_LARGEST_KEY_BLOCK."""
+    return config.block_inner if config is not None else FWD_LARGEST_KEY_BLOCK
 
 
 def _kv_descriptors(
