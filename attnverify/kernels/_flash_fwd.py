@@ -54,13 +54,14 @@ def _kv_tiles(
     tiles: k0, k1, v0, v1 [BLOCK_N, D0], [BLOCK_N, D1] (k1 = k0, v1 = v0 without tile 1).
 
     Pointer loads: keys past len_k (MASKED) and lanes past D (MASK_D0) read 0. TMA loads give
-    the same values: lanes past D, and rows past the tensor's end (gqa: past Lk), read 0 from
-    the descriptor. A varlen tile's rows past len_k (cols_ok False) are the next sequence's
-    rows, finite or not; V's are zeroed here (they would reach P @ V through 0 * v, and a NaN
-    or inf there makes NaN), K's need nothing: `_scores` replaces every score of a column
-    past len_k by -inf, whatever q.k gave. Zeroing V costs a register round trip of the
-    masked tiles only, where masked pointer loads would keep their offsets live in registers
-    across the whole kernel."""
+    the same values (the launcher takes them only where D >= D0): rows past the tensor's end
+    (gqa: past Lk) read 0 from the descriptor. A varlen tile's rows past len_k (cols_ok
+    False) are the next sequence's rows, finite or not; V's are zeroed here (they would reach
+    P @ V through 0 * v, and a NaN or inf there makes NaN), K's need nothing: `_scores`
+    replaces every score of a column past len_k by -inf, whatever q.k gave. Zeroing V costs
+    a register round trip in the masked tiles only; masked pointer loads instead would keep
+    their [BLOCK_N, D] offsets live across the full-tile loop (sm90, D = 72: 233 registers
+    against 200)."""
     if TMA:
         k0 = _desc_tile(K_desc0, z, hk, row, 0, BLOCK_N, HEAD_D0)
         v0 = _desc_tile(V_desc0, z, hk, row, 0, BLOCK_N, HEAD_D0)
