@@ -575,10 +575,8 @@ def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, raw_max: 
         if varlen:
             lens = [256, 512, 384, 128]
             q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
-            problem = _flash.FlashProblem(
-                True, 1, 4, 4, False, 0.1, starts_q=(0, 256, 768, 1152),
-                starts_k=(0, 256, 768, 1152), seqlens_q=tuple(lens), seqlens_k=tuple(lens),
-            )  # fmt: skip
+            layout = _flash.VarlenLengths.from_seqlens(tuple(lens), tuple(lens))
+            problem = _flash.FlashProblem(True, 1, 4, 4, False, 0.1, lengths=lambda: layout)
         else:
             q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
             problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)

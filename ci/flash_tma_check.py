@@ -498,12 +498,9 @@ def _compile_problem(d: int, varlen: bool) -> tuple[torch.Tensor, _flash.FlashPr
     """A bf16 non-causal problem (CPU tensors: only their types and strides matter here)."""
     if varlen:
         lens = (256, 512, 384, 128)
-        starts = tuple(itertools.accumulate(lens, initial=0))[:-1]
         q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
-        problem = _flash.FlashProblem(
-            True, 1, 4, 4, False, 0.1, starts_q=starts, starts_k=starts, seqlens_q=lens,
-            seqlens_k=lens,
-        )  # fmt: skip
+        layout = _flash.VarlenLengths.from_seqlens(lens, lens)
+        problem = _flash.FlashProblem(True, 1, 4, 4, False, 0.1, lengths=lambda: layout)
     else:
         q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
         problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)

@@ -33,7 +33,9 @@ host when G > 1), dq in its own pass, dbias per query head reduced on the host.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +83,29 @@ def _outer_block(split: HeadDimSplit, dtype: torch.dtype, interpreter: bool) -> 
 
 
 @dataclass(frozen=True)
-class FlashProblem:
-    """Geometry and options of one call (host ints only; no validation happens here).
+class VarlenLengths:
+    """Per-sequence row starts and lengths of a varlen call (host ints, from cu_seqlens)."""
 
-    gqa: `batch = B`, `seqlen_q = Lq`, `seqlen_k = Lk`. varlen: `batch = 1`, per-sequence
-    `starts_*` / `seqlens_*` from cu_seqlens (seqlen_* unused).
+    starts_q: tuple[int, ...]
+    starts_k: tuple[int, ...]
+    seqlens_q: tuple[int, ...]
+    seqlens_k: tuple[int, ...]
+
+    @classmethod
+    def from_seqlens(cls, seqlens_q: tuple[int, ...], seqlens_k: tuple[int, ...]) -> VarlenLengths:
+        starts_q = tuple(itertools.accumulate(seqlens_q, initial=0))[:-1]
+        starts_k = tuple(itertools.accumulate(seqlens_k, initial=0))[:-1]
+        return cls(starts_q, starts_k, tuple(seqlens_q), tuple(seqlens_k))
+
+
+@dataclass(frozen=True)
+class FlashProblem:
+    """Geometry and options of one call (host ints; no validation happens here).
+
+    gqa: `batch = B`, `seqlen_q = Lq`, `seqlen_k = Lk`. varlen: `batch = 1` (seqlen_* unused)
+    and `lengths`, which reads cu_seqlens on the host (a device sync, validated there; memoized
+    by the caller): the launchers call it as late as they can, after the rest of their host
+    work, so that the GPU idles only from that read to the launch.
     """
 
     is_varlen: bool
@@ -96,10 +116,7 @@ class FlashProblem:
     scale: float
     seqlen_q: int = 0
     seqlen_k: int = 0
-    starts_q: tuple[int, ...] = ()
-    starts_k: tuple[int, ...] = ()
-    seqlens_q: tuple[int, ...] = ()
-    seqlens_k: tuple[int, ...] = ()
+    lengths: Callable[[], VarlenLengths] | None = None
 
     @property
     def group(self) -> int:
@@ -181,7 +198,7 @@ def _work_table(
     read it; a new table is on the device before any stream can read it, and `record_stream`
     keeps an evicted table's memory from reuse until the launches that read it are done.
     """
-    p = problem
+    p = problem.lengths()
     if rows_are_queries:
         key = (p.seqlens_q, p.seqlens_k, p.starts_q, p.starts_k)
     else:
@@ -212,17 +229,10 @@ def _prepare(
     rows_are_queries: bool,
 ) -> _Common:
     """Shared kwargs and the grid of one pass: over query blocks (forward, dq) or key blocks
-    (dk/dv). Only that pass's varlen work table is built."""
+    (dk/dv). Only that pass's varlen work table is built, last (it reads the lengths)."""
     split = split_head_dim(q.shape[-1])
     outer, mask_block = _block_sizes(q, split, config)
     flags = block_any(mask, mask_block) if mask is not None else None
-    if problem.is_varlen:
-        work = _work_table(problem, outer, rows_are_queries, q.device)
-        grid = (work.shape[0], problem.num_q_heads, 1)
-    else:
-        work = q
-        length = problem.seqlen_q if rows_are_queries else problem.seqlen_k
-        grid = (triton.cdiv(length, outer), problem.num_q_heads, problem.batch)
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,
         Bias=bias if bias is not None else q,
@@ -248,6 +258,13 @@ def _prepare(
         HAS_BIAS=bias is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else None,
     )
+    if problem.is_varlen:
+        work = _work_table(problem, outer, rows_are_queries, q.device)
+        grid = (work.shape[0], problem.num_q_heads, 1)
+    else:
+        work = q
+        length = problem.seqlen_q if rows_are_queries else problem.seqlen_k
+        grid = (triton.cdiv(length, outer), problem.num_q_heads, problem.batch)
     return _Common(kwargs, grid, work)
 
 
@@ -429,31 +446,33 @@ def flash_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Allocate out (q's shape and dtype) and lse (float32), launch the forward kernel. K and
     V load through TMA descriptors as `tma_policy` says; out and lse are bitwise the same
-    either way."""
+    either way. Varlen: `problem.lengths()` (the cu_seqlens read) comes after every other
+    host step, right before the launch."""
+    vl = problem.is_varlen
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if problem.is_varlen:
+    if vl:
         lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
     else:
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if out.numel() == 0:
+        if vl:
+            problem.lengths()  # validates cu_seqlens even when there is nothing to compute
         return out, lse
-    common = _prepare(q, problem, mask, bias, config, rows_are_queries=True)
-    vl = problem.is_varlen
     k, v = (k, v) if k.numel() else (q, q)
     al = _alignment(vl, q, k, v, out)
     use_tma = _use_tma(q, k, v, vl, _largest_key_block(config))
     split = split_head_dim(q.shape[-1])
     descs = _kv_descriptors(k, v, split, vl) if use_tma else dict.fromkeys(KV_DESC_NAMES)
-    if config is not None:
-        _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
-    _launch(
-        _fwd, common.grid, config,
-        Q=q, K=k, V=v, Out=out, Lse=lse, Work=common.work, **descs, USE_TMA=use_tma,
+    args = dict(
+        Q=q, K=k, V=v, Out=out, Lse=lse, **descs, USE_TMA=use_tma,
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("o", out, vl, al), ALIGN=al, RAW_MAX=bias is None and problem.scale > 0,
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
-        **common.kwargs,
     )  # fmt: skip
+    common = _prepare(q, problem, mask, bias, config, rows_are_queries=True)
+    if config is not None:
+        _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
+    _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
     return out, lse
 
 
@@ -517,6 +536,8 @@ def flash_backward(
         dv = torch.empty(shape, dtype=torch.float32, device=k.device)
     dbias = None
     if q.numel() == 0 or k.numel() == 0:
+        if vl:
+            problem.lengths()  # validates cu_seqlens even when there is nothing to compute
         dq.zero_()
         dk.zero_()
         dv.zero_()
@@ -530,13 +551,13 @@ def flash_backward(
     delta = delta.contiguous()
     lse = lse.contiguous()
     lse_strides = _stride_kw("l", "zhm", _lse_strides(lse, vl))
-    common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     al = _alignment(vl, q, k, v, do, dq, dk, dv)
     shared = dict(
         Q=q, K=k, V=v, DO=do, Lse=lse, Delta=delta, ALIGN=al,
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("do", do, vl, al), **lse_strides, scale=problem.scale,
     )  # fmt: skip
+    common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     if need_dbias:
         db_buf, mode = _dbias_buffer(q, problem, bias, common.kwargs["BLOCK_OUTER"])
     else:

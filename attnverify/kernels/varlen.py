@@ -10,22 +10,27 @@ Oracle: `attnverify.reference.varlen`. Core: `attnverify.kernels._flash` (IS_VAR
 from __future__ import annotations
 
 import contextvars
-import itertools
+import functools
 
 import torch
 
-from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
+from attnverify.kernels._flash import (
+    FlashConfig,
+    FlashProblem,
+    VarlenLengths,
+    flash_backward,
+    flash_forward,
+)
 from attnverify.kernels._gate import enforce_verified
 from attnverify.reference.varlen import cu_seqlens_from_grid_thw
-from attnverify.validation import VarlenMeta, check_varlen_inputs, resolve_scale
+from attnverify.validation import check_varlen_layout, check_varlen_values, resolve_scale
 
-# What `varlen_attention` validated for the op call it is making: (cu_seqlens_q, cu_seqlens_k,
-# meta). Reading cu_seqlens on the host is a device sync, after which the GPU idles until the
-# launch; the op implementation reuses this read instead of making a second one when it gets
-# the very same tensor objects. Set only around that one eager call; torch.compile'd graphs,
-# opcheck and the backward validate themselves.
-_VALIDATED: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
-    "attnverify_varlen_validated", default=None
+# The maxima `varlen_attention` was given, for the op call it is making: (cu_seqlens_q,
+# cu_seqlens_k, max_seqlen_q, max_seqlen_k). The op's schema has no maxima; its implementation
+# checks these when it reads cu_seqlens, for the very same tensor objects. Set only around that
+# one eager call; torch.compile'd graphs, opcheck and the backward check the lengths alone.
+_MAXIMA: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "attnverify_varlen_maxima", default=None
 )
 
 # ------------------------------------------------------------------ launchers
@@ -40,31 +45,29 @@ def _problem(
     causal: bool,
     scale: float,
 ) -> FlashProblem:
-    """Validate (one host read of cu_seqlens) and describe the call for the flash core; an
-    eager `varlen_attention` call hands over its own validation (see `_VALIDATED`)."""
-    meta = _handed_over(cu_seqlens_q, cu_seqlens_k)
-    if meta is None:
-        meta = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None, None, scale)
+    """Validate what needs no tensor values and describe the call for the flash core. The
+    values of cu_seqlens (and the maxima `varlen_attention` was given) are checked by
+    `FlashProblem.lengths`, the one host read, which the launchers make right before their
+    launch: a device sync, after which the GPU idles until the launch."""
+    check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    handed = _MAXIMA.get()
+    mine = handed is not None and handed[0] is cu_seqlens_q and handed[1] is cu_seqlens_k
+    max_q, max_k = handed[2:] if mine else (None, None)
+
+    @functools.cache
+    def lengths() -> VarlenLengths:
+        meta = check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale)
+        return VarlenLengths.from_seqlens(meta.seqlens_q, meta.seqlens_k)
+
     return FlashProblem(
         is_varlen=True,
         batch=1,
         num_q_heads=q.shape[1],
         num_kv_heads=k.shape[1],
         causal=causal,
-        scale=meta.scale,
-        starts_q=tuple(itertools.accumulate(meta.seqlens_q, initial=0))[:-1],
-        starts_k=tuple(itertools.accumulate(meta.seqlens_k, initial=0))[:-1],
-        seqlens_q=meta.seqlens_q,
-        seqlens_k=meta.seqlens_k,
+        scale=resolve_scale(scale, q.shape[-1]),
+        lengths=lengths,
     )
-
-
-def _handed_over(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor) -> VarlenMeta | None:
-    """The meta `varlen_attention` validated for exactly these cu_seqlens objects, or None."""
-    handed = _VALIDATED.get()
-    if handed is None or handed[0] is not cu_seqlens_q or handed[1] is not cu_seqlens_k:
-        return None
-    return handed[2]
 
 
 def varlen_forward(
@@ -226,19 +229,17 @@ def varlen_attention(
     """
     if torch.compiler.is_compiling():
         scale = resolve_scale(scale, q.shape[-1])
-    else:
-        meta = check_varlen_inputs(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale
-        )
-        scale = meta.scale
-        enforce_verified("varlen", q.device)
-        token = _VALIDATED.set((cu_seqlens_q, cu_seqlens_k, meta))
-        try:
-            out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
-        finally:
-            _VALIDATED.reset(token)
+        out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
         return (out, lse) if return_lse else out
-    out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    # no values read here: the op reads cu_seqlens once, right before its launch
+    check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    scale = resolve_scale(scale, q.shape[-1])
+    enforce_verified("varlen", q.device)
+    token = _MAXIMA.set((cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    try:
+        out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    finally:
+        _MAXIMA.reset(token)
     return (out, lse) if return_lse else out
 
 

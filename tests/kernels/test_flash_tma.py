@@ -290,10 +290,8 @@ def compile_sm90_ptx(d: int, is_varlen: bool, tma: bool) -> str:
     lens = (100, 156)
     if is_varlen:
         q = torch.randn(sum(lens), 2, d, dtype=torch.bfloat16)
-        problem = _flash.FlashProblem(
-            True, 1, 2, 2, False, 0.1, starts_q=(0, 100), starts_k=(0, 100), seqlens_q=lens,
-            seqlens_k=lens,
-        )  # fmt: skip
+        layout = _flash.VarlenLengths.from_seqlens(lens, lens)
+        problem = _flash.FlashProblem(True, 1, 2, 2, False, 0.1, lengths=lambda: layout)
     else:
         q = torch.randn(1, 2, 256, d, dtype=torch.bfloat16)
         problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=256, seqlen_k=256)

@@ -223,33 +223,49 @@ def test_varlen_work_table_longest_first():
 
 def test_varlen_forward_reads_cu_seqlens_once_and_reuses_its_work_table(monkeypatch):
     """An eager forward makes one host read of cu_seqlens (a device sync after which the GPU
-    idles until the launch) and builds only the forward's work table, once per lengths."""
+    idles until the launch), after every other host step of the call, and builds only the
+    forward's work table, once per lengths."""
     import attnverify.kernels.varlen as varlen_mod
 
-    reads = []
-    check = varlen_mod.check_varlen_inputs
+    events = []
+    check, launch = varlen_mod.check_varlen_values, _flash._launch
 
     def counted(*args, **kwargs):
-        reads.append(1)
+        events.append("read")
         return check(*args, **kwargs)
 
-    monkeypatch.setattr(varlen_mod, "check_varlen_inputs", counted)
+    def launched(*args, **kwargs):
+        events.append("launch")
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(varlen_mod, "check_varlen_values", counted)
+    monkeypatch.setattr(_flash, "_launch", launched)
+    for name in ("_alignment", "_use_tma", "_named", "_named_kv", "_stride_kw"):
+        step = getattr(_flash, name)
+        monkeypatch.setattr(
+            _flash, name, lambda *a, _step=step, **kw: events.append("host") or _step(*a, **kw)
+        )
     lens = [37, 0, 51]
     q, k, v, _ = make(lens, lens, 2, 1, 16, torch.float32, seed=3)
     c, c2 = cu(lens), cu(lens)
     _flash._cached_work_table.cache_clear()
     with torch.no_grad():
         first = varlen_attention(q, k, v, c, c)
-        assert len(reads) == 1, f"eager forward read cu_seqlens {len(reads)} times"
+        assert events.count("read") == 1, f"eager forward read cu_seqlens {events.count('read')}x"
+        assert events[-2:] == ["read", "launch"], f"host work after the read: {events}"
         again = varlen_attention(q, k, v, c2, c2)
     info = _flash._cached_work_table.cache_info()
     assert (info.misses, info.hits) == (1, 1), f"one forward table, then reused: {info}"
     assert torch.equal(first, again), "a reused work table changed the result"
-    # the op called directly (torch.compile graphs, opcheck) still validates by itself
-    reads.clear()
+    # the op called directly (torch.compile graphs, opcheck) validates by itself
+    events.clear()
     torch.ops.attnverify.varlen_fwd(q, k, v, c, c, False, 0.25)
-    assert len(reads) == 1, "the op skipped its own validation outside varlen_attention"
+    assert events.count("read") == 1, "the op skipped its own validation outside varlen_attention"
     bad = torch.tensor([0, 40, 37, 88], dtype=torch.int32, device=DEVICE)
+    events.clear()
     with pytest.raises(ValueError, match="cu_seqlens_q"):
         torch.ops.attnverify.varlen_fwd(q, k, v, bad, c, False, 0.25)
-    assert varlen_mod._VALIDATED.get() is None, "the hand-over outlived its call"
+    assert events[-1] == "read" and "launch" not in events, f"bad cu_seqlens: {events}"
+    with pytest.raises(ValueError, match="max_seqlen_k"):
+        varlen_attention(q, k, v, c, c, max_seqlen_k=50)
+    assert varlen_mod._MAXIMA.get() is None, "the hand-over outlived its call"
