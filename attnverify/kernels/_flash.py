@@ -12,7 +12,9 @@ bias); the differences are constexpr flags, never copies of a kernel:
 - IS_CAUSAL: bottom-right per sequence, query i sees key j iff j <= i + Lk - Lq.
 - HAS_MASK / HAS_BIAS: (Bm, Hm, Lqm, Lkm) tensors read through zero strides on broadcast dims;
   a kv-headed one (Hm == Hk) is read by query head h at h // G. Tiles whose mask block is all
-  False (host-built `_common.block_any`) are skipped: no K/V loads, no math.
+  False (`_common.block_summary`, built on the device) are skipped: no K/V loads, no math;
+  the forward walks a per-query-block list of the other tiles (`_tile_lists`) and reads the
+  mask only in tiles that are not all True.
 - GQA: query head h reads kv head h // G.
 - Head dims: D = D0 (power of two) + D1 (power-of-two remainder tile ending at D, its overlap
   with D0 zeroed), see `_common.HeadDimSplit`; row strides reach the kernels divided by 8 so
@@ -50,8 +52,10 @@ except ImportError:  # triton without host TMA descriptors: pointer loads only
 from attnverify.arch import current_arch, interpreter_active
 from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels._common import (
+    TILE_NONE,
+    TILE_SOME,
     HeadDimSplit,
-    block_any,
+    block_summary,
     split_head_dim,
     varlen_work_table,
 )
@@ -232,7 +236,7 @@ def _prepare(
     (dk/dv). Only that pass's varlen work table is built, last (it reads the lengths)."""
     split = split_head_dim(q.shape[-1])
     outer, mask_block = _block_sizes(q, split, config)
-    flags = block_any(mask, mask_block) if mask is not None else None
+    flags = block_summary(mask, mask_block) if mask is not None else None
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,
         Bias=bias if bias is not None else q,
@@ -470,10 +474,39 @@ def flash_forward(
         **_stride_kw("l", "zhm", _lse_strides(lse, vl)),
     )  # fmt: skip
     common = _prepare(q, problem, mask, bias, config, rows_are_queries=True)
+    if mask is not None:
+        tiles = _tile_lists(common.kwargs["Flags"], problem, common.kwargs["MASK_BLOCK"])
+        common.kwargs.update(Flags=tiles, **_stride_kw("f", "zhmn", _broadcast(tiles)))
     if config is not None:
         _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
     _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
     return out, lse
+
+
+def _tile_lists(flags: torch.Tensor, problem: FlashProblem, mask_block: int) -> torch.Tensor:
+    """The forward's key tiles to visit per query block, from `block_summary` codes `flags`
+    (Bf, Hf, Mf, Nf): (Bf, Hf, Mf', 1 + nk) int32, nk = ceil(Lk / mask_block). Entry 0 is the
+    count n; entries 1..n are 2 * j + partial for the key tiles j (mask_block wide) that have a
+    True, in increasing j, partial = 1 unless the tile is all True; the rest is unused. Causal:
+    tiles starting at or after a row block's last visible key are left out (a broadcast query
+    dim, Mf = 1, becomes one list per row block for that). Built on the device (no sync)."""
+    bf, hf, mf = flags.shape[:3]
+    nk = triton.cdiv(problem.seqlen_k, mask_block)
+    nq = triton.cdiv(problem.seqlen_q, mask_block)
+    rows = nq if problem.causal else mf
+    codes = flags.expand(bf, hf, rows, nk)  # a size-1 dim of flags is broadcast
+    cols = torch.arange(nk, device=flags.device, dtype=torch.int32)
+    active = codes != TILE_NONE
+    if problem.causal:
+        # the last key any row of row block r sees: bottom-right, j <= i + Lk - Lq
+        last_row = torch.arange(1, rows + 1, device=flags.device) * mask_block
+        last_row = last_row.clamp(max=problem.seqlen_q) - 1
+        n_end = (last_row + 1 + problem.seqlen_k - problem.seqlen_q).clamp(0, problem.seqlen_k)
+        active = active & (cols * mask_block < n_end[:, None])
+    entries = torch.where(active, cols * 2 + (codes == TILE_SOME), 2 * nk)
+    entries = entries.sort(dim=-1).values  # the active ones first, in increasing tile
+    count = active.sum(dim=-1, keepdim=True, dtype=torch.int32)
+    return torch.cat([count, entries.to(torch.int32)], dim=-1).contiguous()
 
 
 def _dbias_buffer(

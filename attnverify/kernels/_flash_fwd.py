@@ -29,7 +29,6 @@ from attnverify.kernels._flash_tiles import (
     _query_block_extras,
     _row_range,
     _scores,
-    _tile_active,
     _wide,
 )
 
@@ -88,7 +87,7 @@ def _kv_tiles(
 def _fwd_tile(
     acc0, acc1, m_i, l_i, q0, q1, k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1,
     K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row,
-    mask_ptrs, bias_ptrs, flag_ptr, rows, cols, len_q, len_k, causal_shift, qk_scale,
+    mask_ptrs, bias_ptrs, mask_partial, rows, cols, len_q, len_k, causal_shift, qk_scale,
     d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
@@ -98,36 +97,44 @@ def _fwd_tile(
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
-    TMA: K and V through the descriptors at packed key row `row` (`_kv_tiles`)."""
-    if _tile_active(flag_ptr, HAS_MASK):
-        # [BLOCK_N, D0], [BLOCK_N, D1]
-        k0, k1, v0, v1 = _kv_tiles(
-            k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
-            V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
-        )  # fmt: skip
-        # [BLOCK_M, BLOCK_N]
-        s = _scores(
-            q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs,
-            bias_ptrs, MASKED, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, DOT_PREC, not RAW_MAX,
-        )  # fmt: skip
-        if RAW_MAX:
-            # unscaled scores, scale > 0: scale the row max once per row and fold the scale
-            # into the exponent's FMA (one multiply per score fewer than scaling s first)
-            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s * qk_scale - m_safe[:, None])
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        # [BLOCK_M, D0], [BLOCK_M, D1]
-        acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v0.dtype), v0, input_precision=DOT_PREC)
-        if HAS_D1:
-            acc1 = acc1 * alpha[:, None] + tl.dot(p.to(v1.dtype), v1, input_precision=DOT_PREC)
-        m_i = m_new
+    TMA: K and V through the descriptors at packed key row `row` (`_kv_tiles`). HAS_MASK: the
+    tile is one of the query block's listed tiles (`_flash._tile_lists`); its mask elements
+    are read only when `mask_partial` is 1 (the tile is not all True)."""
+    # [BLOCK_N, D0], [BLOCK_N, D1]
+    k0, k1, v0, v1 = _kv_tiles(
+        k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
+        V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
+        HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
+    )  # fmt: skip
+    # [BLOCK_M, BLOCK_N]
+    s = _scores(
+        q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs,
+        bias_ptrs, MASKED, IS_CAUSAL, False, HAS_BIAS, HAS_D1, DOT_PREC, not RAW_MAX,
+    )  # fmt: skip
+    if HAS_MASK:
+        # mask_partial (int, 0 or 1) reaches the load mask through a [BLOCK_M, 1] tensor: the
+        # interpreter rejects a scalar bool broadcast into a load mask
+        partial = (rows[:, None] * 0 + mask_partial) != 0
+        in_range = (rows < len_q)[:, None] & (cols < len_k)[None, :]
+        keep = tl.load(mask_ptrs, mask=in_range & partial, other=1) != 0
+        s = tl.where(keep, s, float("-inf"))
+    if RAW_MAX:
+        # unscaled scores, scale > 0: scale the row max once per row and fold the scale
+        # into the exponent's FMA (one multiply per score fewer than scaling s first)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s * qk_scale - m_safe[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    # [BLOCK_M, D0], [BLOCK_M, D1]
+    acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v0.dtype), v0, input_precision=DOT_PREC)
+    if HAS_D1:
+        acc1 = acc1 * alpha[:, None] + tl.dot(p.to(v1.dtype), v1, input_precision=DOT_PREC)
+    m_i = m_new
     return acc0, acc1, m_i, l_i
 
 
@@ -151,6 +158,8 @@ def _flash_fwd_kernel(
 ):  # fmt: skip
     """Forward: one program per (query block, query head, batch); writes out and lse.
     RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
+    Flags (HAS_MASK): per query block of MASK_BLOCK rows, the key-tile list of
+    `_flash._tile_lists` (count, then codes), not the backward's tile summary.
     USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
     as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
     the same values as the pointer loads (`_kv_tiles`)."""
@@ -193,29 +202,48 @@ def _flash_fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, HEAD_D0], tl.float32)
     acc1 = tl.zeros([BLOCK_M, HEAD_D1], tl.float32)
     shift = len_k - len_q
-    n_full, n_end = _row_range(m0, len_q, len_k, BLOCK_M, BLOCK_N, IS_CAUSAL)
-    for n0 in range(0, n_full, BLOCK_N):
-        n64 = _wide(n0)
-        acc0, acc1, m_i, l_i = _fwd_tile(
-            acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-            k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1, z, hk,
-            start_k + n0, m_base + n64 * stride_mn + m_off,
-            b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
-            rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX,
-            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
-        )  # fmt: skip
-    for n0 in range(n_full, n_end, BLOCK_N):
-        n64 = _wide(n0)
-        acc0, acc1, m_i, l_i = _fwd_tile(
-            acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-            k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1, z, hk,
-            start_k + n0, m_base + n64 * stride_mn + m_off,
-            b_base + n64 * stride_bn + b_off, f_base + (n0 // MASK_BLOCK) * stride_fn,
-            rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
-            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX,
-            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
-        )  # fmt: skip
+    if HAS_MASK:
+        # the query block's listed key tiles (MASK_BLOCK wide, `_flash._tile_lists`): entry 0
+        # of the list is their count, then codes 2 * tile + partial; only these are visited,
+        # each masked (bounds, causal, the mask when partial)
+        for t in range(0, tl.load(f_base)):
+            code = tl.load(f_base + (t + 1) * stride_fn)
+            for j in tl.static_range(MASK_BLOCK // BLOCK_N):
+                n0 = (code // 2) * MASK_BLOCK + j * BLOCK_N
+                n64 = _wide(n0)
+                acc0, acc1, m_i, l_i = _fwd_tile(
+                    acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
+                    v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
+                    V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                    b_base + n64 * stride_bn + b_off, code % 2, rows, n0 + offs_n, len_q,
+                    len_k, shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, True, HAS_BIAS,
+                    HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM,
+                    HEAD_D0, HEAD_D1, BLOCK_N,
+                )  # fmt: skip
+    else:
+        n_full, n_end = _row_range(m0, len_q, len_k, BLOCK_M, BLOCK_N, IS_CAUSAL)
+        for n0 in range(0, n_full, BLOCK_N):
+            n64 = _wide(n0)
+            acc0, acc1, m_i, l_i = _fwd_tile(
+                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
+                v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
+                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
+                shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
+                MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
+                HEAD_D1, BLOCK_N,
+            )  # fmt: skip
+        for n0 in range(n_full, n_end, BLOCK_N):
+            n64 = _wide(n0)
+            acc0, acc1, m_i, l_i = _fwd_tile(
+                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
+                v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
+                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
+                shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
+                MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
+                HEAD_D1, BLOCK_N,
+            )  # fmt: skip
     has_key = l_i > 0
     inv_l = 1.0 / tl.where(has_key, l_i, 1.0)
     lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))

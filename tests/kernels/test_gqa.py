@@ -198,15 +198,43 @@ def test_gqa_opcheck():
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_gqa_block_any_marks_tiles_with_any_true():
-    from attnverify.kernels._common import block_any
+def test_gqa_block_summary_codes_tiles():
+    from attnverify.kernels._common import TILE_ALL, TILE_NONE, TILE_SOME, block_summary
 
-    mask = torch.zeros(1, 1, 70, 40, dtype=torch.bool)
-    mask[0, 0, 33, 39] = True  # tile (1, 1) of 32x32 tiles
-    mask[0, 0, 69, 0] = True  # tile (2, 0): the partial last row tile
-    flags = block_any(mask, 32)
-    want = torch.zeros(1, 1, 3, 2, dtype=torch.uint8)
-    want[0, 0, 1, 1] = want[0, 0, 2, 0] = 1
-    assert torch.equal(flags, want), f"{flags.tolist()} != {want.tolist()}"
-    row = block_any(torch.ones(2, 1, 1, 40, dtype=torch.bool), 32)
+    mask = torch.zeros(1, 1, 70, 64, dtype=torch.bool)
+    mask[0, 0, 33, 39] = True  # tile (1, 1) of 32x32 tiles: some
+    mask[0, 0, 69, 0] = True  # tile (2, 0): the cut last row tile, some
+    mask[0, 0, :32, :32] = True  # tile (0, 0): all
+    mask[0, 0, 64:, 32:] = True  # tile (2, 1): cut by the last row, never "all"
+    codes = block_summary(mask, 32)
+    want = torch.full((1, 1, 3, 2), TILE_NONE, dtype=torch.uint8)
+    want[0, 0, 1, 1] = want[0, 0, 2, 0] = want[0, 0, 2, 1] = TILE_SOME
+    want[0, 0, 0, 0] = TILE_ALL
+    assert torch.equal(codes, want), f"{codes.tolist()} != {want.tolist()}"
+    row = block_summary(torch.ones(2, 1, 1, 40, dtype=torch.bool), 32)
     assert tuple(row.shape) == (2, 1, 1, 2), f"broadcast rows keep size 1; got {tuple(row.shape)}"
+    assert row[0, 0, 0].tolist() == [TILE_ALL, TILE_SOME], "a cut column tile is not all True"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_forward_tile_lists_visit_only_tiles_with_a_true(causal: bool):
+    """The forward's per-row-block key-tile lists (`_flash._tile_lists`): count, then the
+    codes 2 * tile + partial of the tiles with a True in increasing order; causal lists stop
+    at the row block's last visible key (bottom-right), a broadcast query dim included."""
+    from attnverify.kernels._common import block_summary
+
+    lq, lk, blk = 70, 100, 32  # 3 row blocks, 4 key tiles; causal shift Lk - Lq = 30
+    mask = torch.zeros(1, 2, 1, lk, dtype=torch.bool)  # broadcast over query rows
+    mask[0, 0, 0, [5, 40, 41, 99]] = True  # tiles 0, 1 (some), 3 (some, cut)
+    mask[0, 1, 0, 32:64] = True  # head 1: tile 1 all True
+    problem = _flash.FlashProblem(False, 1, 2, 2, causal, 0.1, seqlen_q=lq, seqlen_k=lk)
+    lists = _flash._tile_lists(block_summary(mask, blk), problem, blk)
+    # last visible key of row block r: min(Lk, 32 (r + 1) + 30) -> 62, 94, 100 (tiles < 2, 3, 4)
+    ends = [2, 3, 4] if causal else [4]
+    assert tuple(lists.shape) == (1, 2, len(ends), 1 + 4), tuple(lists.shape)
+    for r, end in enumerate(ends):
+        head0 = [2 * t + 1 for t in (0, 1, 3) if t < end]
+        head1 = [2 * 1 + 0] if end > 1 else []
+        for h, want in ((0, head0), (1, head1)):
+            got = lists[0, h, r].tolist()
+            assert got[0] == len(want) and got[1 : 1 + len(want)] == want, (h, r, got)
