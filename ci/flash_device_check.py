@@ -43,7 +43,6 @@ import triton
 
 from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels import _flash
-from attnverify.kernels._common import block_summary
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.kernels.varlen import varlen_attention
 from attnverify.reference.gqa import gqa_attention as gqa_oracle
@@ -521,8 +520,8 @@ def gqa_bench_one(hk: int, flex: Callable, sdpa: Callable, fwd_only: bool) -> di
         sparse_kernel = kernel_only(lambda: gqa_attention(q, k, v, mask=mask))
         row["ours_sparse90_kernel_only_over_dense_time"] = bench_ms(sparse_kernel) / ms
         problem = _flash.FlashProblem(False, 1, hq, hk, False, 0.1, seqlen_q=L, seqlen_k=L)
-        row["sparse90_tile_summary_ms"] = bench_ms(lambda: block_summary(mask, 128))
-        codes = block_summary(mask, 128)
+        row["sparse90_tile_codes_ms"] = bench_ms(lambda: _flash._tile_codes(mask, problem, 128))
+        codes = _flash._tile_codes(mask, problem, 128)
         row["sparse90_tile_lists_ms"] = bench_ms(lambda: _flash._tile_lists(codes, problem, 128))
     ms_f = try_bench("flex", lambda: flex(qd, kd, vd, enable_gqa=hk != hq))
     if ms_f:

@@ -104,45 +104,10 @@ def varlen_work_table(
     return out.to(device, non_blocking=True)
 
 
-# `block_summary` codes of a mask tile
-TILE_NONE, TILE_SOME, TILE_ALL = 0, 1, 2
-
-
-def block_summary(mask: torch.Tensor, block: int) -> torch.Tensor:
-    """Tile-level summary of a boolean mask: per `block x block` tile TILE_NONE (all False),
-    TILE_SOME, or TILE_ALL (all True; a tile cut by the end of the rows or columns is never
-    TILE_ALL). Nonzero means "the tile has a True".
-
-    Args:
-        mask: (Bm, Hm, Lqm, Lkm) bool; a dim of size 1 (broadcast) stays size 1.
-        block: tile edge; the kernels' BLOCK_M and BLOCK_N must divide it.
-
-    Returns:
-        (Bm, Hm, ceil(Lqm / block) or 1, ceil(Lkm / block) or 1) uint8, contiguous.
-    """
-    bm, hm, lq, lk = mask.shape
-    nq = 1 if lq == 1 else -(-lq // block)
-    nk = 1 if lk == 1 else -(-lk // block)
-    tq = 1 if lq == 1 else block
-    tk = 1 if lk == 1 else block
-    if (nq * tq, nk * tk) == (lq, lk):
-        padded = mask
-    else:
-        padded = mask.new_zeros((bm, hm, nq * tq, nk * tk))
-        padded[:, :, :lq, :lk] = mask
-    # one pass over the mask: True count per tile
-    count = padded.reshape(bm, hm, nq, tq, nk, tk).sum(dim=(3, 5), dtype=torch.int32)
-    return ((count > 0).to(torch.uint8) + (count == tq * tk).to(torch.uint8)).contiguous()
-
-
 __all__ = [
     "MIN_DOT_TILE",
-    "TILE_ALL",
-    "TILE_NONE",
-    "TILE_SOME",
     "WORK_FIELDS",
     "HeadDimSplit",
-    "block_summary",
     "cdiv",
     "split_head_dim",
     "use_interpreter",

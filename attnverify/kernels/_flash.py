@@ -12,9 +12,9 @@ bias); the differences are constexpr flags, never copies of a kernel:
 - IS_CAUSAL: bottom-right per sequence, query i sees key j iff j <= i + Lk - Lq.
 - HAS_MASK / HAS_BIAS: (Bm, Hm, Lqm, Lkm) tensors read through zero strides on broadcast dims;
   a kv-headed one (Hm == Hk) is read by query head h at h // G. Tiles whose mask block is all
-  False (`_common.block_summary`, built on the device) are skipped: no K/V loads, no math;
-  the forward walks a per-query-block list of the other tiles (`_tile_lists`) and reads the
-  mask only in tiles that are not all True.
+  False are skipped: no K/V loads, no math. `_tile_codes` summarises the mask per tile on the
+  device (`_flash_mask`); the backward reads the codes as flags, the forward walks lists of
+  the tiles to visit (`_tile_lists`) and reads the mask only in tiles that are not all True.
 - GQA: query head h reads kv head h // G.
 - Head dims: D = D0 (power of two) + D1 (power-of-two remainder tile ending at D, its overlap
   with D0 zeroed), see `_common.HeadDimSplit`; row strides reach the kernels divided by 8 so
@@ -52,15 +52,13 @@ except ImportError:  # triton without host TMA descriptors: pointer loads only
 from attnverify.arch import current_arch, interpreter_active
 from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels._common import (
-    TILE_NONE,
-    TILE_SOME,
     HeadDimSplit,
-    block_summary,
     split_head_dim,
     varlen_work_table,
 )
 from attnverify.kernels._flash_bwd import _dkdv, _dq
 from attnverify.kernels._flash_fwd import KV_DESC_NAMES, _fwd, _set_kv_block_shapes
+from attnverify.kernels._flash_mask import _tile_codes_kernel, _tile_lists_kernel
 from attnverify.kernels._flash_tiles import BWD_CONFIGS as BWD_CONFIGS  # re-exported
 from attnverify.kernels._flash_tiles import FWD_CONFIGS as FWD_CONFIGS  # re-exported
 from attnverify.kernels._flash_tiles import INTERPRETER_BLOCK, LOG2E, _prune
@@ -236,7 +234,7 @@ def _prepare(
     (dk/dv). Only that pass's varlen work table is built, last (it reads the lengths)."""
     split = split_head_dim(q.shape[-1])
     outer, mask_block = _block_sizes(q, split, config)
-    flags = block_summary(mask, mask_block) if mask is not None else None
+    flags = _tile_codes(mask, problem, mask_block) if mask is not None else None
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,
         Bias=bias if bias is not None else q,
@@ -483,30 +481,45 @@ def flash_forward(
     return out, lse
 
 
-def _tile_lists(flags: torch.Tensor, problem: FlashProblem, mask_block: int) -> torch.Tensor:
-    """The forward's key tiles to visit per query block, from `block_summary` codes `flags`
-    (Bf, Hf, Mf, Nf): (Bf, Hf, Mf', 1 + nk) int32, nk = ceil(Lk / mask_block). Entry 0 is the
-    count n; entries 1..n are 2 * j + partial for the key tiles j (mask_block wide) that have a
-    True, in increasing j, partial = 1 unless the tile is all True; the rest is unused. Causal:
-    tiles starting at or after a row block's last visible key are left out (a broadcast query
-    dim, Mf = 1, becomes one list per row block for that). Built on the device (no sync)."""
-    bf, hf, mf = flags.shape[:3]
-    nk = triton.cdiv(problem.seqlen_k, mask_block)
-    nq = triton.cdiv(problem.seqlen_q, mask_block)
-    rows = nq if problem.causal else mf
-    codes = flags.expand(bf, hf, rows, nk)  # a size-1 dim of flags is broadcast
-    cols = torch.arange(nk, device=flags.device, dtype=torch.int32)
-    active = codes != TILE_NONE
+def _tile_codes(mask: torch.Tensor, problem: FlashProblem, block: int) -> torch.Tensor:
+    """Per `block x block` tile of a (Bm, Hm, Lqm, Lkm) bool mask (gqa) its code (`_flash_mask`:
+    TILE_NONE, TILE_SOME, TILE_ALL; nonzero: the tile has a True): (Bm, Hm, R, nk) uint8 with
+    R = 1 for a broadcast query dim, else ceil(Lq / block), and nk = ceil(Lk / block). On the
+    device, one read of the mask."""
+    bm, hm, lqm, _ = mask.shape
+    rows = 1 if lqm == 1 else triton.cdiv(problem.seqlen_q, block)
+    num_tiles = triton.cdiv(problem.seqlen_k, block)
+    codes = torch.empty((bm, hm, rows, num_tiles), dtype=torch.uint8, device=mask.device)
+    if codes.numel():
+        m = mask.view(torch.uint8)
+        _tile_codes_kernel[(num_tiles, rows, bm * hm)](
+            m, codes, problem.seqlen_q, problem.seqlen_k, hm, *_broadcast(m),
+            *codes.stride()[:3], BLOCK=block,
+        )  # fmt: skip
+    return codes
+
+
+def _tile_lists(codes: torch.Tensor, problem: FlashProblem, block: int) -> torch.Tensor:
+    """The forward's key tiles to visit per query row block, from `_tile_codes` codes
+    (Bm, Hm, R, nk): (Bm, Hm, R', 2 + nk) int32, R' = ceil(Lq / block) if causal else R.
+
+    A row: [n_clean, n_rest, clean tiles..., unused..., rest codes (last first)]. Clean tiles
+    (entries 2 .. 1 + n_clean, increasing tile index j) are all True, inside Lk and, causal,
+    wholly visible to every row of the block: the forward visits them without any mask. The
+    rest (entries 1 + nk, nk, ..., downwards, increasing j) have a True and need bounds, causal
+    or mask checks; each is 2 * j + 1 when its mask elements must be read (not all True), else
+    2 * j. Tiles with no True, and causal tiles past the block's last visible key, are left
+    out. On the device (no host read)."""
+    bm, hm, rows, num_tiles = codes.shape
     if problem.causal:
-        # the last key any row of row block r sees: bottom-right, j <= i + Lk - Lq
-        last_row = torch.arange(1, rows + 1, device=flags.device) * mask_block
-        last_row = last_row.clamp(max=problem.seqlen_q) - 1
-        n_end = (last_row + 1 + problem.seqlen_k - problem.seqlen_q).clamp(0, problem.seqlen_k)
-        active = active & (cols * mask_block < n_end[:, None])
-    entries = torch.where(active, cols * 2 + (codes == TILE_SOME), 2 * nk)
-    entries = entries.sort(dim=-1).values  # the active ones first, in increasing tile
-    count = active.sum(dim=-1, keepdim=True, dtype=torch.int32)
-    return torch.cat([count, entries.to(torch.int32)], dim=-1).contiguous()
+        rows = triton.cdiv(problem.seqlen_q, block)
+    lists = torch.empty((bm, hm, rows, 2 + num_tiles), dtype=torch.int32, device=codes.device)
+    _tile_lists_kernel[(rows, bm * hm)](
+        codes, lists, problem.seqlen_q, problem.seqlen_k, num_tiles, hm, *_broadcast(codes)[:3],
+        *lists.stride()[:3], BLOCK=block, NUM_TILES_P2=triton.next_power_of_2(max(num_tiles, 1)),
+        IS_CAUSAL=problem.causal,
+    )  # fmt: skip
+    return lists
 
 
 def _dbias_buffer(

@@ -97,9 +97,9 @@ def _fwd_tile(
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
-    TMA: K and V through the descriptors at packed key row `row` (`_kv_tiles`). HAS_MASK: the
-    tile is one of the query block's listed tiles (`_flash._tile_lists`); its mask elements
-    are read only when `mask_partial` is 1 (the tile is not all True)."""
+    TMA: K and V through the descriptors at packed key row `row` (`_kv_tiles`). HAS_MASK: a
+    tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are read
+    only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
     k0, k1, v0, v1 = _kv_tiles(
         k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
@@ -158,8 +158,8 @@ def _flash_fwd_kernel(
 ):  # fmt: skip
     """Forward: one program per (query block, query head, batch); writes out and lse.
     RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
-    Flags (HAS_MASK): per query block of MASK_BLOCK rows, the key-tile list of
-    `_flash._tile_lists` (count, then codes), not the backward's tile summary.
+    Flags (HAS_MASK): per query block of MASK_BLOCK rows, the key-tile lists of
+    `_flash._tile_lists`, not the tile codes the backward reads.
     USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
     as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
     the same values as the pointer loads (`_kv_tiles`)."""
@@ -203,11 +203,28 @@ def _flash_fwd_kernel(
     acc1 = tl.zeros([BLOCK_M, HEAD_D1], tl.float32)
     shift = len_k - len_q
     if HAS_MASK:
-        # the query block's listed key tiles (MASK_BLOCK wide, `_flash._tile_lists`): entry 0
-        # of the list is their count, then codes 2 * tile + partial; only these are visited,
-        # each masked (bounds, causal, the mask when partial)
-        for t in range(0, tl.load(f_base)):
-            code = tl.load(f_base + (t + 1) * stride_fn)
+        # the row block's lists (`_flash._tile_lists`): clean tiles (all True, inside Lk,
+        # causally visible to every row) without any mask, then the rest, masked (bounds,
+        # causal, and the mask elements where the code's low bit says so)
+        n_clean = tl.load(f_base)
+        for t in range(0, n_clean):
+            tile = tl.load(f_base + (t + 2) * stride_fn)
+            for j in tl.static_range(MASK_BLOCK // BLOCK_N):
+                n0 = tile * MASK_BLOCK + j * BLOCK_N
+                n64 = _wide(n0)
+                acc0, acc1, m_i, l_i = _fwd_tile(
+                    acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
+                    v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
+                    V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                    b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
+                    shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
+                    MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
+                    HEAD_D1, BLOCK_N,
+                )  # fmt: skip
+        last = f_base + (tl.cdiv(len_k, MASK_BLOCK) + 1) * stride_fn
+        # two stages: the mask tiles join K and V in the pipeline's shared memory
+        for t in tl.range(0, tl.load(f_base + stride_fn), num_stages=2):
+            code = tl.load(last - t * stride_fn)
             for j in tl.static_range(MASK_BLOCK // BLOCK_N):
                 n0 = (code // 2) * MASK_BLOCK + j * BLOCK_N
                 n64 = _wide(n0)

@@ -138,6 +138,25 @@ def test_gqa_block_sparse_mask_and_fully_masked_rows(judge):
     assert all(not torch.isnan(t).any() for t in got.values()), "NaN in a result"
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_block_sparse_whole_tiles(judge, causal: bool):
+    """Tiles wholly True or wholly False (the forward visits the True ones without reading the
+    mask, except where Lk or the diagonal cuts them), causal with Lq != Lk and a last key tile
+    cut by Lk: the oracle's result."""
+    q, k, v, do = make(1, 2, 2, 80, 120, 24, torch.float32, seed=5)
+    g = torch.Generator().manual_seed(6)
+    tiles = torch.rand(3, 4, generator=g) < 0.6
+    tiles[:, 0] = True  # every row sees a key
+    mask = tiles.repeat_interleave(32, 0).repeat_interleave(32, 1)[None, None, :80, :120]
+    mask = mask.to(DEVICE)
+    got = run(gqa_attention, q, k, v, do, mask, None, causal)
+    ref = run(oracle, q, k, v, do, mask, None, causal)
+    base = run(oracle, q, k, v, do, mask, None, causal, compute_dtype=torch.float32)
+    empty = ref["lse"] == float("-inf")
+    failures = judge("gqa", got, ref, base, torch.float32, {"out": empty[..., None]})
+    assert not failures, "\n".join(failures)
+
+
 def test_gqa_strides_and_determinism_bitwise():
     q, k, v, do = make(2, 4, 2, 37, 50, 40, torch.float16, seed=9)
     mask = (torch.rand(1, 1, 37, 50, generator=torch.Generator().manual_seed(1)) < 0.8).to(DEVICE)
@@ -198,43 +217,53 @@ def test_gqa_opcheck():
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_gqa_block_summary_codes_tiles():
-    from attnverify.kernels._common import TILE_ALL, TILE_NONE, TILE_SOME, block_summary
+def test_gqa_tile_codes_summarise_mask_tiles():
+    from attnverify.kernels._flash_mask import TILE_ALL, TILE_NONE, TILE_SOME
 
-    mask = torch.zeros(1, 1, 70, 64, dtype=torch.bool)
+    mask = torch.zeros(1, 1, 70, 64, dtype=torch.bool, device=DEVICE)
     mask[0, 0, 33, 39] = True  # tile (1, 1) of 32x32 tiles: some
     mask[0, 0, 69, 0] = True  # tile (2, 0): the cut last row tile, some
     mask[0, 0, :32, :32] = True  # tile (0, 0): all
-    mask[0, 0, 64:, 32:] = True  # tile (2, 1): cut by the last row, never "all"
-    codes = block_summary(mask, 32)
+    mask[0, 0, 64:, 32:] = True  # tile (2, 1): every element inside Lq is True: all
+    problem = _flash.FlashProblem(False, 1, 1, 1, False, 0.1, seqlen_q=70, seqlen_k=64)
+    codes = _flash._tile_codes(mask, problem, 32)
     want = torch.full((1, 1, 3, 2), TILE_NONE, dtype=torch.uint8)
-    want[0, 0, 1, 1] = want[0, 0, 2, 0] = want[0, 0, 2, 1] = TILE_SOME
-    want[0, 0, 0, 0] = TILE_ALL
-    assert torch.equal(codes, want), f"{codes.tolist()} != {want.tolist()}"
-    row = block_summary(torch.ones(2, 1, 1, 40, dtype=torch.bool), 32)
-    assert tuple(row.shape) == (2, 1, 1, 2), f"broadcast rows keep size 1; got {tuple(row.shape)}"
-    assert row[0, 0, 0].tolist() == [TILE_ALL, TILE_SOME], "a cut column tile is not all True"
+    want[0, 0, 1, 1] = want[0, 0, 2, 0] = TILE_SOME
+    want[0, 0, 0, 0] = want[0, 0, 2, 1] = TILE_ALL
+    assert torch.equal(codes.cpu(), want), f"{codes.tolist()} != {want.tolist()}"
+    # broadcast query rows: one row of codes; a broadcast key dim repeats its column
+    rows = torch.ones(2, 1, 1, 1, dtype=torch.bool, device=DEVICE)
+    rows[1] = False
+    problem = _flash.FlashProblem(False, 2, 1, 1, False, 0.1, seqlen_q=40, seqlen_k=40)
+    codes = _flash._tile_codes(rows, problem, 32)
+    assert tuple(codes.shape) == (2, 1, 1, 2), tuple(codes.shape)
+    assert codes.tolist() == [[[[TILE_ALL, TILE_ALL]]], [[[TILE_NONE, TILE_NONE]]]], codes.tolist()
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_gqa_forward_tile_lists_visit_only_tiles_with_a_true(causal: bool):
-    """The forward's per-row-block key-tile lists (`_flash._tile_lists`): count, then the
-    codes 2 * tile + partial of the tiles with a True in increasing order; causal lists stop
-    at the row block's last visible key (bottom-right), a broadcast query dim included."""
-    from attnverify.kernels._common import block_summary
-
+    """The forward's per-row-block lists (`_flash._tile_lists`): [n_clean, n_rest, clean
+    tiles in increasing order, ..., rest codes 2 * tile + partial from the back]; causal lists
+    stop at the row block's last visible key (bottom-right), a broadcast query dim included,
+    and a tile the diagonal cuts is never clean."""
     lq, lk, blk = 70, 100, 32  # 3 row blocks, 4 key tiles; causal shift Lk - Lq = 30
-    mask = torch.zeros(1, 2, 1, lk, dtype=torch.bool)  # broadcast over query rows
-    mask[0, 0, 0, [5, 40, 41, 99]] = True  # tiles 0, 1 (some), 3 (some, cut)
-    mask[0, 1, 0, 32:64] = True  # head 1: tile 1 all True
+    mask = torch.zeros(1, 2, 1, lk, dtype=torch.bool, device=DEVICE)  # broadcast over rows
+    mask[0, 0, 0, [5, 40, 41, 99]] = True  # tiles 0, 1 (some), 3 (some, cut by Lk)
+    mask[0, 1, 0, :64] = True  # head 1: tiles 0 and 1 all True
     problem = _flash.FlashProblem(False, 1, 2, 2, causal, 0.1, seqlen_q=lq, seqlen_k=lk)
-    lists = _flash._tile_lists(block_summary(mask, blk), problem, blk)
-    # last visible key of row block r: min(Lk, 32 (r + 1) + 30) -> 62, 94, 100 (tiles < 2, 3, 4)
+    lists = _flash._tile_lists(_flash._tile_codes(mask, problem, blk), problem, blk).cpu()
+    # row block r: rows [32 r, ..), last visible key min(Lk, 32 (r + 1) + 30) -> 62, 94, 100
     ends = [2, 3, 4] if causal else [4]
-    assert tuple(lists.shape) == (1, 2, len(ends), 1 + 4), tuple(lists.shape)
+    assert tuple(lists.shape) == (1, 2, len(ends), 2 + 4), tuple(lists.shape)
     for r, end in enumerate(ends):
-        head0 = [2 * t + 1 for t in (0, 1, 3) if t < end]
-        head1 = [2 * 1 + 0] if end > 1 else []
-        for h, want in ((0, head0), (1, head1)):
-            got = lists[0, h, r].tolist()
-            assert got[0] == len(want) and got[1 : 1 + len(want)] == want, (h, r, got)
+        # head 1: a tile is clean when all True and (causal) its last key <= 32 r + 30
+        clean = [t for t in (0, 1) if t < end and (not causal or 32 * t + 31 <= 32 * r + 30)]
+        rest1 = [2 * t for t in (0, 1) if t < end and t not in clean]
+        for h, want_clean, want_rest in (
+            (0, [], [2 * t + 1 for t in (0, 1, 3) if t < end]),
+            (1, clean, rest1),
+        ):
+            row = lists[0, h, r].tolist()
+            n_clean, n_rest = row[:2]
+            got_rest = [row[2 + 4 - 1 - i] for i in range(n_rest)]
+            assert row[2 : 2 + n_clean] == want_clean and got_rest == want_rest, (h, r, row)
