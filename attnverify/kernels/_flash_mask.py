@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 
 TILE_NONE, TILE_SOME, TILE_ALL = 0, 1, 2
+# the same codes as the kernels see them (a jit function reads only constexpr globals)
+_NONE, _SOME, _ALL = tl.constexpr(TILE_NONE), tl.constexpr(TILE_SOME), tl.constexpr(TILE_ALL)
 
 
 @triton.jit
@@ -37,7 +39,7 @@ def _tile_codes_kernel(
     ptrs = base + rows.to(tl.int64)[:, None] * stride_mm + cols.to(tl.int64)[None, :] * stride_mn
     n_true = tl.sum(tl.sum((tl.load(ptrs, mask=inside, other=0) != 0).to(tl.int32), 1), 0)
     n_inside = tl.sum(tl.sum(inside.to(tl.int32), 1), 0)
-    code = tl.where(n_true == 0, TILE_NONE, tl.where(n_true == n_inside, TILE_ALL, TILE_SOME))
+    code = tl.where(n_true == 0, _NONE, tl.where(n_true == n_inside, _ALL, _SOME))
     out = Codes + z.to(tl.int64) * stride_cz + h.to(tl.int64) * stride_ch + r * stride_cr + j
     tl.store(out, code.to(tl.uint8))
 
@@ -57,9 +59,9 @@ def _tile_lists_kernel(
     j = tl.arange(0, NUM_TILES_P2)
     codes_row = Codes + z.to(tl.int64) * stride_cz + h.to(tl.int64) * stride_ch + r * stride_cr
     # [NUM_TILES_P2]
-    code = tl.load(codes_row + j, mask=j < num_tiles, other=TILE_NONE)
-    active = code != TILE_NONE
-    clean = (code == TILE_ALL) & ((j + 1) * BLOCK <= len_k)
+    code = tl.load(codes_row + j, mask=j < num_tiles, other=_NONE)
+    active = code != _NONE
+    clean = (code == _ALL) & ((j + 1) * BLOCK <= len_k)
     if IS_CAUSAL:
         # bottom-right: row i sees key t iff t <= i + Lk - Lq
         shift = len_k - len_q
@@ -72,7 +74,7 @@ def _tile_lists_kernel(
     at_clean = tl.cumsum(clean.to(tl.int32), 0) + 1  # entries 2 .. from the front
     at_rest = num_tiles - tl.cumsum(rest.to(tl.int32), 0) + 2  # from the back
     tl.store(out + at_clean, j, mask=clean)
-    tl.store(out + at_rest, 2 * j + (code == TILE_SOME).to(tl.int32), mask=rest)
+    tl.store(out + at_rest, 2 * j + (code == _SOME).to(tl.int32), mask=rest)
     tl.store(out, tl.sum(clean.to(tl.int32), 0))
     tl.store(out + 1, tl.sum(rest.to(tl.int32), 0))
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _jit_process import run_jit_process
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_flash_tma import env
 
 from attnverify.kernels import _flash
 from attnverify.kernels.gqa import gqa_attention
@@ -267,3 +269,82 @@ def test_gqa_forward_tile_lists_visit_only_tiles_with_a_true(causal: bool):
             n_clean, n_rest = row[:2]
             got_rest = [row[2 + 4 - 1 - i] for i in range(n_rest)]
             assert row[2 : 2 + n_clean] == want_clean and got_rest == want_rest, (h, r, row)
+
+
+def compile_mask_kernels_sm90() -> dict[str, str]:
+    """PTX of the mask-tile kernels (`_flash_mask`) and of the forward with a mask as
+    `flash_forward` launches it (bf16, D=128, first FWD config, causal, TMA), compiled for
+    sm90. Needs a process without TRITON_INTERPRET (JIT functions)."""
+    import contextlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource, compile
+    from triton.runtime.jit import create_function_from_signature
+
+    from attnverify.kernels import _flash_mask
+
+    target = GPUTarget("cuda", 90, 32)
+
+    def build(kernel, types: dict, consts: dict) -> str:
+        signature = {name: types.get(name, "i32") for name in kernel.arg_names}
+        for name in consts:
+            signature[name] = "constexpr"
+        constexprs = {(kernel.arg_names.index(n),): v for n, v in consts.items()}
+        src = ASTSource(kernel, signature, constexprs=constexprs)
+        return compile(src, target=target).asm["ptx"]
+
+    ptx = {
+        "codes": build(_flash_mask._tile_codes_kernel, {"Mask": "*u8", "Codes": "*u8"},
+                       {"BLOCK": 128}),
+        "lists": build(_flash_mask._tile_lists_kernel, {"Codes": "*u8", "Lists": "*i32"},
+                       {"BLOCK": 128, "NUM_TILES_P2": 64, "IS_CAUSAL": True}),
+    }  # fmt: skip
+    recorded: dict = {}
+
+    def record(kernel, grid, config, **kwargs) -> None:
+        recorded.update(kwargs, BLOCK_INNER=config.block_inner, num_warps=config.num_warps,
+                        num_stages=config.num_stages)  # fmt: skip
+
+    q = torch.randn(1, 2, 512, 128, dtype=torch.bfloat16)
+    mask = torch.ones(1, 1, 512, 512, dtype=torch.bool)
+    problem = _flash.FlashProblem(False, 1, 2, 2, True, 0.1, seqlen_q=512, seqlen_k=512)
+    codes = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    with contextlib.ExitStack() as stack:
+        for name, stub in (
+            ("_launch", record),
+            ("_tile_codes", lambda *a: codes),
+            ("_tile_lists", lambda *a: torch.zeros(1, 1, 4, 6, dtype=torch.int32)),
+        ):
+            real = getattr(_flash, name)
+            setattr(_flash, name, stub)
+            stack.callback(setattr, _flash, name, real)
+        stack.enter_context(env(_flash.TMA_ENV, "1"))
+        block, warps, stages = _flash.FWD_CONFIGS[0]
+        config = _flash.FlashConfig(128, block, warps, stages)
+        _flash.flash_forward(q, q, q, problem, mask=mask, config=config)
+    kernel, backend = _flash._fwd.fn, CUDABackend(target)
+    options = {k: recorded.pop(k) for k in ("num_warps", "num_stages")}
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, spec, opts = binder(**recorded, **options)
+    opts_, signature, constexprs, attrs = kernel._pack_args(
+        backend, {**recorded, **options}, bound, spec, opts
+    )
+    src = ASTSource(kernel, signature, constexprs, attrs)
+    ptx["forward"] = compile(src, target=target, options=opts_.__dict__).asm["ptx"]
+    return ptx
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernels in other tests")
+def test_gqa_mask_kernels_compile_for_sm90() -> None:
+    """The interpreter cannot catch what only the compiler rejects (non-constexpr globals,
+    shared memory): the mask-tile kernels and the masked forward compile for sm90, the
+    forward's two tile loops with TMA copies of K and V."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = (
+        "import test_gqa as t\n"
+        "ptx = t.compile_mask_kernels_sm90()\n"
+        "print(sorted(ptx), ptx['forward'].count('cp.async.bulk.tensor') >= 4)\n"
+    )
+    lines = run_jit_process(code).strip().split("\n")
+    assert lines[-1] == "['codes', 'forward', 'lists'] True", lines
