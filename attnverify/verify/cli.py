@@ -221,19 +221,23 @@ def _append_records(
     runs: Sequence[RunResult], args: argparse.Namespace, profile: str, out: TextIO
 ) -> None:
     """One record per (variant, device) for variants that passed on every device (shards that
-    ran on the same device are one record)."""
+    ran on the same device are one record; a shard dealt none of a variant's cases neither
+    blocks nor makes its record, a device with no case of the variant gets none)."""
     by_variant: dict[str, dict[str, list[RunResult]]] = {}
     for run in runs:
         by_variant.setdefault(run.variant, {}).setdefault(run.device, []).append(run)
     for variant, by_device in by_variant.items():
         group = [run for shards in by_device.values() for run in shards]
-        if not all(run.passed and run.results for run in group):
+        if not all(run.passed for run in group) or not any(run.results for run in group):
             continue
         for device, shards in by_device.items():
+            cases = sum(len(run.results) for run in shards)
+            if not cases:
+                continue
             record = records.make_record(
                 variant,
                 records.current_environment(device),
-                cases=sum(len(run.results) for run in shards),
+                cases=cases,
                 seed=args.seed,
                 profile=profile,
                 target=args.target,

@@ -209,3 +209,29 @@ def test_progress_bar_plain_and_tty() -> None:
     bar.close()
     assert tty.getvalue().count("\r") == 2
     assert "varlen 1 cases 1 failed" in tty.getvalue()
+
+
+def test_cli_records_ignore_shards_dealt_no_cases(home: Path) -> None:
+    """A worker dealt none of a variant's cases (more shards than compile-affinity groups)
+    reports an empty run: it must not block the variant's record, and a device that ran no
+    case of the variant gets no record; a dead shard still blocks it."""
+    import argparse
+
+    from attnverify.kernels import merge_attention_states
+    from attnverify.verify import check
+    from attnverify.verify.cli import _append_records
+    from attnverify.verify.report import RunResult
+
+    results = check("merge", merge_attention_states, examples=1, device="cpu", seed=0).results
+    assert results and all(r.passed for r in results)
+    args = argparse.Namespace(seed=0, target="attnverify")
+    ran = RunResult("merge", "cpu", "attnverify", results)
+    empty = [RunResult("merge", "cpu", "attnverify"), RunResult("merge", "cuda:1", "attnverify")]
+    out = io.StringIO()
+    _append_records([ran, *empty], args, "ci", out)
+    assert out.getvalue().count("record: merge verified on cpu") == 1, out.getvalue()
+    assert "cuda:1" not in out.getvalue(), out.getvalue()
+    dead = RunResult("merge", "cuda:1", "attnverify", problems=["worker 1 died"])
+    out = io.StringIO()
+    _append_records([ran, dead], args, "ci", out)
+    assert out.getvalue() == "", "a dead shard must block the record"
