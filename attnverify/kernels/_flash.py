@@ -22,7 +22,8 @@ bias); the differences are constexpr flags, never copies of a kernel:
 Any Lq / Lk: interior tiles run unmasked, boundary and diagonal tiles masked.
 - Forward K/V loads: TMA descriptors over K and V as (Z, Hk, rows, D) on NVIDIA sm90+ where the
   layout allows (`tma_policy`, `$ATTNVERIFY_FLASH_TMA`), else pointers; bitwise the same out
-  and lse either way. The backward loads through pointers.
+  and lse either way. The backward's inner-loop tiles (Q and dO of the dk/dv pass, K and V of
+  the dq pass) likewise, under the same policy; bitwise the same dq, dk, dv and dbias.
 
 Layout handled here: every tensor as (z, h, row, d) with explicit strides (varlen: z stride 0,
 row offset from the work table). 64-bit base offsets; in-tile offsets stay 32-bit.
@@ -56,7 +57,7 @@ from attnverify.kernels._common import (
     split_head_dim,
     varlen_work_table,
 )
-from attnverify.kernels._flash_bwd import _dkdv, _dq
+from attnverify.kernels._flash_bwd import QDO_DESC_NAMES, _dkdv, _dq, _set_qdo_block_shapes
 from attnverify.kernels._flash_fwd import KV_DESC_NAMES, _fwd, _set_kv_block_shapes
 from attnverify.kernels._flash_mask import _tile_codes_kernel, _tile_lists_kernel
 from attnverify.kernels._flash_tiles import BWD_CONFIGS as BWD_CONFIGS  # re-exported
@@ -436,6 +437,51 @@ def _kv_descriptors(
     return descs
 
 
+# the largest BLOCK_INNER of the backward's configs, both passes (the dk/dv pass's query block,
+# the dq pass's key block; the autotuner and the pinning policies pick among them, or among
+# smaller fallbacks)
+BWD_LARGEST_INNER_BLOCK = max(c.kwargs["BLOCK_INNER"] for c in (*_dkdv.configs, *_dq.configs))
+
+
+def _pair_descriptors(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: tuple[str, str, str, str],
+    split: HeadDimSplit,
+    is_varlen: bool,
+) -> dict[str, object]:
+    """A backward pass's descriptor arguments over its inner-loop operands x and y as
+    (Z, H, rows, D) (`_tma_view`): names are (x tile 0, y tile 0, x tile 1, y tile 1), the
+    tile-1 ones None without a tile 1. dk/dv pass: Q and dO (`_flash_bwd.QDO_DESC_NAMES`);
+    dq pass: K and V (KV_DESC_NAMES). Block shapes are placeholders until the pass's pre-hook
+    (`_flash_bwd._set_qdo_block_shapes`, `_flash_fwd._set_kv_block_shapes`) runs."""
+    descs: dict[str, object] = {}
+    for name, t in zip(names, (x, y, x, y), strict=True):
+        if name.endswith("1") and not split.has_d1:
+            descs[name] = None
+            continue
+        shape, strides = _tma_view(t, is_varlen, 1)
+        descs[name] = TensorDescriptor(t, shape, strides, [1, 1, 16, 16])
+    return descs
+
+
+def _bwd_descriptors(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    q: torch.Tensor,
+    names: tuple[str, str, str, str],
+    is_varlen: bool,
+    config: FlashConfig | None,
+) -> tuple[bool, dict[str, object]]:
+    """(USE_TMA, descriptor arguments) of one backward pass whose inner loop loads x and y
+    (`tma_policy`, `_use_tma`; `config`: the pass's pinned config, which bounds its inner
+    block, else BWD_LARGEST_INNER_BLOCK); the arguments are None with pointer loads."""
+    block = config.block_inner if config is not None else BWD_LARGEST_INNER_BLOCK
+    if not _use_tma(q, x, y, is_varlen, block):
+        return False, dict.fromkeys(names)
+    return True, _pair_descriptors(x, y, names, split_head_dim(q.shape[-1]), is_varlen)
+
+
 def flash_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -568,7 +614,11 @@ def flash_backward(
     config_dkdv: FlashConfig | None = None,
     config_dq: FlashConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """dq, dk, dv (input dtypes, summed over each query-head group) and dbias (bias's shape)."""
+    """dq, dk, dv (input dtypes, summed over each query-head group) and dbias (bias's shape).
+    The dk/dv pass loads its query tiles' Q and dO, the dq pass its key tiles' K and V, through
+    TMA descriptors as `tma_policy` says (each pass on its own: both operands TMA-legal and
+    at least the pass's largest inner block of rows); the results are bitwise the same either
+    way."""
     vl = problem.is_varlen
     g = problem.group
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -603,22 +653,31 @@ def flash_backward(
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("do", do, vl, al), **lse_strides, scale=problem.scale,
     )  # fmt: skip
+    tma_dkdv, qdo_descs = _bwd_descriptors(q, do, q, QDO_DESC_NAMES, vl, config_dkdv)
+    tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq)
     common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     if need_dbias:
         db_buf, mode = _dbias_buffer(q, problem, bias, common.kwargs["BLOCK_OUTER"])
     else:
         db_buf, mode = q, 0
+    if config_dkdv is not None:
+        _set_qdo_block_shapes(
+            {**qdo_descs, **common.kwargs, "BLOCK_INNER": config_dkdv.block_inner}
+        )
     _launch(
         _dkdv, common.grid, config_dkdv,
-        DK=dk, DV=dv, DB=db_buf, Work=common.work,
+        DK=dk, DV=dv, DB=db_buf, Work=common.work, **qdo_descs, USE_TMA=tma_dkdv,
         **_named_kv("dk", dk, vl, al), **_named_kv("dv", dv, vl, al),
         **_stride_kw("db", "zhmn", db_buf.stride() if mode else (0, 0, 0, 0)),
         DBIAS_MODE=mode, **shared, **common.kwargs,
     )  # fmt: skip
     common = _prepare(q, problem, mask, bias, config_dq, rows_are_queries=True)
+    if config_dq is not None:
+        _set_kv_block_shapes({**kv_descs, **common.kwargs, "BLOCK_INNER": config_dq.block_inner})
     _launch(
         _dq, common.grid, config_dq,
-        DQ=dq, Work=common.work, **_named("dq", dq, vl, al), **shared, **common.kwargs,
+        DQ=dq, Work=common.work, **kv_descs, USE_TMA=tma_dq, **_named("dq", dq, vl, al),
+        **shared, **common.kwargs,
     )  # fmt: skip
     if need_dbias:
         dbias = _reduce_dbias(db_buf, bias, problem)

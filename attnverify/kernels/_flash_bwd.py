@@ -3,7 +3,11 @@
 dk/dv: one program per (KV block, query head, batch) walks the query blocks that see it,
 recomputing P and dS = P * (dP - delta); per query head (the host sums a group when G > 1),
 plus dS for dbias (DBIAS_MODE). dq: one program per (query block, query head, batch) walks its
-KV tiles. The launcher is `_flash.flash_backward`; shared helpers live in `_flash_tiles`.
+KV tiles. The inner loops' tiles (Q and dO in the dk/dv pass, K and V in the dq pass) load
+through host TMA descriptors (USE_TMA, NVIDIA sm90+, `_flash.tma_policy`) or pointers, with
+the same values (`_inner_tiles`); the tiles a program keeps for its whole loop, mask, bias,
+lse, delta, tile flags and dbias always through pointers. The launcher is
+`_flash.flash_backward`; shared helpers live in `_flash_tiles`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnverify.kernels._flash_fwd import _desc_tile, _set_kv_block_shapes
 from attnverify.kernels._flash_tiles import (
     _VARYING,
     AUTOTUNE_KEY,
@@ -85,25 +90,72 @@ def _load_row_stats(Lse, Delta, rows, len_q, stride_lm):
 
 
 @triton.jit
+def _inner_tiles(
+    x_ptrs, y_ptrs, x_off0, x_off1, y_off0, y_off1, X_desc0, X_desc1, Y_desc0, Y_desc1,
+    z, h, row, rows_ok, d0_ok, d1_ok,
+    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
+    MASK_D1: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The two operands of one inner-loop tile, rows [row, row + BLOCK) (packed) of head h,
+    batch z, in both lane tiles: Q and dO of a query tile (dk/dv pass), K and V of a key tile
+    (dq pass). x0, x1, y0, y1: [BLOCK, D0], [BLOCK, D1] (x1 = x0, y1 = y0 without tile 1).
+
+    Pointer loads: rows past the sequence (MASKED, rows_ok False) and lanes past D (MASK_D0)
+    read 0. TMA loads give the same values: lanes past D, and rows past the tensor's end (gqa:
+    past Lq or Lk), read 0 from the descriptor. A varlen tile's rows past its sequence are the
+    next sequence's rows, finite or not, and both operands' are zeroed here: each reaches a
+    result through a product with a zero, where 0 * NaN or 0 * inf is NaN. dk/dv pass: P and
+    dS are 0 on those rows, but dv += P^T dO and dk += dS^T Q read every row of dO and Q, and
+    dS = P * (dO V^T - delta) reads dO's. dq pass: dS = P * (dO V^T - delta) reads every row
+    of V (columns of dS) and dq += dS K every row of K. Zeroing costs a register round trip
+    of the masked tiles only."""
+    if TMA:
+        x0 = _desc_tile(X_desc0, z, h, row, 0, BLOCK, HEAD_D0)
+        y0 = _desc_tile(Y_desc0, z, h, row, 0, BLOCK, HEAD_D0)
+        if MASKED and IS_VARLEN:
+            x0 = tl.where(rows_ok[:, None], x0, 0.0)
+            y0 = tl.where(rows_ok[:, None], y0, 0.0)
+    else:
+        x0 = _load_tile(x_ptrs + x_off0, rows_ok, d0_ok, MASKED, MASK_D0)
+        y0 = _load_tile(y_ptrs + y_off0, rows_ok, d0_ok, MASKED, MASK_D0)
+    x1 = x0
+    y1 = y0
+    if HAS_D1:
+        if TMA:
+            x1 = _desc_tile(X_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
+            y1 = _desc_tile(Y_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
+            if MASKED and IS_VARLEN:
+                x1 = tl.where(rows_ok[:, None], x1, 0.0)
+                y1 = tl.where(rows_ok[:, None], y1, 0.0)
+        else:
+            x1 = _load_tile(x_ptrs + x_off1, rows_ok, d1_ok, MASKED, MASK_D1)
+            y1 = _load_tile(y_ptrs + y_off1, rows_ok, d1_ok, MASKED, MASK_D1)
+    return x0, x1, y0, y1
+
+
+@triton.jit
 def _dkdv_tile(
     dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_ptrs, do_ptrs, q_off0, q_off1, do_off0,
-    do_off1, l_base, d_base, mask_ptrs, bias_ptrs, flag_ptr, db_ptrs, rows, cols, len_q, len_k,
-    causal_shift, qk_scale, d0_ok, d1_ok, stride_lm,
+    do_off1, Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, row, l_base, d_base, mask_ptrs,
+    bias_ptrs, flag_ptr, db_ptrs, rows, cols, len_q, len_k, causal_shift, qk_scale, d0_ok,
+    d1_ok, stride_lm,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, DBIAS_MODE: tl.constexpr, DOT_PREC: tl.constexpr,
+    TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """One query tile of the dk/dv pass (and the dS tile for dbias)."""
+    """One query tile of the dk/dv pass (and the dS tile for dbias). TMA: Q and dO through
+    the descriptors at packed query row `row` (`_inner_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         rows_ok = rows < len_q
         # [BLOCK_M, D0], [BLOCK_M, D1]
-        q0 = _load_tile(q_ptrs + q_off0, rows_ok, d0_ok, MASKED, MASK_D0)
-        do0 = _load_tile(do_ptrs + do_off0, rows_ok, d0_ok, MASKED, MASK_D0)
-        q1 = q0
-        do1 = do0
-        if HAS_D1:
-            q1 = _load_tile(q_ptrs + q_off1, rows_ok, d1_ok, MASKED, MASK_D1)
-            do1 = _load_tile(do_ptrs + do_off1, rows_ok, d1_ok, MASKED, MASK_D1)
+        q0, q1, do0, do1 = _inner_tiles(
+            q_ptrs, do_ptrs, q_off0, q_off1, do_off0, do_off1, Q_desc0, Q_desc1, DO_desc0,
+            DO_desc1, z, h, row, rows_ok, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_M,
+        )  # fmt: skip
         lse2, delta = _load_row_stats(l_base, d_base, rows, len_q, stride_lm)
         # [BLOCK_M, BLOCK_N]
         p, ds = _bwd_probs(
@@ -132,6 +184,7 @@ def _dkdv_tile(
 @triton.jit(do_not_specialize=_VARYING)
 def _flash_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV, DB, Mask, Bias, Flags, Work,
+    Q_desc0, Q_desc1, DO_desc0, DO_desc1,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -148,12 +201,15 @@ def _flash_bwd_dkdv_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DBIAS_MODE: tl.constexpr,
-    DOT_PREC: tl.constexpr, ALIGN: tl.constexpr,
+    DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     """dk, dv (per query head) and dS for dbias: one program per (KV block, query head, batch).
 
     DBIAS_MODE: 0 none; 1 full dS tiles; 2 summed over query rows (Lqm == 1); 3 summed over
     the keys of this block (Lkm == 1); 4 both.
+    USE_TMA: the query tiles' Q and dO through the host TMA descriptors Q_desc* / DO_desc*
+    (over Q and dO as (Z, Hq, rows, D), boxes [1, 1, BLOCK_M, D0] and [1, 1, BLOCK_M, D1];
+    None otherwise), the same values as the pointer loads (`_inner_tiles`).
     """
     BLOCK_N: tl.constexpr = BLOCK_OUTER
     BLOCK_M: tl.constexpr = BLOCK_INNER
@@ -210,33 +266,36 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             stride_lm,
             True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
     for m0 in range(a, b, BLOCK_M):
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             stride_lm,
             False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
     for m0 in range(b, m_end, BLOCK_M):
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             stride_lm,
             True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
 
     dk_base = _base(DK, z, h, start_k + n0, stride_dkz, stride_dkh, stride_dkn)
@@ -260,23 +319,24 @@ def _flash_bwd_dkdv_kernel(
 @triton.jit
 def _dq_tile(
     dq0, dq1, q0, q1, do0, do1, lse2, delta, k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1,
+    K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row,
     mask_ptrs, bias_ptrs, flag_ptr, rows, cols, len_q, len_k, causal_shift, qk_scale,
     d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr,
+    TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One KV tile of the dq pass: dq += dS @ K."""
+    """One KV tile of the dq pass: dq += dS @ K. TMA: K and V through the descriptors at
+    packed key row `row` (`_inner_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
-        cols_ok = cols < len_k
         # [BLOCK_N, D0], [BLOCK_N, D1]
-        k0 = _load_tile(k_ptrs + k_off0, cols_ok, d0_ok, MASKED, MASK_D0)
-        v0 = _load_tile(v_ptrs + v_off0, cols_ok, d0_ok, MASKED, MASK_D0)
-        k1 = k0
-        v1 = v0
-        if HAS_D1:
-            k1 = _load_tile(k_ptrs + k_off1, cols_ok, d1_ok, MASKED, MASK_D1)
-            v1 = _load_tile(v_ptrs + v_off1, cols_ok, d1_ok, MASKED, MASK_D1)
+        k0, k1, v0, v1 = _inner_tiles(
+            k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
+            V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
+        )  # fmt: skip
         _, ds = _bwd_probs(
             q0, q1, do0, do1, k0, k1, v0, v1, lse2, delta, rows, cols, len_q, len_k,
             causal_shift, qk_scale, mask_ptrs, bias_ptrs,
@@ -291,7 +351,7 @@ def _dq_tile(
 
 @triton.jit(do_not_specialize=_VARYING)
 def _flash_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, Mask, Bias, Flags, Work,
+    Q, K, V, DO, Lse, Delta, DQ, Mask, Bias, Flags, Work, K_desc0, K_desc1, V_desc0, V_desc1,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -306,9 +366,12 @@ def _flash_bwd_dq_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
-    ALIGN: tl.constexpr,
+    ALIGN: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
-    """dq: one program per (query block, query head, batch), no atomics."""
+    """dq: one program per (query block, query head, batch), no atomics. USE_TMA: the key
+    tiles' K and V through the host TMA descriptors K_desc* / V_desc* (over K and V as
+    (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise), the
+    same values as the pointer loads (`_inner_tiles`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -356,20 +419,22 @@ def _flash_bwd_dq_kernel(
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,
             False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
     for n0 in range(n_full, n_end, BLOCK_N):
         n64 = _wide(n0)
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,
             True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
 
     dq_base = _base(DQ, z, h, start_q + m0, stride_dqz, stride_dqh, stride_dqm)
@@ -380,11 +445,30 @@ def _flash_bwd_dq_kernel(
                  dq1 * scale, mask=rows_ok[:, None] & d1_ok[None, :])  # fmt: skip
 
 
+QDO_DESC_NAMES = ("Q_desc0", "DO_desc0", "Q_desc1", "DO_desc1")
+
+
+def _set_qdo_block_shapes(nargs: dict) -> None:
+    """Config pre-hook of the dk/dv pass: the TMA descriptors' boxes for the config's
+    BLOCK_INNER (its query block), [1, 1, BLOCK_INNER, D0] (Q_desc0, DO_desc0) and
+    [1, 1, BLOCK_INNER, D1] (Q_desc1, DO_desc1); a descriptor argument that is None (pointer
+    loads, no tile 1) is left as it is."""
+    block_m = nargs["BLOCK_INNER"]
+    for name in QDO_DESC_NAMES:
+        if nargs[name] is not None:
+            width = nargs["HEAD_D0"] if name.endswith("0") else nargs["HEAD_D1"]
+            nargs[name].block_shape = [1, 1, block_m, width]
+
+
+# Both passes also tune per inner-tile load path: TMA and pointer loads pipeline differently.
+# The dq pass's descriptors are the forward's (K_desc*, V_desc*: `_set_kv_block_shapes`).
 _dkdv = triton.autotune(
-    _configs(BWD_CONFIGS),
-    [*AUTOTUNE_KEY, "DBIAS_MODE"],
+    _configs(BWD_CONFIGS, _set_qdo_block_shapes),
+    [*AUTOTUNE_KEY, "DBIAS_MODE", "USE_TMA"],
     prune_configs_by={"early_config_prune": _prune},
 )(_flash_bwd_dkdv_kernel)
 _dq = triton.autotune(
-    _configs(BWD_CONFIGS), AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    _configs(BWD_CONFIGS, _set_kv_block_shapes),
+    [*AUTOTUNE_KEY, "USE_TMA"],
+    prune_configs_by={"early_config_prune": _prune},
 )(_flash_bwd_dq_kernel)

@@ -1,11 +1,13 @@
-"""TMA-descriptor K/V loads of the flash forward (`_flash.flash_forward`, issues #5 / #6).
+"""TMA-descriptor loads of the flash forward and backward (`_flash`, issues #5 / #6).
 
-The forward loads K and V through TMA descriptors or pointers (`_flash.tma_policy`,
-`$ATTNVERIFY_FLASH_TMA`); both paths compute the same values, so out and lse must be bitwise
-equal. On the CPU the interpreter runs the descriptor loads (forced with "1"); the sm90 lowering
-is checked by compiling in a JIT-mode process. Properties: bitwise agreement (varlen and gqa,
-every launch path: autotuner, pinned policy, pinned config), non-finite rows of the next
-sequence never reach a varlen sequence's output, and the policy picks TMA only where it may.
+The forward loads K and V, the backward its inner-loop tiles (Q and dO in the dk/dv pass, K and
+V in the dq pass), through TMA descriptors or pointers (`_flash.tma_policy`,
+`$ATTNVERIFY_FLASH_TMA`); both paths compute the same values, so out, lse, dq, dk, dv and dbias
+must be bitwise equal. On the CPU the interpreter runs the descriptor loads (forced with "1");
+the sm90 lowering is checked by compiling in a JIT-mode process. Properties: bitwise agreement
+(varlen and gqa, every launch path: autotuner, pinned policy, pinned config), non-finite rows
+of the next sequence never reach a varlen sequence's output or gradients, and the policy picks
+TMA only where it may.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from attnverify.arch import ARCH_ENV
 from attnverify.kernels import _autotune, _flash
 from attnverify.kernels._flash import FlashConfig
 from attnverify.kernels.gqa import gqa_attention
-from attnverify.kernels.varlen import varlen_attention, varlen_forward
+from attnverify.kernels.varlen import varlen_attention, varlen_backward, varlen_forward
 from attnverify.reference.varlen import varlen_attention as varlen_oracle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEAD_DIMS = (16, 72, 80, 200)  # one lane tile, 64 + 16, 64 + 16, 128 + 128
 # TMA boxes stay inside the tensor: K/V need at least the largest key block of rows
 MIN_ROWS = _flash._largest_key_block(None)
+# the backward's: Q / dO (dk/dv pass) and K / V (dq pass) need its largest inner block of rows
+MIN_BWD_ROWS = _flash.BWD_LARGEST_INNER_BLOCK
+BWD_HEAD_DIMS = (16, 72, 80)
 
 
 @contextmanager
@@ -183,6 +188,182 @@ def test_flash_tma_next_sequence_nan_stays_out(judge) -> None:
     assert not failures, failures
 
 
+# ------------------------------------------------------------------ backward
+
+
+GRADS = ("dq", "dk", "dv", "dbias")
+
+
+def grads(fn, inputs: dict[str, torch.Tensor], do: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradients of <fn(**inputs), do> w.r.t. every floating input (q, k, v, and bias where
+    given), named d<input>."""
+    names = [n for n, x in inputs.items() if x is not None and x.is_floating_point()]
+    leaves = {n: x.detach().requires_grad_() if n in names else x for n, x in inputs.items()}
+    out = fn(**leaves)
+    got = torch.autograd.grad(out, [leaves[n] for n in names], do.to(out.dtype))
+    return {f"d{n}": g for n, g in zip(names, got, strict=True)}
+
+
+def both_backward_paths(
+    call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, is_varlen: bool
+) -> list[dict[str, torch.Tensor]]:
+    """[gradients with pointer loads, gradients with TMA loads]; asserts both backward passes
+    really take TMA (the layout is TMA-legal)."""
+    with env(_flash.TMA_ENV, "1"):
+        for x, y, names in ((q, do, _flash.QDO_DESC_NAMES), (k, v, _flash.KV_DESC_NAMES)):
+            taken, _ = _flash._bwd_descriptors(x, y, q, names, is_varlen, None)
+            assert taken, "test inputs must be TMA-legal"
+    results = []
+    for mode in ("0", "1"):
+        with env(_flash.TMA_ENV, mode):
+            results.append(call())
+    return results
+
+
+def assert_grads_bitwise(results: list[dict[str, torch.Tensor]], what: str) -> None:
+    pointer, tma = results
+    assert pointer.keys() == tma.keys()
+    for name in pointer:
+        a, b = pointer[name], tma[name]
+        diff = (a.float() - b.float()).abs().nan_to_num(float("inf")).max().item()
+        assert torch.equal(a, b), f"{what}: {name} differs, max |TMA - pointer| = {diff}"
+
+
+def _with_long_bwd(short: list[int], long: int) -> list[int]:
+    """`short` with a sequence of `long` tokens after its first one (Q/K reach MIN_BWD_ROWS)."""
+    return [*short[:1], long, *short[1:]]
+
+
+@settings(max_examples=3, deadline=None)
+@given(
+    lens=st.builds(
+        _with_long_bwd,
+        st.lists(st.integers(0, 50), max_size=2),
+        st.integers(MIN_BWD_ROWS, MIN_BWD_ROWS + 40),
+    ),
+    hk=st.sampled_from([1, 2]),
+    group=st.sampled_from([1, 2]),
+    d=st.sampled_from(BWD_HEAD_DIMS),
+    causal=st.booleans(),
+)
+@example(lens=[37, 0, MIN_BWD_ROWS + 5], hk=1, group=2, d=72, causal=False)
+@example(lens=[MIN_BWD_ROWS + 13, 19], hk=2, group=1, d=16, causal=True)
+@example(lens=[0, MIN_BWD_ROWS + 9, 3], hk=1, group=1, d=80, causal=False)
+def test_flash_tma_backward_varlen_bitwise_equals_pointer(
+    lens: list[int], hk: int, group: int, d: int, causal: bool
+) -> None:
+    """dq, dk, dv through the public function (autotuner), zero-length sequences included."""
+    g = torch.Generator().manual_seed(sum(lens) * 3 + d)
+    t = sum(lens)
+    x = {"q": randn(t, hk * group, d, g=g), "k": randn(t, hk, d, g=g), "v": randn(t, hk, d, g=g)}
+    do, c = randn(t, hk * group, d, g=g), cu(lens)
+
+    def fn(q, k, v):
+        return varlen_attention(q, k, v, c, c, causal=causal)
+
+    results = both_backward_paths(lambda: grads(fn, x, do), x["q"], x["k"], x["v"], do, True)
+    assert_grads_bitwise(results, f"varlen lens={lens} Hk={hk} G={group} D={d} {causal=}")
+
+
+@settings(max_examples=3, deadline=None)
+@given(
+    hk=st.sampled_from([1, 2]),
+    group=st.sampled_from([1, 2]),
+    lq=st.integers(MIN_BWD_ROWS, MIN_BWD_ROWS + 40),
+    lk=st.integers(MIN_BWD_ROWS, MIN_BWD_ROWS + 40),
+    d=st.sampled_from(BWD_HEAD_DIMS),
+    causal=st.booleans(),
+    with_mask=st.booleans(),
+    bias_shape=st.sampled_from(["none", "full", "row", "col"]),
+)
+@example(hk=2, group=2, lq=MIN_BWD_ROWS + 7, lk=MIN_BWD_ROWS + 21, d=72, causal=True,
+         with_mask=True, bias_shape="full")  # fmt: skip
+@example(hk=1, group=2, lq=MIN_BWD_ROWS + 30, lk=MIN_BWD_ROWS + 3, d=80, causal=False,
+         with_mask=True, bias_shape="row")  # fmt: skip
+@example(hk=1, group=1, lq=MIN_BWD_ROWS, lk=MIN_BWD_ROWS + 33, d=16, causal=False,
+         with_mask=False, bias_shape="col")  # fmt: skip
+def test_flash_tma_backward_gqa_bitwise_equals_pointer(
+    hk: int, group: int, lq: int, lk: int, d: int, causal: bool, with_mask: bool,
+    bias_shape: str,
+) -> None:  # fmt: skip
+    """Dense launches with mask and bias: dq, dk, dv and dbias (rows past Lq / Lk read 0
+    from the descriptors, as from the pointer loads). bias_shape: (B, Hk, Lq, Lk) full, or
+    broadcast over keys (row) or over queries (col)."""
+    g = torch.Generator().manual_seed(lq * 100 + lk + d)
+    b, hq = 2, hk * group
+    x = {
+        "q": randn(b, hq, lq, d, g=g),
+        "k": randn(b, hk, lk, d, g=g),
+        "v": randn(b, hk, lk, d, g=g),
+    }
+    do = randn(b, hq, lq, d, g=g)
+    mask = None
+    if with_mask:
+        mask = (torch.rand(b, 1, lq, lk, generator=g) < 0.8).to(DEVICE)
+        mask[..., :, 0] = True  # every row keeps a key
+    shapes = {"full": (b, hk, lq, lk), "row": (1, hq, lq, 1), "col": (b, 1, 1, lk)}
+    x["bias"] = randn(*shapes[bias_shape], g=g) if bias_shape != "none" else None
+
+    def fn(q, k, v, bias):
+        return gqa_attention(q, k, v, mask=mask, bias=bias, causal=causal)
+
+    results = both_backward_paths(lambda: grads(fn, x, do), x["q"], x["k"], x["v"], do, False)
+    what = f"gqa Hk={hk} G={group} Lq={lq} Lk={lk} D={d} {causal=} {with_mask=} {bias_shape=}"
+    assert_grads_bitwise(results, what)
+
+
+@pytest.mark.parametrize("launch", ["autotuner", "pinned-policy", "pinned-config"])
+def test_flash_tma_backward_every_launch_path_sets_the_block_shapes(launch: str) -> None:
+    """Both passes' boxes follow the config that runs (autotuner pre-hooks, the pinning
+    policy's, pinned FlashConfigs whose inner blocks differ from each other and from the
+    configs'): the pointer path's dq, dk, dv."""
+    g = torch.Generator().manual_seed(6)
+    lens = [27, MIN_BWD_ROWS + 4]
+    q, k, v, out, do = (randn(sum(lens), 2, 80, g=g) for _ in range(5))
+    c = cu(lens)
+    lse = varlen_forward(q, k, v, c, c, False, 0.3)[1]
+    pinned = {}
+    if launch == "pinned-config":
+        pinned = {"config_dkdv": FlashConfig(32, 16, 4, 1), "config_dq": FlashConfig(16, 32, 4, 1)}
+
+    def call() -> dict[str, torch.Tensor]:
+        got = varlen_backward(do, None, q, k, v, out, lse, c, c, False, 0.3, **pinned)
+        return dict(zip(("dq", "dk", "dv"), got, strict=True))
+
+    with env(_autotune.ENV, "0" if launch == "pinned-policy" else "1"):
+        results = both_backward_paths(call, q, k, v, do, True)
+    assert_grads_bitwise(results, launch)
+
+
+def test_flash_tma_backward_next_sequence_nan_stays_out(judge) -> None:
+    """A varlen sequence's last, partial tiles read the next sequence's rows through TMA: NaN /
+    inf in the Q, dO (dk/dv pass) and K, V (dq pass) rows right after sequence 0 never reach
+    sequence 0's dq, dk or dv, which match the pointer path and the oracle."""
+    g = torch.Generator().manual_seed(10)
+    lens, n = [40, MIN_BWD_ROWS], 40
+    q, k, v, do = (randn(sum(lens), 2, 72, g=g) for _ in range(4))
+    c = cu(lens)
+    out, lse = varlen_forward(q, k, v, c, c, False, 72**-0.5)
+    for x in (q, k, v, do):
+        x[n], x[n + 1], x[n + 2] = float("nan"), float("inf"), float("-inf")
+
+    def call() -> dict[str, torch.Tensor]:
+        got = varlen_backward(do, None, q, k, v, out, lse, c, c, False, 72**-0.5)
+        return {name: x[:n] for name, x in zip(("dq", "dk", "dv"), got, strict=True)}
+
+    pointer, tma = both_backward_paths(call, q, k, v, do, True)
+    for name, x in tma.items():
+        assert bool(x.isfinite().all()), f"a non-finite row of sequence 1 leaked into {name}"
+    assert_grads_bitwise([pointer, tma], "NaN after sequence 0")
+    first = {"q": q[:n], "k": k[:n], "v": v[:n]}
+
+    def oracle(**kw: object) -> dict[str, torch.Tensor]:
+        return grads(lambda q, k, v: varlen_oracle(q, k, v, cu([n]), cu([n]), **kw), first, do[:n])
+
+    failures = judge("varlen", tma, oracle(), oracle(compute_dtype=q.dtype), q.dtype)
+    assert not failures, failures
+
+
 # ------------------------------------------------------------------ policy
 
 
@@ -327,3 +508,75 @@ def test_flash_tma_forward_compiles_for_sm90() -> None:
     lines = run_jit_process(code).split("\n")
     assert "72 False True False" in lines, lines
     assert "80 True True False" in lines, lines
+
+
+def compile_sm90_backward_ptx(d: int, is_varlen: bool, tma: bool) -> dict[str, str]:
+    """PTX of both backward passes ("dkdv", "dq") as `flash_backward` launches them (bf16,
+    non-causal, pinned to the first BWD config, loads per `tma`), compiled for sm90 with
+    Triton's binder. Needs a process without TRITON_INTERPRET (JIT functions)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource, compile
+    from triton.runtime.jit import create_function_from_signature
+
+    recorded: dict[str, dict] = {"dkdv": {}, "dq": {}}
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.fn, self.name = self, name
+
+        def __getitem__(self, grid: tuple):
+            return lambda **kwargs: recorded[self.name].update(kwargs)
+
+    real = {"dkdv": _flash._dkdv, "dq": _flash._dq}
+    lens = (100, 156)
+    if is_varlen:
+        q = torch.randn(sum(lens), 2, d, dtype=torch.bfloat16)
+        lse = torch.zeros(2, sum(lens))
+        layout = _flash.VarlenLengths.from_seqlens(lens, lens)
+        problem = _flash.FlashProblem(True, 1, 2, 2, False, 0.1, lengths=lambda: layout)
+    else:
+        q = torch.randn(1, 2, 256, d, dtype=torch.bfloat16)
+        lse = torch.zeros(1, 2, 256)
+        problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=256, seqlen_k=256)
+    config = FlashConfig(128, *_flash.BWD_CONFIGS[0])
+    _flash._dkdv, _flash._dq = Recorder("dkdv"), Recorder("dq")
+    try:
+        with env(_flash.TMA_ENV, "1" if tma else "0"):
+            _flash.flash_backward(
+                q, q, q, q, q, lse, None, problem, config_dkdv=config, config_dq=config
+            )
+    finally:
+        _flash._dkdv, _flash._dq = real["dkdv"], real["dq"]
+    target = GPUTarget("cuda", 90, 32)
+    backend = CUDABackend(target)
+    ptx = {}
+    for name, kwargs in recorded.items():
+        kernel = real[name].fn
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        bound, spec, opts = binder(**kwargs)
+        options, sig, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
+        src = ASTSource(kernel, sig, constexprs, attrs)
+        ptx[name] = compile(src, target=target, options=options.__dict__).asm["ptx"]
+    return ptx
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernel in other tests")
+def test_flash_tma_backward_compiles_for_sm90() -> None:
+    """Both backward passes, D = 72 dense and D = 80 varlen, compile for sm90 with TMA copies
+    (cp.async.bulk.tensor) of their inner-loop tiles and no pointer copies (cp.async.cg), full
+    and masked tiles alike; with TMA off, pointer copies and no TMA."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = (
+        "import test_flash_tma as t\n"
+        "for d, vl in ((72, False), (80, True)):\n"
+        "    for tma in (True, False):\n"
+        "        for name, ptx in t.compile_sm90_backward_ptx(d, vl, tma).items():\n"
+        "            print(name, d, vl, tma, 'cp.async.bulk.tensor' in ptx, 'cp.async.cg' in ptx)\n"
+    )
+    lines = run_jit_process(code).split("\n")
+    for name in ("dkdv", "dq"):
+        assert f"{name} 72 False True True False" in lines, lines
+        assert f"{name} 80 True True True False" in lines, lines
+        assert f"{name} 72 False False False True" in lines, lines
+        assert f"{name} 80 True False False True" in lines, lines
