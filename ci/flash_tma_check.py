@@ -1,18 +1,24 @@
-"""TMA vs pointer K/V loads of the flash forward (varlen_attention, gqa_attention): bitwise
-agreement, oracle checks, speed, and sm90 compile facts.
+"""TMA vs pointer loads of the flash forward and backward (varlen_attention, gqa_attention):
+bitwise agreement, oracle checks, speed, and sm90 compile facts.
 
-The forward loads K and V through TMA descriptors or pointers as `$ATTNVERIFY_FLASH_TMA` says
+The forward loads K and V, the backward its inner-loop tiles (Q and dO in the dk/dv pass, K and
+V in the dq pass), through TMA descriptors or pointers as `$ATTNVERIFY_FLASH_TMA` says
 (`attnverify.kernels._flash.tma_policy`: "0" pointer loads, "1" TMA wherever the layout
 allows, "auto" the default per arch); this script sets it per call to run both paths in one
 process.
 
 Run from the repository root:
 
-    # on a CUDA machine (H100 / H200), <= 240 s:
+    # on a CUDA machine (H100 / H200), <= 240 s forward, ~150 s backward:
     PYTHONPATH=. python3 ci/flash_tma_check.py --out OUT_DIR
+    PYTHONPATH=. python3 ci/flash_tma_check.py --sections backward --out OUT_DIR
     # sm90 compile facts on a machine without a GPU (Triton 3.6 at /work/t36):
     PYTHONPATH=/work/t36/lib/python3.11/site-packages:. TRITON_INTERPRET=0 \\
         TRITON_DISABLE_LINE_INFO=1 python3 ci/flash_tma_check.py --sections compile --out OUT
+    # the same for both backward passes (dk/dv, dq):
+    PYTHONPATH=/work/t36/lib/python3.11/site-packages:. TRITON_INTERPRET=0 \\
+        TRITON_DISABLE_LINE_INFO=1 python3 ci/flash_tma_check.py --sections compile-backward \\
+        --out OUT
     # a tiny dry run of the device sections under the interpreter (CPU, float16):
     TRITON_INTERPRET=1 PYTHONPATH=. python3 ci/flash_tma_check.py --dry --out OUT
 
@@ -31,9 +37,21 @@ Sections:
   Hk = 4, causal (dense and varlen), K/V seq-major (strides not in size order), a varlen with
   a zero-length sequence, and NaN / inf in the K/V rows right after a sequence's end in the
   packed tensors (must not reach that sequence's output).
+- backward (device): bf16, D in 72, 80, 128, Hq = Hk = 16, the bench shapes (dense gqa B=1
+  L=8192 non-causal, varlen lens [1024, 8192, 2048, 4096, 1024, 3072]): dq, dk, dv through
+  torch.autograd.grad of the public function (ATTNVERIFY_AUTOTUNE=0: each pass's first BWD
+  config) with TMA and with pointer loads, bitwise equal, both checked against the float64
+  oracle on a slice (heads 0-1, every row; varlen: of the 8192-token sequence), then both
+  timed: the backward through autograd (forward done once, host work included) and the two
+  backward kernels alone (pinned to the first BWD config, host work done once), TFLOP/s on
+  useful FLOPs (2.5 * 4 * sum(Lq * Lk) * H * D) and the ratio TMA / pointer. Then the odd
+  cases, correctness only (bitwise and the oracle): causal (dense and varlen), GQA Hk = 4,
+  D = 200, a zero-length sequence, NaN / inf in the Q, K, V and dO rows right after a
+  sequence's end (must not reach that sequence's gradients), gqa with mask and bias (dbias).
 - compile (no GPU; TRITON_INTERPRET=0): compile the forward for sm90 at D = 72, 80, 128,
   dense and varlen, every FWD config, TMA and pointer; registers, spills, shared memory and
-  the instruction mix of the full-tile KV loop.
+  the instruction mix of the full-tile KV loop. compile-backward: the same for both backward
+  passes, every BWD config (shared memory must stay under the H100 / H200's 232448 bytes).
 Before the device sections run, `--workers` processes compile every kernel specialisation they
 need in parallel (Triton's on-disk cache), so that compiles do not run one by one.
 Writes OUT_DIR/flash_tma_check.json and OUT_DIR/flash_tma_check.log, whose last lines are a
@@ -62,14 +80,15 @@ import triton
 from attnverify.arch import interpreter_active
 from attnverify.kernels import _flash, _flash_tiles
 from attnverify.kernels._common import split_head_dim
-from attnverify.kernels.gqa import gqa_attention, gqa_forward
-from attnverify.kernels.varlen import varlen_attention, varlen_forward
+from attnverify.kernels.gqa import gqa_attention, gqa_backward, gqa_forward
+from attnverify.kernels.varlen import varlen_attention, varlen_backward, varlen_forward
 from attnverify.reference.gqa import gqa_attention as gqa_oracle
 from attnverify.reference.varlen import varlen_attention as varlen_oracle
 from attnverify.verify.compare import compare
 from attnverify.verify.tolerance import arch_kind, lookup
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETER_BLOCK = _flash_tiles.INTERPRETER_BLOCK
 LOG: list[str] = []
 
 
@@ -128,7 +147,9 @@ class Case:
     (b, lk, hk, d)); varlen: packed lens_q / lens_k (lens_k None: lens_q). `poison`: index of
     the sequence whose first K/V rows get NaN, inf and -inf (the rows the previous sequence's
     last tile spans). `bench`: timed, pinned to each config of --configs. `tma`: whether the
-    policy must take TMA loads ("1"); D = 8 keeps pointer loads (box wider than D)."""
+    policy must take TMA loads ("1"); D = 8 keeps pointer loads (box wider than D). The
+    backward's cases (`backward_cases`) also take gqa's `mask` (b, 1, lq, lk) and `bias`
+    (b, hq, lq, lk, with a gradient)."""
 
     name: str
     kind: str
@@ -145,6 +166,8 @@ class Case:
     poison: int | None = None
     bench: bool = False
     tma: bool = True
+    mask: bool = False
+    bias: bool = False
 
     @property
     def keys(self) -> tuple[int, ...]:
@@ -446,22 +469,287 @@ def run_odd_case(case: Case, dtype: torch.dtype) -> dict:
     return row
 
 
-def warm_tasks(all_cases: list[Case], configs: list) -> list[tuple[int, str, tuple | None]]:
-    """(case index, mode, config or None for the public call): one per kernel specialisation
-    the run compiles, in the order the run meets them."""
+# ------------------------------------------------------------------ backward section
+
+
+def backward_cases(dry: bool) -> list[Case]:
+    """The backward's bench shapes (those of `cases`) and its odd correctness cases; `dry`: at
+    interpreter size."""
+    out = [c for c in cases(dry) if c.bench]
+    small = 4
+    n = 1000 if not dry else 70
+    out += [
+        Case("bwd gqa causal D=80 B=2", "gqa", 80, small, 2, causal=True, b=2, lq=n, lk=n + 9),
+        Case("bwd gqa GQA Hk=4", "gqa", 128, 16, 4, lq=n + 37, lk=n + 37),
+        Case("bwd gqa mask+bias D=72", "gqa", 72, small, 2, b=2, lq=n - 5, lk=n + 21, mask=True,
+             bias=True),
+        Case("bwd varlen D=200 causal", "varlen", 200, small, 2, causal=True,
+             lens_q=(n // 3, n // 2 + 1, n // 7)),
+        Case("bwd varlen causal D=128", "varlen", 128, small, small, causal=True,
+             lens_q=(n, n // 27, n // 2)),
+        Case("bwd varlen zero-length", "varlen", 72, small, small,
+             lens_q=(n // 5, 0, n // 3, n // 20), lens_k=(n // 4, 0, n // 2, 0)),
+        Case("bwd varlen NaN after a sequence", "varlen", 72, small, small,
+             lens_q=(n // 3 + 1, n // 2 + 17, n // 8), poison=1),
+    ]  # fmt: skip
+    return out
+
+
+def selected_backward_cases(sections: list[str], dry: bool) -> list[Case]:
+    return backward_cases(dry) if "backward" in sections else []
+
+
+def bwd_inputs(case: Case, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`inputs` plus do (and gqa's mask and bias where the case has them); a poisoned varlen
+    sequence's first Q and dO rows get NaN, inf and -inf too (those of its K and V do)."""
+    x = inputs(case, dtype)
+    g = torch.Generator(device=DEVICE).manual_seed(case.d * 7907 + len(case.name))
+    x["do"] = torch.randn(x["q"].shape, device=DEVICE, generator=g).to(dtype)
+    if case.poison is not None:
+        row = sum(case.lens_q[: case.poison])
+        for t in (x["q"], x["do"]):
+            t[row], t[row + 1], t[row + 2] = float("nan"), float("inf"), float("-inf")
+    if case.mask:
+        x["mask"] = torch.rand(case.b, 1, case.lq, case.lk, device=DEVICE, generator=g) < 0.8
+        x["mask"][..., 0] = True  # every row keeps a key
+    if case.bias:
+        shape = (case.b, case.hq, case.lq, case.lk)
+        x["bias"] = torch.randn(shape, device=DEVICE, generator=g).to(dtype)
+    return x
+
+
+def _leaves(case: Case, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The differentiable inputs: q, k, v and (gqa with a bias) bias."""
+    names = ("q", "k", "v", "bias") if case.bias else ("q", "k", "v")
+    return {n: x[n].detach().requires_grad_() for n in names}
+
+
+def _forward(case: Case, x: dict[str, torch.Tensor], leaves: dict[str, torch.Tensor]):
+    if case.kind == "gqa":
+        return gqa_attention(leaves["q"], leaves["k"], leaves["v"], mask=x.get("mask"),
+                             bias=leaves.get("bias"), causal=case.causal)  # fmt: skip
+    return varlen_attention(leaves["q"], leaves["k"], leaves["v"], x["cq"], x["ck"],
+                            causal=case.causal)  # fmt: skip
+
+
+def backward_graph(case: Case, x: dict[str, torch.Tensor]) -> Callable[[], dict]:
+    """The public function's forward, run once here; returns the backward through
+    torch.autograd.grad (graph retained: it can run again) -> {"dq", "dk", "dv"[, "dbias"]}."""
+    leaves = _leaves(case, x)
+    out = _forward(case, x, leaves)
+
+    def run() -> dict[str, torch.Tensor]:
+        got = torch.autograd.grad(out, list(leaves.values()), x["do"], retain_graph=True)
+        return {f"d{n}": t for n, t in zip(leaves, got, strict=True)}
+
+    return run
+
+
+def backward_kernels(
+    case: Case, x: dict[str, torch.Tensor], mode: str
+) -> tuple[Callable[[], None], dict[str, torch.Tensor]]:
+    """The two backward kernels alone, pinned to the first BWD config, with the loads of `mode`,
+    their host work (delta, work tables, descriptors) done once here: (launch, {"dk": per
+    query head dk, "dv": ...}) written by every launch. Bench shapes only (no mask or bias)."""
+    split = split_head_dim(case.d)
+    outer = _flash._outer_block(split, x["q"].dtype, DEVICE == "cpu")
+    if DEVICE == "cpu":
+        pinned = _flash.FlashConfig(outer, INTERPRETER_BLOCK, 4, 1)
+    else:
+        pinned = _flash.FlashConfig(outer, *_flash.BWD_CONFIGS[0])
+    scale = case.d**-0.5
+    q, k, v, do = x["q"], x["k"], x["v"], x["do"]
+    if case.kind == "gqa":
+        out, lse = gqa_forward(q, k, v, None, None, case.causal, scale)
+        call = lambda: gqa_backward(do, None, q, k, v, out, lse, None, None, case.causal, scale,
+                                    False, config_dkdv=pinned, config_dq=pinned)  # fmt: skip
+    else:
+        out, lse = varlen_forward(q, k, v, x["cq"], x["ck"], case.causal, scale)
+        call = lambda: varlen_backward(do, None, q, k, v, out, lse, x["cq"], x["ck"],
+                                       case.causal, scale, config_dkdv=pinned,
+                                       config_dq=pinned)  # fmt: skip
+    recs, real = {"dkdv": _Recorder(), "dq": _Recorder()}, (_flash._dkdv, _flash._dq)
+    _flash._dkdv, _flash._dq = recs["dkdv"], recs["dq"]
+    try:
+        with tma_mode(mode):
+            call()
+    finally:
+        _flash._dkdv, _flash._dq = real
+    for name, rec in recs.items():
+        assert rec.kwargs["USE_TMA"] == (mode == "1"), f"{case.name}: {name} mode {mode} not taken"
+    dkdv, dq = recs["dkdv"], recs["dq"]
+
+    def launch() -> None:
+        real[0].fn[dkdv.grid](**dkdv.kwargs)
+        real[1].fn[dq.grid](**dq.kwargs)
+
+    return launch, {"dq": dq.kwargs["DQ"], "dk": dkdv.kwargs["DK"], "dv": dkdv.kwargs["DV"]}
+
+
+def grad_agreement(case: Case, results: dict[str, dict], what: str = "") -> list[str]:
+    """TMA vs pointer, bitwise, every gradient (varlen with a poisoned sequence: the others',
+    which must be finite)."""
+    pointer, tma = dict(results["0"]), dict(results["1"])
+    fails = []
+    if case.poison is not None:
+        rows, keys = (i.to(DEVICE) for i in _rows_with_keys(case))
+        for got in (pointer, tma):
+            got.update(dq=got["dq"][rows], dk=got["dk"][keys], dv=got["dv"][keys])
+        leaked = [n for n, t in tma.items() if not bool(t.isfinite().all())]
+        if leaked:
+            fails.append(f"{case.name}: a non-finite row of the poisoned sequence leaked into "
+                         f"{leaked}")  # fmt: skip
+    for name in pointer:
+        if not bitwise_equal(pointer[name], tma[name]):
+            diff = (pointer[name].float() - tma[name].float()).abs().nan_to_num(float("inf"))
+            fails.append(f"{case.name}{what}: {name} TMA != pointer (max |diff| "
+                         f"{diff.max().item()})")  # fmt: skip
+    return fails
+
+
+def _oracle_grads(fn: Callable, xs: dict[str, torch.Tensor], do: torch.Tensor) -> dict:
+    leaves = {n: t.detach().requires_grad_() for n, t in xs.items()}
+    out = fn(**leaves)
+    got = torch.autograd.grad(out, list(leaves.values()), do.to(out.dtype))
+    return {f"d{n}": t for n, t in zip(leaves, got, strict=True)}
+
+
+def grad_oracle_failures(case: Case, x: dict[str, torch.Tensor], got: dict) -> list[str]:
+    """dq, dk, dv (and dbias) against the float64 oracle, judged by the tolerance rules of
+    `attnverify.verify.tolerance` relative to the same-precision oracle, gradients relative to
+    their largest magnitude (as the kernel tests' `judge`). Bench shapes: heads 0-1, every row
+    (varlen: of the longest sequence); odd cases: everything (varlen: every sequence but a
+    poisoned one)."""
+    dtype = x["q"].dtype
+    dtn = str(dtype).removeprefix("torch.")
+    q, k, v, do = x["q"], x["k"], x["v"], x["do"]
+    heads = slice(0, 2)
+    if case.kind == "gqa":
+        if case.bench:
+            xs = {"q": q[:, heads], "k": k[:, heads], "v": v[:, heads]}
+            dos, got = do[:, heads], {n: t[:, heads] for n, t in got.items()}
+        else:
+            xs = {"q": q, "k": k, "v": v, **({"bias": x["bias"]} if case.bias else {})}
+            dos = do
+
+        def call(**kw: object) -> dict:
+            fn = lambda **t: gqa_oracle(**t, mask=x.get("mask"), causal=case.causal, **kw)
+            return _oracle_grads(fn, xs, dos)
+    else:
+        if case.bench:
+            i = max(range(len(case.lens_q)), key=lambda j: case.lens_q[j])
+            start, n = sum(case.lens_q[:i]), case.lens_q[i]
+            rows = keys = torch.arange(start, start + n, device=DEVICE)
+            lens, lens_k = (n,), (n,)
+            hs = heads
+        else:
+            rows, keys = (t.to(DEVICE) for t in _rows_with_keys(case))
+            lens = tuple(n for i, n in enumerate(case.lens_q) if i != case.poison)
+            lens_k = tuple(n for i, n in enumerate(case.keys) if i != case.poison)
+            hs = slice(None)
+        xs = {"q": q[rows, hs], "k": k[keys, hs], "v": v[keys, hs]}
+        dos = do[rows, hs]
+        got = {"dq": got["dq"][rows, hs], "dk": got["dk"][keys, hs], "dv": got["dv"][keys, hs]}
+        cq, ck = cu(lens, DEVICE), cu(lens_k, DEVICE)
+
+        def call(**kw: object) -> dict:
+            fn = lambda **t: varlen_oracle(**t, cu_seqlens_q=cq, cu_seqlens_k=ck,
+                                           causal=case.causal, **kw)  # fmt: skip
+            return _oracle_grads(fn, xs, dos)
+
+    ref, base = call(), call(compute_dtype=dtype)
+    gmag = max((float(ref[n].abs().max()) for n in got if ref[n].numel()), default=0.0)
+    fails = []
+    for name, value in got.items():
+        rule = lookup(case.kind, dtn, name, arch_kind(value.device))
+        c = compare(f"{case.kind}/{dtn}/{name}", name, value, ref[name], base[name], rule, dtype,
+                    magnitude=gmag)  # fmt: skip
+        if not c.passed:
+            fails.append(f"{case.name}: {c}")
+    return fails
+
+
+def run_backward_case(case: Case, dtype: torch.dtype, timed: bool) -> list[dict]:
+    """Per load path the public function's gradients (ATTNVERIFY_AUTOTUNE=0): bitwise
+    agreement and the oracle; bench shapes then the backward kernels alone, bitwise too, and
+    (both paths verified) both timed, through autograd and as the kernels alone: median of
+    do_bench, alternating pointer, TMA, pointer, TMA; the faster round of each counts."""
+    x = bwd_inputs(case, dtype)
+    with tma_mode("1"):
+        taken = [_flash._bwd_descriptors(a, b, x["q"], names, case.kind == "varlen", None)[0]
+                 for a, b, names in ((x["q"], x["do"], _flash.QDO_DESC_NAMES),
+                                     (x["k"], x["v"], _flash.KV_DESC_NAMES))]  # fmt: skip
+    fails = [] if all(taken) else [f"{case.name}: TMA taken (dk/dv, dq) {taken}, expected both"]
+    graphs, results = {}, {}
+    for mode in ("0", "1"):
+        with tma_mode(mode):
+            graphs[mode] = backward_graph(case, x)
+            results[mode] = graphs[mode]()
+    wrong = grad_oracle_failures(case, x, results["1"])
+    if case.bench:
+        wrong += grad_oracle_failures(case, x, results["0"])
+    fails += grad_agreement(case, results) + wrong
+    rows = [{"case": f"backward: {case.name}", "config": "autograd", "failures": fails}]
+    if case.bench:
+        kernels = {m: backward_kernels(case, x, m) for m in ("0", "1")}
+        for m in kernels:
+            kernels[m][0]()
+        kept = {m: kernels[m][1] for m in kernels}
+        b, w, st = _flash.BWD_CONFIGS[0] if DEVICE == "cuda" else (INTERPRETER_BLOCK, 4, 1)
+        rows.append({"case": f"backward kernels: {case.name}", "config": f"b{b}-w{w}-s{st}",
+                     "failures": grad_agreement(case, kept, " (kernels)")})  # fmt: skip
+    if timed and case.bench and not wrong:
+        flops = 2.5 * case.flops
+        for row, fns in zip(rows, ({m: (lambda m=m: graphs[m]()) for m in graphs},
+                                   {m: kernels[m][0] for m in kernels}), strict=True):  # fmt: skip
+            rounds = {"0": [], "1": []}
+            for _ in range(2):
+                for mode in ("0", "1"):
+                    with tma_mode(mode):
+                        rounds[mode].append(median_ms(fns[mode]))
+            ms_p, ms_t = min(rounds["0"]), min(rounds["1"])
+            row.update(
+                ms_pointer_rounds=rounds["0"], ms_tma_rounds=rounds["1"],
+                tflops_pointer=flops / ms_p * 1e-9, tflops_tma=flops / ms_t * 1e-9,
+                tma_over_pointer=ms_p / ms_t,
+            )  # fmt: skip
+    for row in rows:
+        log(json.dumps(row))
+    return rows
+
+
+def warm_tasks(
+    all_cases: list[Case], bwd_cases: list[Case], configs: list
+) -> list[tuple[str, int, str, tuple | None]]:
+    """(pass, case index, mode, config or None for the public call): one per kernel
+    specialisation the run compiles, in the order the run meets them; pass "fwd" indexes
+    `all_cases`, "bwd" `bwd_cases` (the public call's backward, and the backward kernels
+    pinned to the first BWD config)."""
     tasks = []
     for i, case in enumerate(all_cases):
         for mode in ("0", "1"):
             # a bench shape's public call runs the first config, pinned among `configs`
-            tasks += [(i, mode, c) for c in configs] if case.bench else [(i, mode, None)]
+            tasks += (
+                [("fwd", i, mode, c) for c in configs] if case.bench else [("fwd", i, mode, None)]
+            )
+    for i, _ in enumerate(bwd_cases):
+        tasks += [("bwd", i, mode, None) for mode in ("0", "1")]
     return tasks
 
 
-def warm_shard(all_cases: list[Case], configs: list, dtype: torch.dtype, shard: int,
-               shards: int) -> None:  # fmt: skip
+def warm_shard(all_cases: list[Case], bwd_cases: list[Case], configs: list,
+               dtype: torch.dtype, shard: int, shards: int) -> None:  # fmt: skip
     """Compile (by launching once) every `shards`-th specialisation from `shard` on: worker
     processes fill Triton's on-disk cache in parallel, the main process then loads them."""
-    for i, mode, config in warm_tasks(all_cases, configs)[shard::shards]:
+    for kind, i, mode, config in warm_tasks(all_cases, bwd_cases, configs)[shard::shards]:
+        if kind == "bwd":
+            case = bwd_cases[i]
+            x = bwd_inputs(case, dtype)
+            with tma_mode(mode):
+                backward_graph(case, x)()
+            if case.bench:
+                backward_kernels(case, x, mode)[0]()
+            continue
         case = all_cases[i]
         x = inputs(case, dtype)
         if config is None:
@@ -600,6 +888,79 @@ def sm90_facts() -> list[dict]:
     return facts
 
 
+SHARED_LIMIT = 232448  # bytes of shared memory a block may use on an H100 / H200
+
+
+def compile_bwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, tma: bool) -> list[dict]:
+    """Compile both backward passes exactly as `flash_backward` launches them (bf16,
+    non-causal, no mask or bias, both pinned to `config`, loads per `tma`) for sm90 without a
+    GPU: per pass registers, spills, shared memory (and whether it fits SHARED_LIMIT), and the
+    instruction mix of every loop (dk/dv: masked, full, masked query tiles; dq: full, masked
+    key tiles)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+    from triton.runtime.jit import create_function_from_signature
+
+    q, problem = _compile_problem(d, varlen)
+    lse = torch.zeros(q.shape[1], q.shape[0]) if varlen else torch.zeros(q.shape[:-1])
+    recs, real = {"dkdv": _Recorder(), "dq": _Recorder()}, {"dkdv": _flash._dkdv, "dq": _flash._dq}
+    _flash._dkdv, _flash._dq = recs["dkdv"], recs["dq"]
+    try:
+        with tma_mode("1" if tma else "0"):
+            _flash.flash_backward(q, q, q, q, q, lse, None, problem, config_dkdv=config,
+                                  config_dq=config)  # fmt: skip
+    finally:
+        _flash._dkdv, _flash._dq = real["dkdv"], real["dq"]
+    target = GPUTarget("cuda", 90, 32)
+    backend = CUDABackend(target)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    facts = []
+    for name, rec in recs.items():
+        kwargs, kernel = rec.kwargs, real[name].fn
+        assert kwargs["USE_TMA"] == tma, f"the {name} launch did not take the {tma=} path"
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        bound, spec, opts = binder(**kwargs)
+        options, sig, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
+        compiled = triton_compile(
+            ASTSource(kernel, sig, constexprs, attrs), target=target, options=options.__dict__
+        )
+        ptx = compiled.asm["ptx"]
+        info = subprocess.run(
+            [ptxas, "-arch=sm_90a", "-v", "-", "-o", os.devnull],
+            input=ptx, capture_output=True, text=True, check=True,
+        ).stderr  # fmt: skip
+        facts.append({
+            "pass": name, "D": d, "varlen": varlen, "tma": tma,
+            "config": f"b{config.block_inner}-w{config.num_warps}-s{config.num_stages}",
+            "first_config": (config.block_inner, config.num_warps, config.num_stages)
+            == _flash.BWD_CONFIGS[0],
+            "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+            "shared_bytes": compiled.metadata.shared,
+            "fits": compiled.metadata.shared <= SHARED_LIMIT,
+            "loops": [_mix(body) for body in _loops(ptx)],
+        })  # fmt: skip
+    return facts
+
+
+def sm90_backward_facts() -> list[dict]:
+    """Compile facts of both backward passes, both load paths, at D = 72, 80, 128, varlen and
+    dense, every BWD config (BLOCK_OUTER 128, as `flash_backward` picks for bf16 at these
+    head dims)."""
+    facts = []
+    for d in (72, 80, 128):
+        for b, w, st in _flash.BWD_CONFIGS:
+            for varlen in (False, True):
+                for tma in (False, True):
+                    config = _flash.FlashConfig(128, b, w, st)
+                    for fact in compile_bwd_sm90(d, varlen, config, tma):
+                        facts.append(fact)
+                        log(json.dumps({k: v for k, v in fact.items() if k != "loops"}))
+    return facts
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -613,30 +974,35 @@ def guarded(fn: Callable, *args: object) -> object:
 
 
 def device_sections(args: argparse.Namespace, sections: list[str]) -> dict:
-    """bench and odd: every row carries its failures (empty: passed)."""
+    """bench, odd and backward: every row carries its failures (empty: passed)."""
     os.environ["ATTNVERIFY_AUTOTUNE"] = "0"  # public calls: the first config, as the workers
     dtype = torch.float16 if args.dry else torch.bfloat16
     all_cases = selected_cases(sections, args.dry)
+    bwd_cases = selected_backward_cases(sections, args.dry)
     configs = bench_configs(args.configs, args.dry)
     if args.workers > 0:
         start = time.time()
-        warm(args, len(warm_tasks(all_cases, configs)))
+        warm(args, len(warm_tasks(all_cases, bwd_cases, configs)))
         log(f"warm-up compile: {time.time() - start:.0f}s")
     timed = DEVICE == "cuda"
-    res: dict = {"bench": [], "public": [], "odd": []}
+    res: dict = {"bench": [], "public": [], "odd": [], "backward": []}
     for case in all_cases:
         if case.bench:
             res["bench"] += guarded(run_bench_case, case, dtype, configs, timed)
             res["public"].append(guarded(public_timing, case, dtype, timed))
         else:
             res["odd"].append(guarded(run_odd_case, case, dtype))
+    for case in bwd_cases:
+        rows = guarded(run_backward_case, case, dtype, timed)
+        res["backward"] += rows if isinstance(rows, list) else [rows]
     return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--sections", default="bench,odd", help="bench, odd, compile")
+    ap.add_argument("--sections", default="bench,odd,backward",
+                    help="bench, odd, backward, compile, compile-backward")  # fmt: skip
     ap.add_argument("--configs", default="first", choices=("first", "all"),
                     help="bench shapes pinned to the first FWD config or to each of them")  # fmt: skip
     ap.add_argument("--workers", type=int, default=None,
@@ -653,8 +1019,9 @@ def main() -> int:
     if args.warm_shard is not None:
         dtype = torch.float16 if args.dry else torch.bfloat16
         all_cases = selected_cases(sections, args.dry)
-        warm_shard(all_cases, bench_configs(args.configs, args.dry), dtype, args.warm_shard,
-                   args.warm_shards)  # fmt: skip
+        bwd_cases = selected_backward_cases(sections, args.dry)
+        warm_shard(all_cases, bwd_cases, bench_configs(args.configs, args.dry), dtype,
+                   args.warm_shard, args.warm_shards)  # fmt: skip
         return 0
     if args.dry and not interpreter_active():
         raise SystemExit("--dry runs the kernels under the interpreter: set TRITON_INTERPRET=1")
@@ -670,14 +1037,22 @@ def main() -> int:
         results["compile"] = guarded(sm90_facts)
         if isinstance(results["compile"], dict):
             failures += results["compile"]["failures"]
-    if "bench" in sections or "odd" in sections:
+    if "compile-backward" in sections:
+        results["compile_backward"] = guarded(sm90_backward_facts)
+        if isinstance(results["compile_backward"], dict):
+            failures += results["compile_backward"]["failures"]
+        else:
+            failures += [f"shared memory: {r}" for r in results["compile_backward"]
+                         if r["first_config"] and not r["fits"]]  # fmt: skip
+    if any(name in sections for name in ("bench", "odd", "backward")):
         res = device_sections(args, sections)
         results.update(res)
-        for row in (*res["bench"], *res["public"], *res["odd"]):
+        for row in (*res["bench"], *res["public"], *res["odd"], *res["backward"]):
             failures += row.get("failures", [])
     results["failures"] = failures
     results["passed"] = not failures
-    for row in (*results.get("bench", []), *results.get("public", [])):
+    for row in (*results.get("bench", []), *results.get("public", []),
+                *results.get("backward", [])):  # fmt: skip
         if "tma_over_pointer" in row:
             log("{:58s} {:>11s} pointer {:6.1f} TMA {:6.1f} TFLOP/s  TMA/pointer {:.3f}".format(
                 row["case"], row.get("config", "autotune=0"), row["tflops_pointer"],
