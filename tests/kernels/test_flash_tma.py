@@ -335,6 +335,35 @@ def test_flash_tma_backward_every_launch_path_sets_the_block_shapes(launch: str)
     assert_grads_bitwise(results, launch)
 
 
+def test_flash_tma_backward_passes_decide_alone() -> None:
+    """Each pass takes TMA where its own operands allow: Lq below the inner block keeps the
+    dk/dv pass on pointer loads of Q and dO while the dq pass loads K and V through TMA;
+    gradients as with pointer loads throughout."""
+    g = torch.Generator().manual_seed(12)
+    lq, lk = MIN_BWD_ROWS - 5, MIN_BWD_ROWS + 3
+    x = {
+        "q": randn(1, 2, lq, 72, g=g),
+        "k": randn(1, 1, lk, 72, g=g),
+        "v": randn(1, 1, lk, 72, g=g),
+    }
+    do = randn(1, 2, lq, 72, g=g)
+    with env(_flash.TMA_ENV, "1"):
+        passes = [
+            _flash._bwd_descriptors(a, b, x["q"], names, False, None)
+            for a, b, names in (
+                (x["q"], do, _flash.QDO_DESC_NAMES),
+                (x["k"], x["v"], _flash.KV_DESC_NAMES),
+            )
+        ]
+    assert [taken for taken, _ in passes] == [False, True]
+    assert all(d is None for d in passes[0][1].values()), "pointer loads pass no descriptors"
+    results = []
+    for mode in ("0", "1"):
+        with env(_flash.TMA_ENV, mode):
+            results.append(grads(lambda q, k, v: gqa_attention(q, k, v, causal=True), x, do))
+    assert_grads_bitwise(results, f"gqa Lq={lq} Lk={lk}")
+
+
 def test_flash_tma_backward_next_sequence_nan_stays_out(judge) -> None:
     """A varlen sequence's last, partial tiles read the next sequence's rows through TMA: NaN /
     inf in the Q, dO (dk/dv pass) and K, V (dq pass) rows right after sequence 0 never reach
