@@ -348,10 +348,12 @@ TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def tma_policy() -> str:
-    """How the forward loads K and V, from `$ATTNVERIFY_FLASH_TMA` (read at every call):
+    """How the flash kernels load their inner-loop tiles (forward: K, V; backward: Q, dO in
+    the dk/dv pass, K, V in the dq pass), from `$ATTNVERIFY_FLASH_TMA` (read at every call):
 
     - unset or "auto": TMA descriptors on NVIDIA sm90+ (`attnverify.arch`) outside the
-      interpreter, where the layout allows them (`_tma_view`), else pointer loads;
+      interpreter, where the layout allows them (`_tma_view`), else pointer loads; the
+      backward of a call with a bias keeps pointer loads (measured faster there);
     - "0": pointer loads always;
     - "1": TMA wherever the layout allows, on any device, the interpreter included (tests,
       compile checks on a machine without a GPU, and the TMA-vs-pointer device comparison;
@@ -653,8 +655,14 @@ def flash_backward(
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("do", do, vl, al), **lse_strides, scale=problem.scale,
     )  # fmt: skip
-    tma_dkdv, qdo_descs = _bwd_descriptors(q, do, q, QDO_DESC_NAMES, vl, config_dkdv)
-    tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq)
+    if bias is not None and tma_policy() == "auto":
+        # measured on an H200 (ci/notes_flash.md): TMA made the backward 1.07x faster without
+        # a bias but 0.86x with a (1, 1, L, L) bias and its dbias; "auto" keeps pointers there
+        tma_dkdv, qdo_descs = False, dict.fromkeys(QDO_DESC_NAMES)
+        tma_dq, kv_descs = False, dict.fromkeys(KV_DESC_NAMES)
+    else:
+        tma_dkdv, qdo_descs = _bwd_descriptors(q, do, q, QDO_DESC_NAMES, vl, config_dkdv)
+        tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq)
     common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     if need_dbias:
         db_buf, mode = _dbias_buffer(q, problem, bias, common.kwargs["BLOCK_OUTER"])

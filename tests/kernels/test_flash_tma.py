@@ -417,6 +417,30 @@ def test_flash_tma_auto_policy_follows_the_arch(
     assert _flash._use_tma(k, k, k, False, BLOCK) is expected
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_flash_tma_auto_backward_keeps_pointers_with_a_bias(
+    with_bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an sm90 under "auto", the backward of a gqa call with a bias launches both passes
+    with pointer loads (measured faster there), without a bias with TMA; kernels stood in."""
+    _gpu_policy(monkeypatch, "sm90")
+    launched: dict[str, bool] = {}
+    monkeypatch.setattr(
+        _flash, "_launch",
+        lambda kernel, grid, config, **kw: launched.update({kernel.fn.__name__: kw["USE_TMA"]}),
+    )  # fmt: skip
+    monkeypatch.setattr(_flash, "_tile_codes", lambda *a: None)
+    q = torch.randn(1, 2, 64, 72, dtype=torch.bfloat16)
+    bias = torch.randn(1, 1, 64, 64, dtype=torch.bfloat16) if with_bias else None
+    problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=64, seqlen_k=64)
+    lse = torch.zeros(1, 2, 64)
+    _flash.flash_backward(q, q, q, q, q, lse, None, problem, bias=bias, need_dbias=with_bias)
+    assert launched == {
+        "_flash_bwd_dkdv_kernel": not with_bias,
+        "_flash_bwd_dq_kernel": not with_bias,
+    }, launched
+
+
 def test_flash_tma_auto_policy_is_off_under_the_interpreter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
