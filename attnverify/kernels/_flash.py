@@ -422,23 +422,6 @@ def _largest_key_block(config: FlashConfig | None) -> int:
     return config.block_inner if config is not None else FWD_LARGEST_KEY_BLOCK
 
 
-def _kv_descriptors(
-    k: torch.Tensor, v: torch.Tensor, split: HeadDimSplit, is_varlen: bool
-) -> dict[str, object]:
-    """The forward's descriptor arguments K_desc0, V_desc0 (lane tile 0) and K_desc1, V_desc1
-    (tile 1; None without one) over (Z, Hk, rows, D) K and V (`_tma_view`). Their block
-    shapes are placeholders until `_flash_fwd._set_kv_block_shapes` runs for the config."""
-    descs: dict[str, object] = {}
-    for name in KV_DESC_NAMES:
-        x = k if name.startswith("K") else v
-        if name.endswith("1") and not split.has_d1:
-            descs[name] = None
-            continue
-        shape, strides = _tma_view(x, is_varlen, 1)
-        descs[name] = TensorDescriptor(x, shape, strides, [1, 1, 16, 16])
-    return descs
-
-
 # the largest BLOCK_INNER of the backward's configs, both passes (the dk/dv pass's query block,
 # the dq pass's key block; the autotuner and the pinning policies pick among them, or among
 # smaller fallbacks)
@@ -452,11 +435,11 @@ def _pair_descriptors(
     split: HeadDimSplit,
     is_varlen: bool,
 ) -> dict[str, object]:
-    """A backward pass's descriptor arguments over its inner-loop operands x and y as
-    (Z, H, rows, D) (`_tma_view`): names are (x tile 0, y tile 0, x tile 1, y tile 1), the
-    tile-1 ones None without a tile 1. dk/dv pass: Q and dO (`_flash_bwd.QDO_DESC_NAMES`);
-    dq pass: K and V (KV_DESC_NAMES). Block shapes are placeholders until the pass's pre-hook
-    (`_flash_bwd._set_qdo_block_shapes`, `_flash_fwd._set_kv_block_shapes`) runs."""
+    """A kernel's descriptor arguments over its inner-loop operands x and y as (Z, H, rows, D)
+    (`_tma_view`): names are (x tile 0, y tile 0, x tile 1, y tile 1), the tile-1 ones None
+    without a tile 1. Forward and dq pass: K and V (KV_DESC_NAMES); dk/dv pass: Q and dO
+    (`_flash_bwd.QDO_DESC_NAMES`). Block shapes are placeholders until the kernel's pre-hook
+    (`_flash_fwd._set_kv_block_shapes`, `_flash_bwd._set_qdo_block_shapes`) runs."""
     descs: dict[str, object] = {}
     for name, t in zip(names, (x, y, x, y), strict=True):
         if name.endswith("1") and not split.has_d1:
@@ -512,7 +495,10 @@ def flash_forward(
     al = _alignment(vl, q, k, v, out)
     use_tma = _use_tma(q, k, v, vl, _largest_key_block(config))
     split = split_head_dim(q.shape[-1])
-    descs = _kv_descriptors(k, v, split, vl) if use_tma else dict.fromkeys(KV_DESC_NAMES)
+    if use_tma:
+        descs = _pair_descriptors(k, v, KV_DESC_NAMES, split, vl)
+    else:
+        descs = dict.fromkeys(KV_DESC_NAMES)
     args = dict(
         Q=q, K=k, V=v, Out=out, Lse=lse, **descs, USE_TMA=use_tma,
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
