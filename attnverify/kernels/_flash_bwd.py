@@ -266,7 +266,8 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             stride_lm,
@@ -278,7 +279,8 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             stride_lm,
@@ -290,7 +292,8 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base, m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
             stride_lm,
@@ -419,7 +422,8 @@ def _flash_bwd_dq_kernel(
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
+            m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,
             False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
@@ -430,7 +434,8 @@ def _flash_bwd_dq_kernel(
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
+            m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,
             True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
