@@ -5,8 +5,8 @@ recomputing P and dS = P * (dP - delta); per query head (the host sums a group w
 plus dS for dbias (DBIAS_MODE). dq: one program per (query block, query head, batch) walks its
 KV tiles. The inner loops' tiles (Q and dO in the dk/dv pass, K and V in the dq pass) load
 through host TMA descriptors (USE_TMA, NVIDIA sm90+, `_flash.tma_policy`) or pointers, with
-the same values (`_inner_tiles`); the tiles a program keeps for its whole loop, mask, bias,
-lse, delta, tile flags and dbias always through pointers. The launcher is
+the same values (`_flash_tiles._pair_tiles`); the tiles a program keeps for its whole loop,
+mask, bias, lse, delta, tile codes and dbias always through pointers. The launcher is
 `_flash.flash_backward`; shared helpers live in `_flash_tiles`.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnverify.kernels._flash_fwd import _desc_tile, _set_kv_block_shapes
+from attnverify.kernels._flash_fwd import _set_kv_block_shapes
 from attnverify.kernels._flash_tiles import (
     _VARYING,
     AUTOTUNE_KEY,
@@ -26,8 +26,8 @@ from attnverify.kernels._flash_tiles import (
     _configs,
     _lanes,
     _load_pair,
-    _load_tile,
     _offsets,
+    _pair_tiles,
     _program,
     _prune,
     _query_block_extras,
@@ -90,51 +90,6 @@ def _load_row_stats(Lse, Delta, rows, len_q, stride_lm):
 
 
 @triton.jit
-def _inner_tiles(
-    x_ptrs, y_ptrs, x_off0, x_off1, y_off0, y_off1, X_desc0, X_desc1, Y_desc0, Y_desc1,
-    z, h, row, rows_ok, d0_ok, d1_ok,
-    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
-    MASK_D1: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """The two operands of one inner-loop tile, rows [row, row + BLOCK) (packed) of head h,
-    batch z, in both lane tiles: Q and dO of a query tile (dk/dv pass), K and V of a key tile
-    (dq pass). x0, x1, y0, y1: [BLOCK, D0], [BLOCK, D1] (x1 = x0, y1 = y0 without tile 1).
-
-    Pointer loads: rows past the sequence (MASKED, rows_ok False) and lanes past D (MASK_D0)
-    read 0. TMA loads give the same values: lanes past D, and rows past the tensor's end (gqa:
-    past Lq or Lk), read 0 from the descriptor. A varlen tile's rows past its sequence are the
-    next sequence's rows, finite or not, and both operands' are zeroed here: each reaches a
-    result through a product with a zero, where 0 * NaN or 0 * inf is NaN. dk/dv pass: P and
-    dS are 0 on those rows, but dv += P^T dO and dk += dS^T Q read every row of dO and Q, and
-    dS = P * (dO V^T - delta) reads dO's. dq pass: dS = P * (dO V^T - delta) reads every row
-    of V (columns of dS) and dq += dS K every row of K. Zeroing costs a register round trip
-    of the masked tiles only."""
-    if TMA:
-        x0 = _desc_tile(X_desc0, z, h, row, 0, BLOCK, HEAD_D0)
-        y0 = _desc_tile(Y_desc0, z, h, row, 0, BLOCK, HEAD_D0)
-        if MASKED and IS_VARLEN:
-            x0 = tl.where(rows_ok[:, None], x0, 0.0)
-            y0 = tl.where(rows_ok[:, None], y0, 0.0)
-    else:
-        x0 = _load_tile(x_ptrs + x_off0, rows_ok, d0_ok, MASKED, MASK_D0)
-        y0 = _load_tile(y_ptrs + y_off0, rows_ok, d0_ok, MASKED, MASK_D0)
-    x1 = x0
-    y1 = y0
-    if HAS_D1:
-        if TMA:
-            x1 = _desc_tile(X_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
-            y1 = _desc_tile(Y_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
-            if MASKED and IS_VARLEN:
-                x1 = tl.where(rows_ok[:, None], x1, 0.0)
-                y1 = tl.where(rows_ok[:, None], y1, 0.0)
-        else:
-            x1 = _load_tile(x_ptrs + x_off1, rows_ok, d1_ok, MASKED, MASK_D1)
-            y1 = _load_tile(y_ptrs + y_off1, rows_ok, d1_ok, MASKED, MASK_D1)
-    return x0, x1, y0, y1
-
-
-@triton.jit
 def _dkdv_tile(
     dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_ptrs, do_ptrs, q_off0, q_off1, do_off0,
     do_off1, Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, row, l_base, d_base, mask_ptrs,
@@ -147,14 +102,14 @@ def _dkdv_tile(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """One query tile of the dk/dv pass (and the dS tile for dbias). TMA: Q and dO through
-    the descriptors at packed query row `row` (`_inner_tiles`)."""
+    the descriptors at packed query row `row` (`_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         rows_ok = rows < len_q
         # [BLOCK_M, D0], [BLOCK_M, D1]
-        q0, q1, do0, do1 = _inner_tiles(
+        q0, q1, do0, do1 = _pair_tiles(
             q_ptrs, do_ptrs, q_off0, q_off1, do_off0, do_off1, Q_desc0, Q_desc1, DO_desc0,
             DO_desc1, z, h, row, rows_ok, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_M,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_M, True,
         )  # fmt: skip
         lse2, delta = _load_row_stats(l_base, d_base, rows, len_q, stride_lm)
         # [BLOCK_M, BLOCK_N]
@@ -209,7 +164,7 @@ def _flash_bwd_dkdv_kernel(
     the keys of this block (Lkm == 1); 4 both.
     USE_TMA: the query tiles' Q and dO through the host TMA descriptors Q_desc* / DO_desc*
     (over Q and dO as (Z, Hq, rows, D), boxes [1, 1, BLOCK_M, D0] and [1, 1, BLOCK_M, D1];
-    None otherwise), the same values as the pointer loads (`_inner_tiles`).
+    None otherwise), the same values as the pointer loads (`_flash_tiles._pair_tiles`).
     """
     BLOCK_N: tl.constexpr = BLOCK_OUTER
     BLOCK_M: tl.constexpr = BLOCK_INNER
@@ -332,13 +287,13 @@ def _dq_tile(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One KV tile of the dq pass: dq += dS @ K. TMA: K and V through the descriptors at
-    packed key row `row` (`_inner_tiles`)."""
+    packed key row `row` (`_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         # [BLOCK_N, D0], [BLOCK_N, D1]
-        k0, k1, v0, v1 = _inner_tiles(
+        k0, k1, v0, v1 = _pair_tiles(
             k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
             V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N, True,
         )  # fmt: skip
         _, ds = _bwd_probs(
             q0, q1, do0, do1, k0, k1, v0, v1, lse2, delta, rows, cols, len_q, len_k,
@@ -374,7 +329,7 @@ def _flash_bwd_dq_kernel(
     """dq: one program per (query block, query head, batch), no atomics. USE_TMA: the key
     tiles' K and V through the host TMA descriptors K_desc* / V_desc* (over K and V as
     (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise), the
-    same values as the pointer loads (`_inner_tiles`)."""
+    same values as the pointer loads (`_flash_tiles._pair_tiles`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)

@@ -1,11 +1,13 @@
 """Flash core, forward kernel: one program per (query block, query head, batch) writes out and lse.
 
-Online softmax over the KV tiles of its query block, full tiles unmasked first, then the
-boundary and diagonal tiles masked (`_row_range`). Out in the input dtype; lse (natural log,
-float32) -inf for rows with no visible key, whose out is 0. K and V tiles load through host TMA
-descriptors (USE_TMA, NVIDIA sm90+, `_flash.tma_policy`) or pointers, with the same values
-(`_kv_tiles`); Q, mask, bias and tile flags always through pointers. The launcher is
-`_flash.flash_forward`; shared helpers live in `_flash_tiles`.
+Online softmax over the KV tiles of its query block: without a mask, full tiles unmasked
+first, then the boundary and diagonal tiles masked (`_row_range`); with a mask, the block's
+lists of tiles to visit (`_flash._tile_lists`: clean tiles unmasked, then the rest masked).
+Out in the input dtype; lse (natural log, float32) -inf for rows with no visible key, whose
+out is 0. K and V tiles load through host TMA descriptors (USE_TMA, NVIDIA sm90+,
+`_flash.tma_policy`) or pointers, with the same values (`_flash_tiles._pair_tiles`); Q, mask,
+bias and the tile lists always through pointers. The launcher is `_flash.flash_forward`;
+shared helpers live in `_flash_tiles`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from attnverify.kernels._flash_tiles import (
     _lanes,
     _load_tile,
     _offsets,
+    _pair_tiles,
     _program,
     _prune,
     _query_block_extras,
@@ -31,56 +34,6 @@ from attnverify.kernels._flash_tiles import (
     _scores,
     _wide,
 )
-
-
-@triton.jit
-def _desc_tile(desc, z, h, row, col, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
-    """TMA load of rows [row, row + BLOCK_N), columns [col, col + WIDTH) of head h of batch z
-    from a (Z, H, rows, D) descriptor (box [1, 1, BLOCK_N, WIDTH]); whatever lies outside the
-    tensor reads 0. [BLOCK_N, WIDTH]"""
-    return desc.load([z, h, row, col]).reshape([BLOCK_N, WIDTH])
-
-
-@triton.jit
-def _kv_tiles(
-    k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1,
-    z, hk, row, cols_ok, d0_ok, d1_ok,
-    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
-    MASK_D1: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """K and V of one key tile (packed key row `row` of kv head hk, batch z) in both lane
-    tiles: k0, k1, v0, v1 [BLOCK_N, D0], [BLOCK_N, D1] (k1 = k0, v1 = v0 without tile 1).
-
-    Pointer loads: keys past len_k (MASKED) and lanes past D (MASK_D0) read 0. TMA loads give
-    the same values (the launcher takes them only where D >= D0): rows past the tensor's end
-    (gqa: past Lk) read 0 from the descriptor. A varlen tile's rows past len_k (cols_ok
-    False) are the next sequence's rows, finite or not; V's are zeroed here (they would reach
-    P @ V through 0 * v, and a NaN or inf there makes NaN), K's need nothing: `_scores`
-    replaces every score of a column past len_k by -inf, whatever q.k gave. Zeroing V costs
-    a register round trip in the masked tiles only; masked pointer loads instead would keep
-    their [BLOCK_N, D] offsets live across the full-tile loop (sm90, D = 72: 233 registers
-    against 200)."""
-    if TMA:
-        k0 = _desc_tile(K_desc0, z, hk, row, 0, BLOCK_N, HEAD_D0)
-        v0 = _desc_tile(V_desc0, z, hk, row, 0, BLOCK_N, HEAD_D0)
-        if MASKED and IS_VARLEN:
-            v0 = tl.where(cols_ok[:, None], v0, 0.0)
-    else:
-        k0 = _load_tile(k_ptrs + k_off0, cols_ok, d0_ok, MASKED, MASK_D0)
-        v0 = _load_tile(v_ptrs + v_off0, cols_ok, d0_ok, MASKED, MASK_D0)
-    k1 = k0
-    v1 = v0
-    if HAS_D1:
-        if TMA:
-            k1 = _desc_tile(K_desc1, z, hk, row, HEAD_DIM - HEAD_D1, BLOCK_N, HEAD_D1)
-            v1 = _desc_tile(V_desc1, z, hk, row, HEAD_DIM - HEAD_D1, BLOCK_N, HEAD_D1)
-            if MASKED and IS_VARLEN:
-                v1 = tl.where(cols_ok[:, None], v1, 0.0)
-        else:
-            k1 = _load_tile(k_ptrs + k_off1, cols_ok, d1_ok, MASKED, MASK_D1)
-            v1 = _load_tile(v_ptrs + v_off1, cols_ok, d1_ok, MASKED, MASK_D1)
-    return k0, k1, v0, v1
 
 
 @triton.jit
@@ -97,14 +50,14 @@ def _fwd_tile(
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
-    TMA: K and V through the descriptors at packed key row `row` (`_kv_tiles`). HAS_MASK: a
+    TMA: K and V through the descriptors at packed key row `row` (`_flash_tiles._pair_tiles`). HAS_MASK: a
     tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are read
     only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
-    k0, k1, v0, v1 = _kv_tiles(
+    k0, k1, v0, v1 = _pair_tiles(
         k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
         V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-        HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
+        HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N, False,
     )  # fmt: skip
     # [BLOCK_M, BLOCK_N]
     s = _scores(
@@ -162,7 +115,7 @@ def _flash_fwd_kernel(
     `_flash._tile_lists`, not the tile codes the backward reads.
     USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
     as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
-    the same values as the pointer loads (`_kv_tiles`)."""
+    the same values as the pointer loads (`_flash_tiles._pair_tiles`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)

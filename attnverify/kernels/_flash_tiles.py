@@ -173,6 +173,65 @@ def _load_tile(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.co
 
 
 @triton.jit
+def _desc_tile(desc, z, h, row, col, BLOCK: tl.constexpr, WIDTH: tl.constexpr):
+    """TMA load of rows [row, row + BLOCK), columns [col, col + WIDTH) of head h of batch z
+    from a (Z, H, rows, D) descriptor (box [1, 1, BLOCK, WIDTH]); whatever lies outside the
+    tensor reads 0. [BLOCK, WIDTH]"""
+    return desc.load([z, h, row, col]).reshape([BLOCK, WIDTH])
+
+
+@triton.jit
+def _pair_tiles(
+    x_ptrs, y_ptrs, x_off0, x_off1, y_off0, y_off1, X_desc0, X_desc1, Y_desc0, Y_desc1,
+    z, h, row, rows_ok, d0_ok, d1_ok,
+    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
+    MASK_D1: tl.constexpr, BLOCK: tl.constexpr, ZERO_X: tl.constexpr,
+):  # fmt: skip
+    """The two operands of one inner-loop tile, packed rows [row, row + BLOCK) of head h,
+    batch z, in both lane tiles: K and V of a key tile (forward, dq pass), Q and dO of a query
+    tile (dk/dv pass). x0, x1, y0, y1: [BLOCK, D0], [BLOCK, D1] (x1 = x0, y1 = y0 without
+    tile 1).
+
+    Pointer loads: rows past the sequence (MASKED, rows_ok False) and lanes past D (MASK_D0)
+    read 0. TMA loads give the same values where they matter (the launcher takes them only
+    where D >= D0): rows past the tensor's end (gqa: past Lq or Lk) read 0 from the
+    descriptor, but a varlen tile's rows past its sequence are the next sequence's, finite or
+    not. Those rows reach a result through a product with a zero, and 0 * NaN is NaN, so y's
+    are always zeroed here, and x's when ZERO_X: forward, P @ V reads every row of V (K's
+    need nothing there: `_scores` replaces every score of a column past len_k by -inf);
+    dq pass, dS = P * (dO V^T - delta) reads every row of V and dq += dS K every row of K;
+    dk/dv pass, dv += P^T dO and dk += dS^T Q read every row of dO and Q. Zeroing costs a
+    register round trip in the masked tiles only; masked pointer loads instead would keep
+    their [BLOCK, D] offsets live across the full-tile loop (sm90, forward D = 72: 233
+    registers against 200)."""
+    if TMA:
+        x0 = _desc_tile(X_desc0, z, h, row, 0, BLOCK, HEAD_D0)
+        y0 = _desc_tile(Y_desc0, z, h, row, 0, BLOCK, HEAD_D0)
+        if MASKED and IS_VARLEN:
+            if ZERO_X:
+                x0 = tl.where(rows_ok[:, None], x0, 0.0)
+            y0 = tl.where(rows_ok[:, None], y0, 0.0)
+    else:
+        x0 = _load_tile(x_ptrs + x_off0, rows_ok, d0_ok, MASKED, MASK_D0)
+        y0 = _load_tile(y_ptrs + y_off0, rows_ok, d0_ok, MASKED, MASK_D0)
+    x1 = x0
+    y1 = y0
+    if HAS_D1:
+        if TMA:
+            x1 = _desc_tile(X_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
+            y1 = _desc_tile(Y_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
+            if MASKED and IS_VARLEN:
+                if ZERO_X:
+                    x1 = tl.where(rows_ok[:, None], x1, 0.0)
+                y1 = tl.where(rows_ok[:, None], y1, 0.0)
+        else:
+            x1 = _load_tile(x_ptrs + x_off1, rows_ok, d1_ok, MASKED, MASK_D1)
+            y1 = _load_tile(y_ptrs + y_off1, rows_ok, d1_ok, MASKED, MASK_D1)
+    return x0, x1, y0, y1
+
+
+@triton.jit
 def _load_pair(
     x_base, y_base, offs, stride_xr, stride_xd, stride_yr, stride_yd, offs_d0, offs_d1,
     rows_ok, d0_ok, d1_ok, MASK_D0: tl.constexpr, HAS_D1: tl.constexpr,
