@@ -50,9 +50,9 @@ def _fwd_tile(
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
-    TMA: K and V through the descriptors at packed key row `row` (`_flash_tiles._pair_tiles`). HAS_MASK: a
-    tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are read
-    only when `mask_partial` is 1 (the tile is not all True)."""
+    TMA: K and V through the descriptors at packed key row `row` (`_pair_tiles`). HAS_MASK:
+    a tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are
+    read only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
     k0, k1, v0, v1 = _pair_tiles(
         k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
