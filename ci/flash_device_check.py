@@ -43,6 +43,13 @@ import triton
 
 from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels import _flash
+from attnverify.kernels._flash_offline import (
+    compile_inputs,
+    compile_sm90,
+    ptx_loops,
+    ptxas_usage,
+    record_launches,
+)
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.kernels.varlen import varlen_attention
 from attnverify.reference.gqa import gqa_attention as gqa_oracle
@@ -301,26 +308,6 @@ def try_bench(name: str, fn: Callable[[], object]) -> float | None:
         return None
 
 
-def record_launch(call: Callable[[], object]) -> tuple:
-    """(kernel, grid, kwargs) of the last forward launch `call()` makes, not launched; a pinned
-    config's BLOCK_INNER, num_warps and num_stages are in kwargs."""
-    launches: list[tuple] = []
-
-    def record(kernel, grid: tuple, config: _flash.FlashConfig | None, **kwargs: object) -> None:
-        if config is not None:
-            kwargs = {**kwargs, "BLOCK_INNER": config.block_inner,
-                      "num_warps": config.num_warps, "num_stages": config.num_stages}  # fmt: skip
-        launches.append((kernel, grid, kwargs))
-
-    real = _flash._launch
-    _flash._launch = record
-    try:
-        call()
-    finally:
-        _flash._launch = real
-    return launches[-1]
-
-
 def kernel_only(
     call: Callable[[], object], config: tuple[int, int, int] | None = None, **override: object
 ) -> Callable[[], object]:
@@ -328,8 +315,11 @@ def kernel_only(
     checks, cu_seqlens read, work table, argument packing) done once here; `override` replaces
     kernel arguments (e.g. RAW_MAX=False for the scale-first softmax of the previous tree);
     `config` = (BLOCK_INNER, num_warps, num_stages) pins the launch instead of autotuning."""
-    kernel, grid, kwargs = record_launch(call)
-    kwargs = {**kwargs, **override}
+    launch = record_launches(call)[-1]
+    kernel, grid, kwargs = launch.kernel, launch.grid, {**launch.kwargs, **override}
+    if launch.config is not None:
+        kwargs = {**launch.pinned_kwargs(), **override}
+        return lambda: kernel.fn[grid](**kwargs)
     if config is None:
         return lambda: kernel[grid](**kwargs)
     b, w, st = config
@@ -568,62 +558,17 @@ def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, raw_max: 
     """Compile the forward exactly as `flash_forward` launches it (bf16, non-causal, no mask or
     bias) for sm90 with Triton's own binder, without a GPU; return registers, spills, shared
     memory and the instruction mix of the full-tile KV loop (the first loop of the PTX)."""
-    import re
-    import subprocess
     from collections import Counter
 
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.compiler import ASTSource
-    from triton.compiler import compile as triton_compile
-    from triton.runtime.jit import create_function_from_signature
-
-    def launch() -> None:
-        if varlen:
-            lens = [256, 512, 384, 128]
-            q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
-            layout = _flash.VarlenLengths.from_seqlens(tuple(lens), tuple(lens))
-            problem = _flash.FlashProblem(True, 1, 4, 4, False, 0.1, lengths=lambda: layout)
-        else:
-            q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
-            problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)
-        _flash.flash_forward(q, q, q, problem, config=config)
-
-    real, _, kwargs = record_launch(launch)
-    kwargs = {**kwargs, "RAW_MAX": raw_max}
-    kernel, target = real.fn, GPUTarget("cuda", 90, 32)
-    backend = CUDABackend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, spec, opts = binder(**kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
-    compiled = triton_compile(
-        ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__
-    )
-    ptx = compiled.asm["ptx"]
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
-    info = subprocess.run(
-        [ptxas, "-arch=sm_90a", "-v", "-", "-o", os.devnull],
-        input=ptx, capture_output=True, text=True, check=True,
-    ).stderr  # fmt: skip
-    lines = ptx.splitlines()
-    loop: list[str] = []
-    for i, ln in enumerate(lines):  # the first label some later branch jumps back to
-        if not re.match(r"^\$L__BB0_\d+:", ln):
-            continue
-        back = re.compile(r"bra(\.uni)?\s+" + re.escape(ln.split(":")[0]) + ";")
-        end = next((j for j in range(i + 1, len(lines)) if back.search(lines[j])), None)
-        if end is not None:
-            for body in lines[i + 1 : end + 1]:
-                op = re.sub(r"^@!?%p\d+\s+", "", body.strip()).split()
-                if op and not op[0].startswith((".loc", "//", "$L__")):
-                    loop.append(op[0])
-            break
+    q, problem, _ = compile_inputs(d, varlen)
+    launch = record_launches(lambda: _flash.flash_forward(q, q, q, problem, config=config))[-1]
+    compiled = compile_sm90(launch, RAW_MAX=raw_max)
+    registers, spills = ptxas_usage(compiled.asm["ptx"])
+    loop = ptx_loops(compiled.asm["ptx"])[0]
     mix = Counter(loop)
     return {
         "D": d, "varlen": varlen, "config": str(config), "raw_max": raw_max,
-        "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
-        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
-        "shared_bytes": compiled.metadata.shared,
+        "registers": registers, "spill_bytes": spills, "shared_bytes": compiled.metadata.shared,
         "loop_instructions": len(loop),
         "loop_mix": {k: mix[k] for k in sorted(mix) if k.split(".")[0] in SM90_OPS},
     }  # fmt: skip

@@ -65,7 +65,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -80,6 +79,13 @@ import triton
 from attnverify.arch import interpreter_active
 from attnverify.kernels import _flash, _flash_tiles
 from attnverify.kernels._common import split_head_dim
+from attnverify.kernels._flash_offline import (
+    compile_inputs,
+    compile_sm90,
+    ptx_loops,
+    ptxas_usage,
+    record_launches,
+)
 from attnverify.kernels.gqa import gqa_attention, gqa_backward, gqa_forward
 from attnverify.kernels.varlen import varlen_attention, varlen_backward, varlen_forward
 from attnverify.reference.gqa import gqa_attention as gqa_oracle
@@ -110,32 +116,6 @@ def tma_mode(mode: str) -> Iterator[None]:
             os.environ.pop(_flash.TMA_ENV)
         else:
             os.environ[_flash.TMA_ENV] = old
-
-
-class _Recorder:
-    """Stands in for the autotuned forward: records the grid and kwargs of one launch."""
-
-    def __init__(self) -> None:
-        self.fn = self
-        self.grid: tuple | None = None
-        self.kwargs: dict = {}
-
-    def __getitem__(self, grid: tuple) -> Callable[..., None]:
-        def record(**kwargs: object) -> None:
-            self.grid, self.kwargs = grid, kwargs
-
-        return record
-
-
-def recorded_launch(call: Callable[[], object]) -> tuple:
-    """(grid, kwargs) of the forward launch `call()` makes (pinned to a FlashConfig)."""
-    rec, real = _Recorder(), _flash._fwd
-    _flash._fwd = rec
-    try:
-        call()
-    finally:
-        _flash._fwd = real
-    return rec.grid, rec.kwargs
 
 
 # ------------------------------------------------------------------ cases
@@ -278,10 +258,10 @@ def pinned_kernel(
         call = lambda: varlen_forward(x["q"], x["k"], x["v"], x["cq"], x["ck"], case.causal,
                                       scale, config=pinned)  # fmt: skip
     with tma_mode(mode):
-        grid, kwargs = recorded_launch(call)
+        launch = record_launches(call)[-1]
+    kwargs = launch.pinned_kwargs()
     assert kwargs["USE_TMA"] == (mode == "1"), f"{case.name}: mode {mode} not taken"
-    real = _flash._fwd.fn
-    return lambda: real[grid](**kwargs), kwargs["Out"], kwargs["Lse"]
+    return lambda: launch.kernel.fn[launch.grid](**kwargs), kwargs["Out"], kwargs["Lse"]
 
 
 # ------------------------------------------------------------------ checks
@@ -568,22 +548,17 @@ def backward_kernels(
         call = lambda: varlen_backward(do, None, q, k, v, out, lse, x["cq"], x["ck"],
                                        case.causal, scale, config_dkdv=pinned,
                                        config_dq=pinned)  # fmt: skip
-    recs, real = {"dkdv": _Recorder(), "dq": _Recorder()}, (_flash._dkdv, _flash._dq)
-    _flash._dkdv, _flash._dq = recs["dkdv"], recs["dq"]
-    try:
-        with tma_mode(mode):
-            call()
-    finally:
-        _flash._dkdv, _flash._dq = real
-    for name, rec in recs.items():
-        assert rec.kwargs["USE_TMA"] == (mode == "1"), f"{case.name}: {name} mode {mode} not taken"
-    dkdv, dq = recs["dkdv"], recs["dq"]
+    with tma_mode(mode):
+        passes = record_launches(call)  # the dk/dv pass, then the dq pass
+    (grid_dkdv, dkdv), (grid_dq, dq) = ((p.grid, p.pinned_kwargs()) for p in passes)
+    for name, kwargs in (("dkdv", dkdv), ("dq", dq)):
+        assert kwargs["USE_TMA"] == (mode == "1"), f"{case.name}: {name} mode {mode} not taken"
 
     def launch() -> None:
-        real[0].fn[dkdv.grid](**dkdv.kwargs)
-        real[1].fn[dq.grid](**dq.kwargs)
+        _flash._dkdv.fn[grid_dkdv](**dkdv)
+        _flash._dq.fn[grid_dq](**dq)
 
-    return launch, {"dq": dq.kwargs["DQ"], "dk": dkdv.kwargs["DK"], "dv": dkdv.kwargs["DV"]}
+    return launch, {"dq": dq["DQ"], "dk": dkdv["DK"], "dv": dkdv["DV"]}
 
 
 def grad_agreement(case: Case, results: dict[str, dict], what: str = "") -> list[str]:
@@ -782,39 +757,6 @@ def warm(args: argparse.Namespace, n_tasks: int) -> None:
 # ------------------------------------------------------------------ sm90 compile facts
 
 
-def _compile_problem(d: int, varlen: bool) -> tuple[torch.Tensor, _flash.FlashProblem]:
-    """A bf16 non-causal problem (CPU tensors: only their types and strides matter here)."""
-    if varlen:
-        lens = (256, 512, 384, 128)
-        q = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
-        layout = _flash.VarlenLengths.from_seqlens(lens, lens)
-        problem = _flash.FlashProblem(True, 1, 4, 4, False, 0.1, lengths=lambda: layout)
-    else:
-        q = torch.randn(2, 4, 512, d, dtype=torch.bfloat16)
-        problem = _flash.FlashProblem(False, 2, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512)
-    return q, problem
-
-
-def _loops(ptx: str) -> list[list[str]]:
-    """Opcodes of every PTX loop body (a label some later branch jumps back to), in order."""
-    lines = ptx.splitlines()
-    loops = []
-    for i, ln in enumerate(lines):
-        if not re.match(r"^\$L__BB0_\d+:", ln):
-            continue
-        back = re.compile(r"bra(\.uni)?\s+" + re.escape(ln.split(":")[0]) + ";")
-        end = next((j for j in range(i + 1, len(lines)) if back.search(lines[j])), None)
-        if end is None:
-            continue
-        body = []
-        for text in lines[i + 1 : end + 1]:
-            op = re.sub(r"^@!?\S+\s+", "", text.strip()).split()
-            if op and not op[0].startswith((".", "//", "$L__", "{", "}")) and op[0][-1] != ":":
-                body.append(op[0])
-        loops.append(body)
-    return loops
-
-
 def _mix(body: list[str]) -> dict[str, int]:
     """Counts of the load and address instructions of a loop body."""
     mix = Counter(body)
@@ -837,37 +779,17 @@ def compile_fwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, tma: bool
     """Compile the forward exactly as `flash_forward` launches it (bf16, non-causal, no mask or
     bias, loads per `tma`) for sm90 with Triton's own binder, without a GPU; registers, spills,
     shared memory and the instruction mix of the full-tile KV loop (the first PTX loop)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.compiler import ASTSource
-    from triton.compiler import compile as triton_compile
-    from triton.runtime.jit import create_function_from_signature
-
-    q, problem = _compile_problem(d, varlen)
+    q, problem, _ = compile_inputs(d, varlen)
     with tma_mode("1" if tma else "0"):
-        _, kwargs = recorded_launch(lambda: _flash.flash_forward(q, q, q, problem, config=config))
-    assert kwargs["USE_TMA"] == tma, f"the launch did not take the {tma=} path"
-    kernel, target = _flash._fwd.fn, GPUTarget("cuda", 90, 32)
-    backend = CUDABackend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, spec, opts = binder(**kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
-    compiled = triton_compile(
-        ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__
-    )
-    ptx = compiled.asm["ptx"]
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
-    info = subprocess.run(
-        [ptxas, "-arch=sm_90a", "-v", "-", "-o", os.devnull],
-        input=ptx, capture_output=True, text=True, check=True,
-    ).stderr  # fmt: skip
-    loops = _loops(ptx)
+        launch = record_launches(lambda: _flash.flash_forward(q, q, q, problem, config=config))[-1]
+    assert launch.kwargs["USE_TMA"] == tma, f"the launch did not take the {tma=} path"
+    compiled = compile_sm90(launch)
+    registers, spills = ptxas_usage(compiled.asm["ptx"])
+    loops = ptx_loops(compiled.asm["ptx"])
     return {
         "D": d, "varlen": varlen, "tma": tma,
         "config": f"b{config.block_inner}-w{config.num_warps}-s{config.num_stages}",
-        "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
-        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
-        "shared_bytes": compiled.metadata.shared,
+        "registers": registers, "spill_bytes": spills, "shared_bytes": compiled.metadata.shared,
         "loops": len(loops),
         "full_tile_loop": _mix(loops[0]) if loops else {},
         "masked_tile_loop": _mix(loops[1]) if len(loops) > 1 else {},
@@ -897,50 +819,26 @@ def compile_bwd_sm90(d: int, varlen: bool, config: _flash.FlashConfig, tma: bool
     GPU: per pass registers, spills, shared memory (and whether it fits SHARED_LIMIT), and the
     instruction mix of every loop (dk/dv: masked, full, masked query tiles; dq: full, masked
     key tiles)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.compiler import ASTSource
-    from triton.compiler import compile as triton_compile
-    from triton.runtime.jit import create_function_from_signature
-
-    q, problem = _compile_problem(d, varlen)
-    lse = torch.zeros(q.shape[1], q.shape[0]) if varlen else torch.zeros(q.shape[:-1])
-    recs, real = {"dkdv": _Recorder(), "dq": _Recorder()}, {"dkdv": _flash._dkdv, "dq": _flash._dq}
-    _flash._dkdv, _flash._dq = recs["dkdv"], recs["dq"]
-    try:
-        with tma_mode("1" if tma else "0"):
-            _flash.flash_backward(q, q, q, q, q, lse, None, problem, config_dkdv=config,
-                                  config_dq=config)  # fmt: skip
-    finally:
-        _flash._dkdv, _flash._dq = real["dkdv"], real["dq"]
-    target = GPUTarget("cuda", 90, 32)
-    backend = CUDABackend(target)
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    q, problem, lse = compile_inputs(d, varlen)
+    with tma_mode("1" if tma else "0"):
+        passes = record_launches(lambda: _flash.flash_backward(
+            q, q, q, q, q, lse, None, problem, config_dkdv=config, config_dq=config,
+        ))  # fmt: skip
     facts = []
-    for name, rec in recs.items():
-        kwargs, kernel = rec.kwargs, real[name].fn
-        assert kwargs["USE_TMA"] == tma, f"the {name} launch did not take the {tma=} path"
-        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-        bound, spec, opts = binder(**kwargs)
-        options, sig, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
-        compiled = triton_compile(
-            ASTSource(kernel, sig, constexprs, attrs), target=target, options=options.__dict__
-        )
+    for name, launch in zip(("dkdv", "dq"), passes, strict=True):
+        assert launch.kwargs["USE_TMA"] == tma, f"the {name} launch did not take the {tma=} path"
+        compiled = compile_sm90(launch)
         ptx = compiled.asm["ptx"]
-        info = subprocess.run(
-            [ptxas, "-arch=sm_90a", "-v", "-", "-o", os.devnull],
-            input=ptx, capture_output=True, text=True, check=True,
-        ).stderr  # fmt: skip
+        registers, spills = ptxas_usage(ptx)
         facts.append({
             "pass": name, "D": d, "varlen": varlen, "tma": tma,
             "config": f"b{config.block_inner}-w{config.num_warps}-s{config.num_stages}",
             "first_config": (config.block_inner, config.num_warps, config.num_stages)
             == _flash.BWD_CONFIGS[0],
-            "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
-            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+            "registers": registers, "spill_bytes": spills,
             "shared_bytes": compiled.metadata.shared,
             "fits": compiled.metadata.shared <= SHARED_LIMIT,
-            "loops": [_mix(body) for body in _loops(ptx)],
+            "loops": [_mix(body) for body in ptx_loops(ptx)],
         })  # fmt: skip
     return facts
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from attnverify.arch import ARCH_ENV
 from attnverify.kernels import _autotune, _flash
 from attnverify.kernels._flash import FlashConfig
+from attnverify.kernels._flash_offline import compile_inputs, compile_sm90, record_launches
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.kernels.varlen import varlen_attention, varlen_backward, varlen_forward
 from attnverify.reference.varlen import varlen_attention as varlen_oracle
@@ -504,45 +505,13 @@ def test_flash_tma_bad_policy_names_the_variable(monkeypatch: pytest.MonkeyPatch
 
 def compile_sm90_ptx(d: int, is_varlen: bool, tma: bool) -> str:
     """PTX of the forward as `flash_forward` launches it (bf16, non-causal, pinned to the first
-    FWD config, loads per `tma`), compiled for sm90 with Triton's binder. Needs a process
-    without TRITON_INTERPRET (JIT functions)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.compiler import ASTSource, compile
-    from triton.runtime.jit import create_function_from_signature
-
-    recorded: dict = {}
-
-    class Recorder:
-        fn = None
-
-        def __getitem__(self, grid: tuple):
-            return lambda **kwargs: recorded.update(kwargs)
-
-    rec, real = Recorder(), _flash._fwd
-    rec.fn = rec
-    lens = (100, 156)
-    if is_varlen:
-        q = torch.randn(sum(lens), 2, d, dtype=torch.bfloat16)
-        layout = _flash.VarlenLengths.from_seqlens(lens, lens)
-        problem = _flash.FlashProblem(True, 1, 2, 2, False, 0.1, lengths=lambda: layout)
-    else:
-        q = torch.randn(1, 2, 256, d, dtype=torch.bfloat16)
-        problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=256, seqlen_k=256)
-    block, warps, stages = _flash.FWD_CONFIGS[0]
-    _flash._fwd = rec
-    try:
-        with env(_flash.TMA_ENV, "1" if tma else "0"):
-            _flash.flash_forward(q, q, q, problem, config=FlashConfig(128, block, warps, stages))
-    finally:
-        _flash._fwd = real
-    kernel, target = real.fn, GPUTarget("cuda", 90, 32)
-    backend = CUDABackend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, spec, opts = binder(**recorded)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, recorded, bound, spec, opts)
-    src = ASTSource(kernel, signature, constexprs, attrs)
-    return compile(src, target=target, options=options.__dict__).asm["ptx"]
+    FWD config, loads per `tma`), compiled for sm90. Needs a process without TRITON_INTERPRET
+    (JIT functions)."""
+    q, problem, _ = compile_inputs(d, is_varlen)
+    config = FlashConfig(128, *_flash.FWD_CONFIGS[0])
+    with env(_flash.TMA_ENV, "1" if tma else "0"):
+        (launch,) = record_launches(lambda: _flash.flash_forward(q, q, q, problem, config=config))
+    return compile_sm90(launch).asm["ptx"]
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernel in other tests")
@@ -565,53 +534,18 @@ def test_flash_tma_forward_compiles_for_sm90() -> None:
 
 def compile_sm90_backward_ptx(d: int, is_varlen: bool, tma: bool) -> dict[str, str]:
     """PTX of both backward passes ("dkdv", "dq") as `flash_backward` launches them (bf16,
-    non-causal, pinned to the first BWD config, loads per `tma`), compiled for sm90 with
-    Triton's binder. Needs a process without TRITON_INTERPRET (JIT functions)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.compiler import ASTSource, compile
-    from triton.runtime.jit import create_function_from_signature
-
-    recorded: dict[str, dict] = {"dkdv": {}, "dq": {}}
-
-    class Recorder:
-        def __init__(self, name: str) -> None:
-            self.fn, self.name = self, name
-
-        def __getitem__(self, grid: tuple):
-            return lambda **kwargs: recorded[self.name].update(kwargs)
-
-    real = {"dkdv": _flash._dkdv, "dq": _flash._dq}
-    lens = (100, 156)
-    if is_varlen:
-        q = torch.randn(sum(lens), 2, d, dtype=torch.bfloat16)
-        lse = torch.zeros(2, sum(lens))
-        layout = _flash.VarlenLengths.from_seqlens(lens, lens)
-        problem = _flash.FlashProblem(True, 1, 2, 2, False, 0.1, lengths=lambda: layout)
-    else:
-        q = torch.randn(1, 2, 256, d, dtype=torch.bfloat16)
-        lse = torch.zeros(1, 2, 256)
-        problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=256, seqlen_k=256)
+    non-causal, pinned to the first BWD config, loads per `tma`), compiled for sm90. Needs a
+    process without TRITON_INTERPRET (JIT functions)."""
+    q, problem, lse = compile_inputs(d, is_varlen)
     config = FlashConfig(128, *_flash.BWD_CONFIGS[0])
-    _flash._dkdv, _flash._dq = Recorder("dkdv"), Recorder("dq")
-    try:
-        with env(_flash.TMA_ENV, "1" if tma else "0"):
-            _flash.flash_backward(
-                q, q, q, q, q, lse, None, problem, config_dkdv=config, config_dq=config
-            )
-    finally:
-        _flash._dkdv, _flash._dq = real["dkdv"], real["dq"]
-    target = GPUTarget("cuda", 90, 32)
-    backend = CUDABackend(target)
-    ptx = {}
-    for name, kwargs in recorded.items():
-        kernel = real[name].fn
-        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-        bound, spec, opts = binder(**kwargs)
-        options, sig, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
-        src = ASTSource(kernel, sig, constexprs, attrs)
-        ptx[name] = compile(src, target=target, options=options.__dict__).asm["ptx"]
-    return ptx
+    with env(_flash.TMA_ENV, "1" if tma else "0"):
+        passes = record_launches(lambda: _flash.flash_backward(
+            q, q, q, q, q, lse, None, problem, config_dkdv=config, config_dq=config,
+        ))  # fmt: skip
+    return {
+        name: compile_sm90(launch).asm["ptx"]
+        for name, launch in zip(("dkdv", "dq"), passes, strict=True)
+    }
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernel in other tests")

@@ -275,14 +275,11 @@ def compile_mask_kernels_sm90() -> dict[str, str]:
     """PTX of the mask-tile kernels (`_flash_mask`) and of the forward with a mask as
     `flash_forward` launches it (bf16, D=128, first FWD config, causal, TMA), compiled for
     sm90. Needs a process without TRITON_INTERPRET (JIT functions)."""
-    import contextlib
-
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
     from triton.compiler import ASTSource, compile
-    from triton.runtime.jit import create_function_from_signature
 
     from attnverify.kernels import _flash_mask
+    from attnverify.kernels._flash_offline import compile_sm90, record_launches
 
     target = GPUTarget("cuda", 90, 32)
 
@@ -300,38 +297,16 @@ def compile_mask_kernels_sm90() -> dict[str, str]:
         "lists": build(_flash_mask._tile_lists_kernel, {"Codes": "*u8", "Lists": "*i32"},
                        {"BLOCK": 128, "NUM_TILES_P2": 64, "IS_CAUSAL": True}),
     }  # fmt: skip
-    recorded: dict = {}
-
-    def record(kernel, grid, config, **kwargs) -> None:
-        recorded.update(kwargs, BLOCK_INNER=config.block_inner, num_warps=config.num_warps,
-                        num_stages=config.num_stages)  # fmt: skip
-
     q = torch.randn(1, 2, 512, 128, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 512, 512, dtype=torch.bool)
     problem = _flash.FlashProblem(False, 1, 2, 2, True, 0.1, seqlen_q=512, seqlen_k=512)
-    codes = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
-    with contextlib.ExitStack() as stack:
-        for name, stub in (
-            ("_launch", record),
-            ("_tile_codes", lambda *a: codes),
-            ("_tile_lists", lambda *a: torch.zeros(1, 1, 4, 6, dtype=torch.int32)),
-        ):
-            real = getattr(_flash, name)
-            setattr(_flash, name, stub)
-            stack.callback(setattr, _flash, name, real)
-        stack.enter_context(env(_flash.TMA_ENV, "1"))
-        block, warps, stages = _flash.FWD_CONFIGS[0]
-        config = _flash.FlashConfig(128, block, warps, stages)
-        _flash.flash_forward(q, q, q, problem, mask=mask, config=config)
-    kernel, backend = _flash._fwd.fn, CUDABackend(target)
-    options = {k: recorded.pop(k) for k in ("num_warps", "num_stages")}
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, spec, opts = binder(**recorded, **options)
-    opts_, signature, constexprs, attrs = kernel._pack_args(
-        backend, {**recorded, **options}, bound, spec, opts
-    )
-    src = ASTSource(kernel, signature, constexprs, attrs)
-    ptx["forward"] = compile(src, target=target, options=opts_.__dict__).asm["ptx"]
+    config = _flash.FlashConfig(128, *_flash.FWD_CONFIGS[0])
+    with env(_flash.TMA_ENV, "1"):
+        (launch,) = record_launches(
+            lambda: _flash.flash_forward(q, q, q, problem, mask=mask, config=config),
+            stub_mask_tiles=True,
+        )
+    ptx["forward"] = compile_sm90(launch).asm["ptx"]
     return ptx
 
 
