@@ -13,10 +13,11 @@ that does not fit the device falls through to one that does."""
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Sequence
 from typing import TypeVar
+
+from attnverify.kernels._common import env_choice
 
 ENV = "ATTNVERIFY_AUTOTUNE"
 POLICIES = ("1", "0", "rotate")
@@ -29,10 +30,7 @@ def policy() -> str:
     Raises:
         ValueError: the variable holds something else than the documented values.
     """
-    value = os.environ.get(ENV, "1")
-    if value not in POLICIES:
-        raise ValueError(f"${ENV} must be one of {', '.join(POLICIES)}; got {value!r}")
-    return value
+    return env_choice(ENV, POLICIES, "1")
 
 
 def pinned_order(configs: Sequence[T], key: tuple) -> list[T] | None:

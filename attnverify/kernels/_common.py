@@ -7,6 +7,7 @@ tensors their grids read.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,11 +105,24 @@ def varlen_work_table(
     return out.to(device, non_blocking=True)
 
 
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """`$name` (read now), one of `choices`; `default` when unset.
+
+    Raises:
+        ValueError: the variable holds something else (the message names it and the choices).
+    """
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ValueError(f"${name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
 __all__ = [
     "MIN_DOT_TILE",
     "WORK_FIELDS",
     "HeadDimSplit",
     "cdiv",
+    "env_choice",
     "split_head_dim",
     "use_interpreter",
     "varlen_work_table",

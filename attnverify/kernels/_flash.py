@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +53,7 @@ from attnverify.arch import current_arch, interpreter_active
 from attnverify.kernels import _autotune as autotune_policy
 from attnverify.kernels._common import (
     HeadDimSplit,
+    env_choice,
     split_head_dim,
     varlen_work_table,
 )
@@ -362,10 +362,7 @@ def tma_policy() -> str:
     Raises:
         ValueError: the variable holds something else than the documented values.
     """
-    value = os.environ.get(TMA_ENV, "auto")
-    if value not in TMA_POLICIES:
-        raise ValueError(f"${TMA_ENV} must be one of {', '.join(TMA_POLICIES)}; got {value!r}")
-    return value
+    return env_choice(TMA_ENV, TMA_POLICIES, "auto")
 
 
 def _tma_view(x: torch.Tensor, is_varlen: bool, block_n: int) -> tuple[list[int], list[int]] | None:
