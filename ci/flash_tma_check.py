@@ -651,7 +651,8 @@ def run_backward_case(case: Case, dtype: torch.dtype, timed: bool) -> list[dict]
     do_bench, alternating pointer, TMA, pointer, TMA; the faster round of each counts."""
     x = bwd_inputs(case, dtype)
     with tma_mode("1"):
-        taken = [_flash._bwd_descriptors(a, b, x["q"], names, case.kind == "varlen", None)[0]
+        taken = [_flash._bwd_descriptors(a, b, x["q"], names, case.kind == "varlen", None,
+                                         has_bias=False)[0]
                  for a, b, names in ((x["q"], x["do"], _flash.QDO_DESC_NAMES),
                                      (x["k"], x["v"], _flash.KV_DESC_NAMES))]  # fmt: skip
     fails = [] if all(taken) else [f"{case.name}: TMA taken (dk/dv, dq) {taken}, expected both"]

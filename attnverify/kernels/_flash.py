@@ -454,12 +454,17 @@ def _bwd_descriptors(
     names: tuple[str, str, str, str],
     is_varlen: bool,
     config: FlashConfig | None,
+    *,
+    has_bias: bool,
 ) -> tuple[bool, dict[str, object]]:
     """(USE_TMA, descriptor arguments) of one backward pass whose inner loop loads x and y
     (`tma_policy`, `_use_tma`; `config`: the pass's pinned config, which bounds its inner
-    block, else BWD_LARGEST_INNER_BLOCK); the arguments are None with pointer loads."""
+    block, else BWD_LARGEST_INNER_BLOCK); the arguments are None with pointer loads. Under
+    "auto" a call with a bias keeps pointer loads: measured on an H200 (ci/notes_flash.md),
+    TMA made the backward 1.06-1.09x faster without a bias but 0.86x with a (1, 1, L, L) bias
+    and its dbias."""
     block = config.block_inner if config is not None else BWD_LARGEST_INNER_BLOCK
-    if not _use_tma(q, x, y, is_varlen, block):
+    if (has_bias and tma_policy() == "auto") or not _use_tma(q, x, y, is_varlen, block):
         return False, dict.fromkeys(names)
     return True, _pair_descriptors(x, y, names, split_head_dim(q.shape[-1]), is_varlen)
 
@@ -638,14 +643,11 @@ def flash_backward(
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("do", do, vl, al), **lse_strides, scale=problem.scale,
     )  # fmt: skip
-    if bias is not None and tma_policy() == "auto":
-        # measured on an H200 (ci/notes_flash.md): TMA made the backward 1.07x faster without
-        # a bias but 0.86x with a (1, 1, L, L) bias and its dbias; "auto" keeps pointers there
-        tma_dkdv, qdo_descs = False, dict.fromkeys(QDO_DESC_NAMES)
-        tma_dq, kv_descs = False, dict.fromkeys(KV_DESC_NAMES)
-    else:
-        tma_dkdv, qdo_descs = _bwd_descriptors(q, do, q, QDO_DESC_NAMES, vl, config_dkdv)
-        tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq)
+    biased = bias is not None
+    tma_dkdv, qdo_descs = _bwd_descriptors(
+        q, do, q, QDO_DESC_NAMES, vl, config_dkdv, has_bias=biased
+    )
+    tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq, has_bias=biased)
     common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     if need_dbias:
         db_buf, mode = _dbias_buffer(q, problem, bias, common.kwargs["BLOCK_OUTER"])

@@ -212,7 +212,7 @@ def both_backward_paths(
     really take TMA (the layout is TMA-legal)."""
     with env(_flash.TMA_ENV, "1"):
         for x, y, names in ((q, do, _flash.QDO_DESC_NAMES), (k, v, _flash.KV_DESC_NAMES)):
-            taken, _ = _flash._bwd_descriptors(x, y, q, names, is_varlen, None)
+            taken, _ = _flash._bwd_descriptors(x, y, q, names, is_varlen, None, has_bias=False)
             assert taken, "test inputs must be TMA-legal"
     results = []
     for mode in ("0", "1"):
@@ -350,7 +350,7 @@ def test_flash_tma_backward_passes_decide_alone() -> None:
     do = randn(1, 2, lq, 72, g=g)
     with env(_flash.TMA_ENV, "1"):
         passes = [
-            _flash._bwd_descriptors(a, b, x["q"], names, False, None)
+            _flash._bwd_descriptors(a, b, x["q"], names, False, None, has_bias=False)
             for a, b, names in (
                 (x["q"], do, _flash.QDO_DESC_NAMES),
                 (x["k"], x["v"], _flash.KV_DESC_NAMES),
