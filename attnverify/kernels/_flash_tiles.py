@@ -44,14 +44,19 @@ SMEM_BUDGET = 200 * 1024
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory. Fallback
-    configs take the pre-hook of `configs` (the kernel's, shared by all its configs)."""
+    """Drop configs whose pipelined K/V (or Q/dO) tiles, and bias tiles where they load
+    through TMA (BIAS_TMA), cannot fit in shared memory. Fallback configs take the pre-hook of
+    `configs` (the kernel's, shared by all its configs)."""
     args = {**named_args, **kwargs}
     width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
     elem = args["Q"].element_size()
 
+    bias_elem = args["Bias"].element_size() if args.get("BIAS_TMA") else 0
+
     def smem(c: triton.Config) -> int:
-        return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
+        inner = c.kwargs["BLOCK_INNER"]
+        stage = 2 * inner * width * elem + args["BLOCK_OUTER"] * inner * bias_elem
+        return max(c.num_stages, 1) * stage
 
     kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
     if not kept:
@@ -64,7 +69,15 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     return kept
 
 
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER"]
+AUTOTUNE_KEY = [
+    "HEAD_DIM",
+    "IS_CAUSAL",
+    "HAS_MASK",
+    "HAS_BIAS",
+    "BIAS_TMA",
+    "IS_VARLEN",
+    "BLOCK_OUTER",
+]
 # The forward also tunes per K/V load path: TMA and pointer loads pipeline differently.
 FWD_AUTOTUNE_KEY = [*AUTOTUNE_KEY, "USE_TMA"]
 
@@ -109,10 +122,14 @@ def _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _program(Work, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+def _program(Work, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr, HEADS_FIRST: tl.constexpr):
     """(h, z, start_q, len_q, start_k, len_k, block) of this program: grid axis 0 is the block
-    (varlen: a work-table item), axis 1 the query head, axis 2 the batch."""
-    pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    (varlen: a work-table item), axis 1 the query head, axis 2 the batch; HEADS_FIRST swaps
+    axes 0 and 1 (`_flash._heads_first`: the programs of one block, every head, run together)."""
+    if HEADS_FIRST:
+        h, pid, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    else:
+        pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start_q, len_q, start_k, len_k, blk = _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN)
     return h, z, start_q, len_q, start_k, len_k, blk
 
@@ -257,15 +274,51 @@ def _load_pair(
 
 
 @triton.jit
+def _bias_at(z, h, bias_head_div, stride_bz, stride_bh):
+    """(batch, head) index of the bias that batch z, query head h reads: 0 on a broadcast dim
+    (zero stride, `_flash._broadcast`), else z and h // bias_head_div."""
+    bias_z = tl.where(stride_bz == 0, 0, z)
+    bias_h = tl.where(stride_bh == 0, 0, h // bias_head_div)
+    return bias_z, bias_h
+
+
+@triton.jit
+def _bias_tile(
+    bias_ptrs, Bias_desc, bias_z, bias_h, m0, n0, rows, cols, len_q, len_k,
+    MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The bias of query rows [m0, m0 + BLOCK_M) x keys [n0, n0 + BLOCK_N) in the bias's dtype
+    (0, unused, without HAS_BIAS). [BLOCK_M, BLOCK_N]
+
+    BIAS_TMA: through the descriptor over the bias as (Bb, Hb, Lq, Lk) (`_flash._bias_view`),
+    at (bias_z, bias_h) of `_bias_at`; pointers: `bias_ptrs`. Where they differ the value is
+    never used: outside Lq x Lk the descriptor reads 0 and masked pointer loads read 0, the
+    pointers of unmasked tiles read row Lq - 1 for rows past Lq (`_query_block_extras`), and
+    rows past Lq are never stored nor reach a gradient (their P is 0 in the backward)."""
+    if HAS_BIAS:
+        if BIAS_TMA:
+            bias = Bias_desc.load([bias_z, bias_h, m0, n0]).reshape([BLOCK_M, BLOCK_N])
+        elif MASKED:
+            in_range = (rows < len_q)[:, None] & (cols < len_k)[None, :]
+            bias = tl.load(bias_ptrs, mask=in_range, other=0.0)
+        else:
+            bias = tl.load(bias_ptrs)
+    else:
+        bias = 0.0
+    return bias
+
+
+@triton.jit
 def _scores(
-    q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale,
-    mask_ptrs, bias_ptrs,
+    q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs, bias,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, DOT_PREC: tl.constexpr,
     SCALED: tl.constexpr = True,
 ):  # fmt: skip
     """Scores in base 2: (q.k * scale + bias) * LOG2E, -inf where hidden. [BLOCK_M, BLOCK_N]
-    SCALED=False (no bias only): q.k, -inf where hidden; the caller applies the scale."""
+    `bias`: the tile of `_bias_tile`. SCALED=False (no bias only): q.k, -inf where hidden; the
+    caller applies the scale."""
     tl.static_assert(SCALED or not HAS_BIAS, "unscaled scores cannot take a bias")
     # [BLOCK_M, BLOCK_N]
     s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PREC)
@@ -275,10 +328,6 @@ def _scores(
         s = s * qk_scale
     in_range = (rows < len_q)[:, None] & (cols < len_k)[None, :]
     if HAS_BIAS:
-        if MASKED:
-            bias = tl.load(bias_ptrs, mask=in_range, other=0.0)
-        else:
-            bias = tl.load(bias_ptrs)
         s += bias.to(tl.float32) * LOG2E
     if MASKED:
         visible = in_range

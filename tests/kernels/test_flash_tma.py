@@ -394,6 +394,120 @@ def test_flash_tma_backward_next_sequence_nan_stays_out(judge) -> None:
     assert not failures, failures
 
 
+# ------------------------------------------------------------------ bias tiles
+
+
+BIAS_ROWS = _flash.BIAS_BOX_LIMIT  # bias boxes stay inside Lq x Lk
+
+
+@settings(max_examples=2, deadline=None)
+@given(
+    lq=st.integers(BIAS_ROWS, BIAS_ROWS + 20),
+    lk=st.sampled_from([BIAS_ROWS, BIAS_ROWS + 8, BIAS_ROWS + 24]),  # rows of 16 bytes
+    bias_heads=st.sampled_from(["one", "kv", "q"]),
+    bias_dtype=st.sampled_from([torch.float16, torch.float32]),
+    causal=st.booleans(),
+    with_mask=st.booleans(),
+)
+@example(lq=BIAS_ROWS + 3, lk=BIAS_ROWS + 24, bias_heads="one", bias_dtype=torch.float16,
+         causal=True, with_mask=True)  # fmt: skip
+@example(lq=BIAS_ROWS, lk=BIAS_ROWS + 8, bias_heads="kv", bias_dtype=torch.float32,
+         causal=False, with_mask=False)  # fmt: skip
+def test_flash_tma_bias_bitwise_equals_pointer(
+    lq: int, lk: int, bias_heads: str, bias_dtype: torch.dtype, causal: bool, with_mask: bool
+) -> None:
+    """A full (Lq, Lk) bias through its TMA descriptor: out, lse, dq, dk, dv and dbias bitwise
+    equal to pointer loads, the bias shared by every head (one, read heads-first), per kv head
+    or per query head; partial tiles at both ends (zero fill past Lq and Lk)."""
+    g = torch.Generator().manual_seed(lq * 1000 + lk)
+    b, hk, group, d = 2, 1, 2, 16
+    hb = {"one": 1, "kv": hk, "q": hk * group}[bias_heads]
+    x = {
+        "q": randn(b, hk * group, lq, d, g=g),
+        "k": randn(b, hk, lk, d, g=g),
+        "v": randn(b, hk, lk, d, g=g),
+        "bias": randn(1, hb, lq, lk, g=g, dtype=bias_dtype),
+    }
+    do = randn(b, hk * group, lq, d, g=g)
+    mask = None
+    if with_mask:
+        mask = (torch.rand(b, 1, lq, lk, generator=g) < 0.8).to(DEVICE)
+        mask[..., :, 0] = True
+    problem = _flash.FlashProblem(False, b, hk * group, hk, causal, 0.25, seqlen_q=lq, seqlen_k=lk)
+    with env(_flash.TMA_ENV, "1"):
+        assert _flash._bias_descriptor(x["bias"], problem) is not None, "bias must be TMA-legal"
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+        return gqa_attention(**x, mask=mask, causal=causal, return_lse=True)
+
+    def fn(q, k, v, bias):
+        return gqa_attention(q, k, v, mask=mask, bias=bias, causal=causal)
+
+    results = []
+    for mode in ("0", "1"):
+        with env(_flash.TMA_ENV, mode):
+            results.append((forward(), grads(fn, x, do)))
+    what = f"Lq={lq} Lk={lk} {bias_heads=} {bias_dtype=} {causal=} {with_mask=}"
+    assert_bitwise([r[0] for r in results], what)
+    assert_grads_bitwise([r[1] for r in results], what)
+
+
+def _bias_layouts() -> dict[str, tuple[torch.Tensor, bool]]:
+    """name -> (a bias for Lq = Lk = BIAS_ROWS + 8, TMA-legal)."""
+    n = BIAS_ROWS + 8
+    bf16 = torch.bfloat16
+    flat = torch.empty(n * n + 4, dtype=bf16)
+    return {
+        "broadcast-heads": (torch.empty(1, 1, n, n, dtype=bf16), True),
+        "expanded-heads": (torch.empty(1, 1, n, n, dtype=bf16).expand(2, 3, n, n), True),
+        "float32": (torch.empty(2, 3, n, n), True),
+        "keys-major": (torch.empty(1, 1, n, n, dtype=bf16).transpose(2, 3), False),
+        "row-not-16-bytes": (torch.empty(1, 1, n, n + 4, dtype=bf16)[..., :n], False),
+        "base-not-16-bytes": (flat[4:].view(1, 1, n, n), False),
+        "broadcast-queries": (torch.empty(1, 1, 1, n, dtype=bf16), False),
+        "broadcast-keys": (torch.empty(1, 1, n, 1, dtype=bf16), False),
+        "float64": (torch.empty(1, 1, n, n, dtype=torch.float64), False),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bias_layouts()))
+def test_flash_tma_bias_only_for_legal_layouts(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bias loads through TMA with full query and key dims, keys unit-stride, 16-byte
+    strides and base, a float16 / bfloat16 / float32 dtype; broadcast batch and head dims are
+    read at index 0 (their stride is never stepped)."""
+    _gpu_policy(monkeypatch, "sm90")
+    bias, legal = _bias_layouts()[name]
+    n = BIAS_ROWS + 8
+    problem = _flash.FlashProblem(False, 2, 3, 3, False, 0.1, seqlen_q=n, seqlen_k=n)
+    assert (_flash._bias_descriptor(bias, problem) is not None) is legal
+
+
+def test_flash_tma_bias_policy_follows_the_arch(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = BIAS_ROWS
+    bias = torch.empty(1, 1, n, n, dtype=torch.bfloat16)
+    problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=n, seqlen_k=n)
+    _gpu_policy(monkeypatch, "sm89")
+    assert _flash._bias_descriptor(bias, problem) is None
+    _gpu_policy(monkeypatch, "sm90")
+    assert _flash._bias_descriptor(bias, problem) is not None
+    monkeypatch.setenv(_flash.TMA_ENV, "0")
+    assert _flash._bias_descriptor(bias, problem) is None
+
+
+@pytest.mark.parametrize(
+    ("bias_heads", "varlen", "expected"),
+    [(None, False, False), (1, False, True), (2, False, True), (4, False, False), (1, True, False)],
+)
+def test_flash_heads_first_only_for_a_bias_shared_by_heads(
+    bias_heads: int | None, varlen: bool, expected: bool
+) -> None:
+    """Query heads run fastest in the grid only for a gqa bias several heads read (Hb = 1 or
+    Hk, here 2 of Hq = 4): no bias, a per-query-head bias and varlen keep blocks fastest."""
+    problem = _flash.FlashProblem(varlen, 1, 4, 2, False, 0.1, seqlen_q=256, seqlen_k=256)
+    bias = None if bias_heads is None else torch.empty(1, bias_heads, 256, 256)
+    assert _flash._heads_first(problem, bias, 128, rows_are_queries=True) is expected
+
+
 # ------------------------------------------------------------------ policy
 
 
