@@ -236,12 +236,9 @@ def _prepare(
     split = split_head_dim(q.shape[-1])
     outer, mask_block = _block_sizes(q, split, config)
     flags = _tile_codes(mask, problem, mask_block) if mask is not None else None
-    bias_desc = _bias_descriptor(bias, problem)
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,
         Bias=bias if bias is not None else q,
-        Bias_desc=bias_desc,
-        BIAS_TMA=bias_desc is not None,
         Flags=flags if flags is not None else q,
         **_stride_kw("m", "zhmn", _broadcast(mask)),
         **_stride_kw("b", "zhmn", _broadcast(bias)),
@@ -285,9 +282,10 @@ def _heads_first(
     problem: FlashProblem, bias: torch.Tensor | None, outer: int, rows_are_queries: bool
 ) -> bool:
     """Whether the grid runs query heads fastest (axes (head, block, batch), HEADS_FIRST):
-    for a gqa bias shared by several query heads (head dim 1 or Hk), so that the programs of
-    one block, every head, run together and read each bias tile once from HBM rather than once
-    per head; the block count must fit grid axis 1."""
+    for a gqa bias that several query heads read (head dim 1 or Hk), so that the programs of
+    one block, every head, run together and share each bias tile through L2 rather than each
+    head reading it from HBM; the block count must fit grid axis 1. Measured on an H200
+    (ci/notes_flash.md): +0-9% on the (1, 1, L, L) bias forward."""
     if problem.is_varlen or bias is None or bias.shape[1] == problem.num_q_heads:
         return False
     length = problem.seqlen_q if rows_are_queries else problem.seqlen_k
@@ -429,51 +427,6 @@ def _use_tma(
         return False
     arch = current_arch(q.device)
     return arch.vendor == "nvidia" and arch.capability >= (9, 0)
-
-
-BIAS_TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-BIAS_BOX_LIMIT = 128  # no bias box is larger: outer blocks (`_outer_block`) and inner ones <= 128
-
-
-def _bias_view(bias: torch.Tensor, problem: FlashProblem) -> tuple[list[int], list[int]] | None:
-    """The gqa bias (Bb, Hb, Lq, Lk) as the shape and strides of a TMA descriptor, or None
-    where TMA cannot address it: a float16 / bfloat16 / float32 bias with full query and key
-    dims (no broadcast there; each at least BIAS_BOX_LIMIT), keys unit-stride, the query
-    stride and those of its non-broadcast batch / head dims positive multiples of 16 bytes and
-    a 16-byte aligned base. A broadcast batch or head dim (size 1 or stride 0, read at index 0
-    by `_flash_tiles._bias_at`) becomes size 1 with the stride Lq * stride_q, never stepped."""
-    lq, lk = bias.shape[2:]
-    if bias.dtype not in BIAS_TMA_DTYPES or (lq, lk) != (problem.seqlen_q, problem.seqlen_k):
-        return None
-    if min(lq, lk) < BIAS_BOX_LIMIT or bias.stride(3) != 1 or bias.data_ptr() % 16 != 0:
-        return None
-    shape, strides = [lq, lk], [bias.stride(2), 1]
-    for n, stride in zip(bias.shape[1::-1], bias.stride()[1::-1], strict=True):
-        broadcast = n == 1 or stride == 0
-        shape.insert(0, 1 if broadcast else n)
-        strides.insert(0, lq * bias.stride(2) if broadcast else stride)
-    if not all(s > 0 and s * bias.element_size() % 16 == 0 for s in strides[:3]):
-        return None
-    return shape, strides
-
-
-def _bias_descriptor(bias: torch.Tensor | None, problem: FlashProblem) -> object | None:
-    """A TMA descriptor over the bias (`_bias_view`) where `tma_policy` allows TMA (as for
-    K and V: "auto" on NVIDIA sm90+ outside the interpreter), else None (pointer loads; bitwise
-    the same results). Its box is set by each kernel's pre-hook."""
-    if bias is None or problem.is_varlen or TensorDescriptor is None:
-        return None
-    mode = tma_policy()
-    if mode == "0":
-        return None
-    if mode == "auto":
-        arch = None if interpreter_active() else current_arch(bias.device)
-        if arch is None or arch.vendor != "nvidia" or arch.capability < (9, 0):
-            return None
-    view = _bias_view(bias, problem)
-    if view is None:
-        return None
-    return TensorDescriptor(bias, *view, [1, 1, 16, 16])
 
 
 # the largest BLOCK_INNER of the forward's configs (the autotuner and the pinning policies

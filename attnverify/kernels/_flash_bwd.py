@@ -5,10 +5,9 @@ recomputing P and dS = P * (dP - delta); per query head (the host sums a group w
 plus dS for dbias (DBIAS_MODE). dq: one program per (query block, query head, batch) walks its
 KV tiles. The inner loops' tiles (Q and dO in the dk/dv pass, K and V in the dq pass) load
 through host TMA descriptors (USE_TMA, NVIDIA sm90+, `_flash.tma_policy`) or pointers, with
-the same values (`_flash_tiles._pair_tiles`); bias tiles likewise (BIAS_TMA,
-`_flash_tiles._bias_tile`); the tiles a program keeps for its whole loop, mask, lse, delta,
-tile codes and dbias always through pointers. The launcher is `_flash.flash_backward`; shared
-helpers live in `_flash_tiles`.
+the same values (`_flash_tiles._pair_tiles`); the tiles a program keeps for its whole loop,
+mask, bias, lse, delta, tile codes and dbias always through pointers. The launcher is
+`_flash.flash_backward`; shared helpers live in `_flash_tiles`.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from attnverify.kernels._flash_tiles import (
     LOG2E,
     _aligned,
     _base,
-    _bias_at,
-    _bias_tile,
     _configs,
     _lanes,
     _load_pair,
@@ -64,14 +61,13 @@ def _col_range(n0, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 @triton.jit
 def _bwd_probs(
     q0, q1, do0, do1, k0, k1, v0, v1, lse2, delta, rows, cols, len_q, len_k, causal_shift,
-    qk_scale, mask_ptrs, bias,
+    qk_scale, mask_ptrs, bias_ptrs,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """Recompute P and dS = P * (dP - delta), the gradient of the (natural) scores; `bias`:
-    the tile of `_flash_tiles._bias_tile`."""
+    """Recompute P and dS = P * (dP - delta), the gradient of the (natural) scores."""
     s = _scores(
-        q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs, bias,
+        q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs, bias_ptrs,
         MASKED, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, DOT_PREC,
     )  # fmt: skip
     # [BLOCK_M, BLOCK_N]
@@ -97,19 +93,16 @@ def _load_row_stats(Lse, Delta, rows, len_q, stride_lm):
 def _dkdv_tile(
     dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_ptrs, do_ptrs, q_off0, q_off1, do_off0,
     do_off1, Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, row, l_base, d_base, mask_ptrs,
-    bias_ptrs, Bias_desc, bias_z, bias_h, m0, n0, flag_ptr, db_ptrs, rows, cols, len_q, len_k,
-    causal_shift, qk_scale, d0_ok, d1_ok, stride_lm,
+    bias_ptrs, flag_ptr, db_ptrs, rows, cols, len_q, len_k, causal_shift, qk_scale, d0_ok,
+    d1_ok, stride_lm,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, DBIAS_MODE: tl.constexpr, DOT_PREC: tl.constexpr,
     TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BIAS_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """One query tile (rows [m0, m0 + BLOCK_M) against keys [n0, n0 + BLOCK_N)) of the dk/dv
-    pass, and the dS tile for dbias. TMA: Q and dO through the descriptors at packed query row
-    `row` (`_flash_tiles._pair_tiles`); BIAS_TMA: the bias through Bias_desc
-    (`_flash_tiles._bias_tile`)."""
+    """One query tile of the dk/dv pass (and the dS tile for dbias). TMA: Q and dO through
+    the descriptors at packed query row `row` (`_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         rows_ok = rows < len_q
         # [BLOCK_M, D0], [BLOCK_M, D1]
@@ -120,13 +113,9 @@ def _dkdv_tile(
         )  # fmt: skip
         lse2, delta = _load_row_stats(l_base, d_base, rows, len_q, stride_lm)
         # [BLOCK_M, BLOCK_N]
-        bias = _bias_tile(
-            bias_ptrs, Bias_desc, bias_z, bias_h, m0, n0, rows, cols, len_q, len_k, MASKED,
-            HAS_BIAS, BIAS_TMA, BLOCK_M, BLOCK_N,
-        )  # fmt: skip
         p, ds = _bwd_probs(
             q0, q1, do0, do1, k0, k1, v0, v1, lse2, delta, rows, cols, len_q, len_k,
-            causal_shift, qk_scale, mask_ptrs, bias,
+            causal_shift, qk_scale, mask_ptrs, bias_ptrs,
             MASKED, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, DOT_PREC,
         )  # fmt: skip
         # [BLOCK_N, D0], [BLOCK_N, D1]
@@ -150,7 +139,7 @@ def _dkdv_tile(
 @triton.jit(do_not_specialize=_VARYING)
 def _flash_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV, DB, Mask, Bias, Flags, Work,
-    Q_desc0, Q_desc1, DO_desc0, DO_desc1, Bias_desc,
+    Q_desc0, Q_desc1, DO_desc0, DO_desc1,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -168,7 +157,7 @@ def _flash_bwd_dkdv_kernel(
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DBIAS_MODE: tl.constexpr,
     DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, USE_TMA: tl.constexpr,
-    BIAS_TMA: tl.constexpr, HEADS_FIRST: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
 ):  # fmt: skip
     """dk, dv (per query head) and dS for dbias: one program per (KV block, query head, batch).
 
@@ -177,8 +166,7 @@ def _flash_bwd_dkdv_kernel(
     USE_TMA: the query tiles' Q and dO through the host TMA descriptors Q_desc* / DO_desc*
     (over Q and dO as (Z, Hq, rows, D), boxes [1, 1, BLOCK_M, D0] and [1, 1, BLOCK_M, D1];
     None otherwise), the same values as the pointer loads (`_flash_tiles._pair_tiles`).
-    BIAS_TMA: bias tiles through Bias_desc (box [1, 1, BLOCK_M, BLOCK_N]). HEADS_FIRST: grid
-    axes 0 and 1 swapped (`_flash_tiles._program`).
+    HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`).
     """
     BLOCK_N: tl.constexpr = BLOCK_OUTER
     BLOCK_M: tl.constexpr = BLOCK_INNER
@@ -216,7 +204,6 @@ def _flash_bwd_dkdv_kernel(
     d_base = _base(Delta, z, h, start_q, stride_lz, stride_lh, stride_lm)
     m_base = _base(Mask, z, h // mask_head_div, n0, stride_mz, stride_mh, stride_mn)
     b_base = _base(Bias, z, h // bias_head_div, n0, stride_bz, stride_bh, stride_bn)
-    bias_z, bias_h = _bias_at(z, h, bias_head_div, stride_bz, stride_bh)
     f_base = _base(Flags, z, h // mask_head_div, n0 // MASK_BLOCK, stride_fz, stride_fh, stride_fn)
     db_base = DB + z.to(tl.int64) * stride_dbz + h.to(tl.int64) * stride_dbh
     m_off = offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
@@ -237,40 +224,40 @@ def _flash_bwd_dkdv_kernel(
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
-            do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1, Q_desc0, Q_desc1,
-            DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
-            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off, Bias_desc, bias_z,
-            bias_h, m0, n0, f_base + (m0 // MASK_BLOCK) * stride_fm,
-            db_base + m64 * stride_dbm + db_off, m0 + offs_m, cols, len_q, len_k, shift, qk_scale,
-            d0_ok, d1_ok, stride_lm, True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-            DBIAS_MODE, DOT_PREC, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M,
-            BLOCK_N,
+            do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
+            m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
+            stride_lm,
+            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
     for m0 in range(a, b, BLOCK_M):
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
-            do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1, Q_desc0, Q_desc1,
-            DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
-            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off, Bias_desc, bias_z,
-            bias_h, m0, n0, f_base + (m0 // MASK_BLOCK) * stride_fm,
-            db_base + m64 * stride_dbm + db_off, m0 + offs_m, cols, len_q, len_k, shift, qk_scale,
-            d0_ok, d1_ok, stride_lm, False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-            DBIAS_MODE, DOT_PREC, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M,
-            BLOCK_N,
+            do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
+            m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
+            stride_lm,
+            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
     for m0 in range(b, m_end, BLOCK_M):
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
-            do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1, Q_desc0, Q_desc1,
-            DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
-            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off, Bias_desc, bias_z,
-            bias_h, m0, n0, f_base + (m0 // MASK_BLOCK) * stride_fm,
-            db_base + m64 * stride_dbm + db_off, m0 + offs_m, cols, len_q, len_k, shift, qk_scale,
-            d0_ok, d1_ok, stride_lm, True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-            DBIAS_MODE, DOT_PREC, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M,
-            BLOCK_N,
+            do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
+            f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
+            m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
+            stride_lm,
+            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
 
     dk_base = _base(DK, z, h, start_k + n0, stride_dkz, stride_dkh, stride_dkn)
@@ -294,19 +281,17 @@ def _flash_bwd_dkdv_kernel(
 @triton.jit
 def _dq_tile(
     dq0, dq1, q0, q1, do0, do1, lse2, delta, k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1,
-    K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row, mask_ptrs, bias_ptrs, Bias_desc, bias_z,
-    bias_h, m0, n0, flag_ptr, rows, cols, len_q, len_k, causal_shift, qk_scale, d0_ok, d1_ok,
+    K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row,
+    mask_ptrs, bias_ptrs, flag_ptr, rows, cols, len_q, len_k, causal_shift, qk_scale,
+    d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr,
     TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BIAS_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One KV tile (keys [n0, n0 + BLOCK_N) of query rows [m0, m0 + BLOCK_M)) of the dq pass:
-    dq += dS @ K. TMA: K and V through the descriptors at packed key row `row`
-    (`_flash_tiles._pair_tiles`); BIAS_TMA: the bias through Bias_desc
-    (`_flash_tiles._bias_tile`)."""
+    """One KV tile of the dq pass: dq += dS @ K. TMA: K and V through the descriptors at
+    packed key row `row` (`_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         # [BLOCK_N, D0], [BLOCK_N, D1]
         k0, k1, v0, v1 = _pair_tiles(
@@ -314,13 +299,9 @@ def _dq_tile(
             V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
             HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N, True,
         )  # fmt: skip
-        bias = _bias_tile(
-            bias_ptrs, Bias_desc, bias_z, bias_h, m0, n0, rows, cols, len_q, len_k, MASKED,
-            HAS_BIAS, BIAS_TMA, BLOCK_M, BLOCK_N,
-        )  # fmt: skip
         _, ds = _bwd_probs(
             q0, q1, do0, do1, k0, k1, v0, v1, lse2, delta, rows, cols, len_q, len_k,
-            causal_shift, qk_scale, mask_ptrs, bias,
+            causal_shift, qk_scale, mask_ptrs, bias_ptrs,
             MASKED, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, DOT_PREC,
         )  # fmt: skip
         # [BLOCK_M, D0], [BLOCK_M, D1]
@@ -333,7 +314,6 @@ def _dq_tile(
 @triton.jit(do_not_specialize=_VARYING)
 def _flash_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ, Mask, Bias, Flags, Work, K_desc0, K_desc1, V_desc0, V_desc1,
-    Bias_desc,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -348,15 +328,13 @@ def _flash_bwd_dq_kernel(
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
-    ALIGN: tl.constexpr, USE_TMA: tl.constexpr, BIAS_TMA: tl.constexpr,
-    HEADS_FIRST: tl.constexpr,
+    ALIGN: tl.constexpr, USE_TMA: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):  # fmt: skip
     """dq: one program per (query block, query head, batch), no atomics. USE_TMA: the key
     tiles' K and V through the host TMA descriptors K_desc* / V_desc* (over K and V as
     (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise), the
-    same values as the pointer loads (`_flash_tiles._pair_tiles`). BIAS_TMA: bias tiles through
-    Bias_desc (box [1, 1, BLOCK_M, BLOCK_N]). HEADS_FIRST: grid axes 0 and 1 swapped
-    (`_flash_tiles._program`)."""
+    same values as the pointer loads (`_flash_tiles._pair_tiles`). HEADS_FIRST: grid axes 0 and 1
+    swapped (`_flash_tiles._program`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -396,7 +374,6 @@ def _flash_bwd_dq_kernel(
         stride_mz, stride_mh, stride_mm, stride_mn, stride_bz, stride_bh, stride_bm, stride_bn,
         stride_fz, stride_fh, stride_fm, BLOCK_M, MASK_BLOCK,
     )  # fmt: skip
-    bias_z, bias_h = _bias_at(z, h, bias_head_div, stride_bz, stride_bh)
 
     dq0 = tl.zeros([BLOCK_M, HEAD_D0], tl.float32)
     dq1 = tl.zeros([BLOCK_M, HEAD_D1], tl.float32)
@@ -406,23 +383,25 @@ def _flash_bwd_dq_kernel(
         n64 = _wide(n0)
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
-            v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
-            V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
-            b_base + n64 * stride_bn + b_off, Bias_desc, bias_z, bias_h, m0, n0,
+            v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
+            m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
-            qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-            DOT_PREC, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M, BLOCK_N,
+            qk_scale, d0_ok, d1_ok,
+            False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
     for n0 in range(n_full, n_end, BLOCK_N):
         n64 = _wide(n0)
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
-            v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
-            V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
-            b_base + n64 * stride_bn + b_off, Bias_desc, bias_z, bias_h, m0, n0,
+            v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
+            m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
-            qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-            DOT_PREC, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M, BLOCK_N,
+            qk_scale, d0_ok, d1_ok,
+            True, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
+            USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
 
     dq_base = _base(DQ, z, h, start_q + m0, stride_dqz, stride_dqh, stride_dqm)
@@ -438,17 +417,14 @@ QDO_DESC_NAMES = ("Q_desc0", "DO_desc0", "Q_desc1", "DO_desc1")
 
 def _set_qdo_block_shapes(nargs: dict) -> None:
     """Config pre-hook of the dk/dv pass: the TMA descriptors' boxes for the config's
-    BLOCK_INNER (its query block), [1, 1, BLOCK_INNER, D0] (Q_desc0, DO_desc0),
-    [1, 1, BLOCK_INNER, D1] (Q_desc1, DO_desc1) and [1, 1, BLOCK_INNER, BLOCK_OUTER]
-    (Bias_desc: query rows x keys); a descriptor argument that is None (pointer loads, no
-    tile 1) is left as it is."""
+    BLOCK_INNER (its query block), [1, 1, BLOCK_INNER, D0] (Q_desc0, DO_desc0) and
+    [1, 1, BLOCK_INNER, D1] (Q_desc1, DO_desc1); a descriptor argument that is None (pointer
+    loads, no tile 1) is left as it is."""
     block_m = nargs["BLOCK_INNER"]
     for name in QDO_DESC_NAMES:
         if nargs[name] is not None:
             width = nargs["HEAD_D0"] if name.endswith("0") else nargs["HEAD_D1"]
             nargs[name].block_shape = [1, 1, block_m, width]
-    if nargs["Bias_desc"] is not None:
-        nargs["Bias_desc"].block_shape = [1, 1, block_m, nargs["BLOCK_OUTER"]]
 
 
 # Both passes also tune per inner-tile load path: TMA and pointer loads pipeline differently.

@@ -5,9 +5,8 @@ first, then the boundary and diagonal tiles masked (`_row_range`); with a mask, 
 lists of tiles to visit (`_flash._tile_lists`: clean tiles unmasked, then the rest masked).
 Out in the input dtype; lse (natural log, float32) -inf for rows with no visible key, whose
 out is 0. K and V tiles load through host TMA descriptors (USE_TMA, NVIDIA sm90+,
-`_flash.tma_policy`) or pointers, with the same values (`_flash_tiles._pair_tiles`); bias
-tiles likewise (BIAS_TMA, `_flash_tiles._bias_tile`); Q, mask and the tile lists always
-through pointers. The launcher is `_flash.flash_forward`;
+`_flash.tma_policy`) or pointers, with the same values (`_flash_tiles._pair_tiles`); Q, mask,
+bias and the tile lists always through pointers. The launcher is `_flash.flash_forward`;
 shared helpers live in `_flash_tiles`.
 """
 
@@ -23,8 +22,6 @@ from attnverify.kernels._flash_tiles import (
     LN2,
     _aligned,
     _base,
-    _bias_at,
-    _bias_tile,
     _configs,
     _lanes,
     _load_tile,
@@ -42,20 +39,18 @@ from attnverify.kernels._flash_tiles import (
 @triton.jit
 def _fwd_tile(
     acc0, acc1, m_i, l_i, q0, q1, k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1,
-    K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row, mask_ptrs, bias_ptrs, Bias_desc, bias_z,
-    bias_h, m0, n0, mask_partial, rows, cols, len_q, len_k, causal_shift, qk_scale, d0_ok, d1_ok,
+    K_desc0, K_desc1, V_desc0, V_desc1, z, hk, row,
+    mask_ptrs, bias_ptrs, mask_partial, rows, cols, len_q, len_k, causal_shift, qk_scale,
+    d0_ok, d1_ok,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, DOT_PREC: tl.constexpr, RAW_MAX: tl.constexpr,
     TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BIAS_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One KV tile (keys [n0, n0 + BLOCK_N) of query rows [m0, m0 + BLOCK_M)) of the online
-    softmax: update acc, running max m_i and sum l_i. RAW_MAX: no bias and scale > 0 (the row
-    max of q.k, scaled, is the row max of the scaled scores). TMA: K and V through the
-    descriptors at packed key row `row` (`_pair_tiles`); BIAS_TMA: the bias through Bias_desc
-    (`_bias_tile`). HAS_MASK:
+    """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
+    bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
+    TMA: K and V through the descriptors at packed key row `row` (`_pair_tiles`). HAS_MASK:
     a tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are
     read only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
@@ -65,13 +60,9 @@ def _fwd_tile(
         HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N, False,
     )  # fmt: skip
     # [BLOCK_M, BLOCK_N]
-    bias = _bias_tile(
-        bias_ptrs, Bias_desc, bias_z, bias_h, m0, n0, rows, cols, len_q, len_k, MASKED,
-        HAS_BIAS, BIAS_TMA, BLOCK_M, BLOCK_N,
-    )  # fmt: skip
     s = _scores(
-        q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs, bias,
-        MASKED, IS_CAUSAL, False, HAS_BIAS, HAS_D1, DOT_PREC, not RAW_MAX,
+        q0, q1, k0, k1, rows, cols, len_q, len_k, causal_shift, qk_scale, mask_ptrs,
+        bias_ptrs, MASKED, IS_CAUSAL, False, HAS_BIAS, HAS_D1, DOT_PREC, not RAW_MAX,
     )  # fmt: skip
     if HAS_MASK:
         # mask_partial (int, 0 or 1) reaches the load mask through a [BLOCK_M, 1] tensor: the
@@ -102,7 +93,7 @@ def _fwd_tile(
 
 @triton.jit(do_not_specialize=_VARYING)
 def _flash_fwd_kernel(
-    Q, K, V, Out, Lse, Mask, Bias, Flags, Work, K_desc0, K_desc1, V_desc0, V_desc1, Bias_desc,
+    Q, K, V, Out, Lse, Mask, Bias, Flags, Work, K_desc0, K_desc1, V_desc0, V_desc1,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -117,7 +108,7 @@ def _flash_fwd_kernel(
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
     ALIGN: tl.constexpr, RAW_MAX: tl.constexpr, USE_TMA: tl.constexpr,
-    BIAS_TMA: tl.constexpr, HEADS_FIRST: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
 ):  # fmt: skip
     """Forward: one program per (query block, query head, batch); writes out and lse.
     RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
@@ -125,9 +116,8 @@ def _flash_fwd_kernel(
     `_flash._tile_lists`, not the tile codes the backward reads.
     USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
     as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
-    the same values as the pointer loads (`_flash_tiles._pair_tiles`). BIAS_TMA: bias tiles
-    through Bias_desc (box [1, 1, BLOCK_M, BLOCK_N], `_flash_tiles._bias_tile`). HEADS_FIRST:
-    grid axes 0 and 1 swapped (`_flash_tiles._program`)."""
+    the same values as the pointer loads (`_flash_tiles._pair_tiles`). HEADS_FIRST: grid axes 0
+    and 1 swapped (`_flash_tiles._program`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -163,7 +153,6 @@ def _flash_fwd_kernel(
         stride_mz, stride_mh, stride_mm, stride_mn, stride_bz, stride_bh, stride_bm, stride_bn,
         stride_fz, stride_fh, stride_fm, BLOCK_M, MASK_BLOCK,
     )  # fmt: skip
-    bias_z, bias_h = _bias_at(z, h, bias_head_div, stride_bz, stride_bh)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -184,10 +173,10 @@ def _flash_fwd_kernel(
                     acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                     v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
                     V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
-                    b_base + n64 * stride_bn + b_off, Bias_desc, bias_z, bias_h, m0, n0, 0, rows,
-                    n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL,
-                    False, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA,
-                    IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M, BLOCK_N,
+                    b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
+                    shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
+                    MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
+                    HEAD_D1, BLOCK_N,
                 )  # fmt: skip
         last = f_base + (tl.cdiv(len_k, MASK_BLOCK) + 1) * stride_fn
         # two stages: the mask tiles join K and V in the pipeline's shared memory
@@ -200,34 +189,34 @@ def _flash_fwd_kernel(
                     acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                     v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
                     V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
-                    b_base + n64 * stride_bn + b_off, Bias_desc, bias_z, bias_h, m0, n0, code % 2,
-                    rows, n0 + offs_n, len_q, len_k, shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL,
-                    True, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN,
-                    HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA, BLOCK_M, BLOCK_N,
+                    b_base + n64 * stride_bn + b_off, code % 2, rows, n0 + offs_n, len_q,
+                    len_k, shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, True, HAS_BIAS,
+                    HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM,
+                    HEAD_D0, HEAD_D1, BLOCK_N,
                 )  # fmt: skip
     else:
         n_full, n_end = _row_range(m0, len_q, len_k, BLOCK_M, BLOCK_N, IS_CAUSAL)
         for n0 in range(0, n_full, BLOCK_N):
             n64 = _wide(n0)
             acc0, acc1, m_i, l_i = _fwd_tile(
-                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-                k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1, z, hk,
-                start_k + n0, m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
-                Bias_desc, bias_z, bias_h, m0, n0, 0, rows, n0 + offs_n, len_q, len_k, shift,
-                qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-                DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA,
-                BLOCK_M, BLOCK_N,
+                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
+                v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
+                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
+                shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
+                MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
+                HEAD_D1, BLOCK_N,
             )  # fmt: skip
         for n0 in range(n_full, n_end, BLOCK_N):
             n64 = _wide(n0)
             acc0, acc1, m_i, l_i = _fwd_tile(
-                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn, v_base + n64 * stride_vn,
-                k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0, V_desc1, z, hk,
-                start_k + n0, m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
-                Bias_desc, bias_z, bias_h, m0, n0, 0, rows, n0 + offs_n, len_q, len_k, shift,
-                qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, False, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1,
-                DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BIAS_TMA,
-                BLOCK_M, BLOCK_N,
+                acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
+                v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
+                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
+                shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
+                MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
+                HEAD_D1, BLOCK_N,
             )  # fmt: skip
     has_key = l_i > 0
     inv_l = 1.0 / tl.where(has_key, l_i, 1.0)
@@ -249,17 +238,14 @@ KV_DESC_NAMES = ("K_desc0", "V_desc0", "K_desc1", "V_desc1")
 
 
 def _set_kv_block_shapes(nargs: dict) -> None:
-    """Config pre-hook (forward, dq pass): the TMA descriptors' boxes for the config's
-    BLOCK_INNER, [1, 1, BLOCK_INNER, D0] (K_desc0, V_desc0), [1, 1, BLOCK_INNER, D1] (K_desc1,
-    V_desc1) and [1, 1, BLOCK_OUTER, BLOCK_INNER] (Bias_desc: query rows x keys); a
-    descriptor argument that is None (pointer loads, no tile 1) is left as it is."""
+    """Config pre-hook: the TMA descriptors' boxes for the config's BLOCK_INNER,
+    [1, 1, BLOCK_INNER, D0] (K_desc0, V_desc0) and [1, 1, BLOCK_INNER, D1] (K_desc1, V_desc1);
+    a descriptor argument that is None (pointer loads, no tile 1) is left as it is."""
     block_n = nargs["BLOCK_INNER"]
     for name in KV_DESC_NAMES:
         if nargs[name] is not None:
             width = nargs["HEAD_D0"] if name.endswith("0") else nargs["HEAD_D1"]
             nargs[name].block_shape = [1, 1, block_n, width]
-    if nargs["Bias_desc"] is not None:
-        nargs["Bias_desc"].block_shape = [1, 1, nargs["BLOCK_OUTER"], block_n]
 
 
 _fwd = triton.autotune(

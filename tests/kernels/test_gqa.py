@@ -175,6 +175,40 @@ def test_gqa_strides_and_determinism_bitwise():
         assert torch.equal(first[name], strided[name]), f"{name} depends on strides"
 
 
+@pytest.mark.parametrize("bias_heads", [1, 2])
+def test_gqa_heads_first_grid_is_bitwise_the_blocks_first_one(
+    bias_heads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bias several query heads share runs the grid heads-first (`_flash._heads_first`):
+    every program still computes the same rows, so out, lse and every gradient are bitwise
+    those of the blocks-first grid."""
+    q, k, v, do = make(2, 4, 2, 70, 45, 24, torch.float16, seed=4)
+    g = torch.Generator().manual_seed(5)
+    bias = torch.randn(2, bias_heads, 70, 45, generator=g).to(DEVICE, torch.float16)
+    mask = (torch.rand(1, 1, 70, 45, generator=g) < 0.8).to(DEVICE)
+    problem = _flash.FlashProblem(False, 2, 4, 2, True, 0.2, seqlen_q=70, seqlen_k=45)
+    assert _flash._heads_first(problem, bias, 32, rows_are_queries=True)
+    heads_first = run(gqa_attention, q, k, v, do, mask, bias, True)
+    monkeypatch.setattr(_flash, "_heads_first", lambda *a, **kw: False)
+    blocks_first = run(gqa_attention, q, k, v, do, mask, bias, True)
+    for name, x in heads_first.items():
+        assert torch.equal(x, blocks_first[name]), f"{name} depends on the grid order"
+
+
+@pytest.mark.parametrize(
+    ("bias_heads", "varlen", "expected"),
+    [(None, False, False), (1, False, True), (2, False, True), (4, False, False), (1, True, False)],
+)
+def test_gqa_heads_first_only_for_a_bias_shared_by_heads(
+    bias_heads: int | None, varlen: bool, expected: bool
+) -> None:
+    """Query heads run fastest only for a gqa bias that several heads read (Hb = 1 or Hk, here
+    2 of Hq = 4); no bias, a per-query-head bias and varlen keep blocks fastest."""
+    problem = _flash.FlashProblem(varlen, 1, 4, 2, False, 0.1, seqlen_q=256, seqlen_k=256)
+    bias = None if bias_heads is None else torch.empty(1, bias_heads, 256, 256)
+    assert _flash._heads_first(problem, bias, 128, rows_are_queries=True) is expected
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
