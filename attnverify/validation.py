@@ -145,13 +145,15 @@ def _cu_expectation(name: str, total: int) -> str:
 
 
 def _check_cu_tensor(name: str, cu: object, total: int, device: torch.device) -> torch.Tensor:
-    """A cu_seqlens tensor's type, dtype, rank and device (no values read)."""
+    """A cu_seqlens tensor's type, dtype, rank and device, q's or the CPU (no values read)."""
     if not isinstance(cu, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(cu).__name__}")
     if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
         raise ValueError(f"{_cu_expectation(name, total)}; got {_describe(cu)}")
-    if cu.device != device:
-        raise ValueError(f"{name} must be on the device of q ({device}); got {cu.device}")
+    if cu.device != device and cu.device.type != "cpu":
+        raise ValueError(
+            f"{name} must be on the device of q ({device}) or on the CPU; got {cu.device}"
+        )
     return cu
 
 
@@ -192,7 +194,8 @@ def check_varlen_layout(
     dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
 ) -> None:
     """The checks of `check_varlen_inputs` that read no tensor values (no device sync): q
-    (Tq, Hq, D); k, v (Tk, Hk, D); cu_seqlens int32 (N+1,) on q's device, the same N."""
+    (Tq, Hq, D); k, v (Tk, Hk, D); cu_seqlens int32 (N+1,) on q's device or on the CPU, the
+    same N."""
     _check_qkv(q, k, v, 3, dtypes)
     check_head_dim("q", q.shape[-1])
     check_heads(q.shape[1], k.shape[1])
@@ -215,8 +218,12 @@ def check_varlen_values(
     scale: float | None,
 ) -> VarlenMeta:
     """The value checks of `check_varlen_inputs`, after `check_varlen_layout`: one host read of
-    both cu_seqlens (one device sync), their values, and the maxima against the lengths."""
-    values = torch.cat([cu_seqlens_q, cu_seqlens_k]).tolist()
+    both cu_seqlens (a device sync unless both are on the CPU), their values, and the maxima
+    against the lengths."""
+    if cu_seqlens_q.device == cu_seqlens_k.device:
+        values = torch.cat([cu_seqlens_q, cu_seqlens_k]).tolist()
+    else:  # one on the CPU: its read costs no sync, the other's one
+        values = cu_seqlens_q.tolist() + cu_seqlens_k.tolist()
     n = cu_seqlens_q.numel()
     cu_q = _check_cu_values("cu_seqlens_q", values[:n], q.shape[0])
     cu_k = _check_cu_values("cu_seqlens_k", values[n:], k.shape[0])

@@ -1,9 +1,10 @@
 """Variable-length (packed) flash attention in Triton, forward and backward.
 
 Layouts: q (Tq, Hq, D); k, v (Tk, Hk, D); sequences delimited by cu_seqlens (N+1,) int32, as in
-vision encoders (one sequence per image frame, see `cu_seqlens_from_grid_thw`). float16,
-bfloat16, float32 (IEEE, never TF32); any D in [8, 256] with D % 8 == 0 (non-powers of two as a
-power-of-two tile plus a small remainder tile). lse in natural log, float32.
+vision encoders (one sequence per image frame, see `cu_seqlens_from_grid_thw`), on q's device or
+on the CPU (no device sync to read them). float16, bfloat16, float32 (IEEE, never TF32); any D
+in [8, 256] with D % 8 == 0 (non-powers of two as a power-of-two tile plus a small remainder
+tile). lse in natural log, float32.
 Oracle: `attnverify.reference.varlen`. Core: `attnverify.kernels._flash` (IS_VARLEN=True).
 """
 
@@ -209,8 +210,13 @@ def varlen_attention(
         q: (Tq, Hq, D) float16 | bfloat16 | float32; any strides. D in [8, 256], D % 8 == 0.
         k: (Tk, Hk, D), q's dtype, Hq % Hk == 0; any strides.
         v: (Tk, Hk, D), q's dtype; any strides.
-        cu_seqlens_q: (N+1,) int32 on q's device: starts at 0, non-decreasing, ends at Tq.
-        cu_seqlens_k: (N+1,) int32 on q's device: starts at 0, non-decreasing, ends at Tk.
+        cu_seqlens_q: (N+1,) int32 on q's device or on the CPU: starts at 0, non-decreasing,
+            ends at Tq. The call reads the values on the host to validate them and plan its
+            grid: from q's device that read is a device sync (on an H200 it cost 7-8% of a
+            20k-token call, ci/notes_flash.md); a CPU tensor (e.g. built from a host
+            `grid_thw` once per batch, shared by every layer) needs none.
+        cu_seqlens_k: (N+1,) int32 on q's device or on the CPU, likewise: starts at 0,
+            non-decreasing, ends at Tk.
         max_seqlen_q, max_seqlen_k: upper bounds on the lengths, checked (None: computed).
         causal: bottom-right causal per sequence.
         scale: multiplies q.k; default 1 / sqrt(D) with the caller's D.

@@ -37,8 +37,10 @@ def varlen_attention(
         q: (Tq, Hq, D) float16 | bfloat16 | float32 | float64.
         k: (Tk, Hk, D), same dtype as q. Hq % Hk == 0.
         v: (Tk, Hk, D), same dtype as q.
-        cu_seqlens_q: (N+1,) int32, starts at 0, non-decreasing, last entry Tq.
-        cu_seqlens_k: (N+1,) int32, starts at 0, non-decreasing, last entry Tk.
+        cu_seqlens_q: (N+1,) int32 on q's device or on the CPU, starts at 0, non-decreasing,
+            last entry Tq.
+        cu_seqlens_k: (N+1,) int32 on q's device or on the CPU, starts at 0, non-decreasing,
+            last entry Tk.
         max_seqlen_q, max_seqlen_k: upper bounds on the lengths (None: computed); a value
             below the real maximum is an error.
         causal: bottom-right causal per sequence.

@@ -8,7 +8,8 @@ kernel and every baseline this torch and device offer (`attnverify.verify.baseli
 has none in torch, so its GB/s and % of copy bandwidth stand alone). For paged, a second row
 `attnverify-planned` times the kernel as engines call it: validated and planned once
 (`plan_paged`), then only `launch_paged`; the public function reads block tables on the host
-on every call.
+on every call. For varlen, a second row `attnverify-host-cu` passes cu_seqlens on the CPU: the
+call reads them without a device sync (the public row's cu_seqlens are on the device).
 
 Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
 the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(case)`) for
@@ -240,6 +241,10 @@ def _bench_shape(
         if case.variant == "paged" and ours_name == OURS and report.passed:
             ms, status = _time(Impl(f"{OURS}-planned", _paged_planned(inputs)), timer)
             rows.append(_row(spec, case, f"{OURS}-planned", ms, status, peaks))
+        if case.variant == "varlen" and ours_name == OURS and report.passed:
+            call = _varlen_host_cu(spec, ours, inputs)
+            ms, status = _time(Impl(f"{OURS}-host-cu", call), timer)
+            rows.append(_row(spec, case, f"{OURS}-host-cu", ms, status, peaks))
     for impl in baselines(spec, case, inputs):
         ms, status = _time(impl, timer)
         row = _row(spec, case, impl.name, ms, status, peaks)
@@ -274,6 +279,17 @@ def _paged_planned(inputs: dict[str, Any]) -> Callable[[], Any]:
         kv_layout=layout,
         config=plan.config,
     )
+
+
+def _varlen_host_cu(
+    spec: Any, ours: Callable[..., Any], inputs: dict[str, Any]
+) -> Callable[[], Any]:
+    """Our varlen call with cu_seqlens on the CPU (copied there once, as a vision encoder
+    building them from a host grid_thw would have them): its host read of the lengths needs
+    no device sync. The public row passes them on the device and pays that sync per call.
+    The kernel and its results are the same (tests/kernels/test_varlen.py)."""
+    host = {name: inputs[name].cpu() for name in ("cu_seqlens_q", "cu_seqlens_k")}
+    return call_of(spec, ours, {**inputs, **host})
 
 
 def _failure_summary(result: Any) -> str:

@@ -269,3 +269,25 @@ def test_varlen_forward_reads_cu_seqlens_once_and_reuses_its_work_table(monkeypa
     with pytest.raises(ValueError, match="max_seqlen_k"):
         varlen_attention(q, k, v, c, c, max_seqlen_k=50)
     assert varlen_mod._MAXIMA.get() is None, "the hand-over outlived its call"
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="a device sync exists only on a GPU")
+def test_varlen_host_cu_seqlens_need_no_device_sync():
+    """cu_seqlens on the CPU with q on the GPU: forward and backward bitwise those of device
+    cu_seqlens, and once the work tables exist (first call), a call makes no device sync at
+    all (torch's sync debug mode raises on any)."""
+    lens = [37, 0, 150, 64]
+    q, k, v, do = make(lens, lens, 4, 2, 72, torch.bfloat16, seed=8)
+    on_device, on_host = cu(lens), cu(lens).cpu()
+    ref = run(varlen_attention, q, k, v, do, on_device, on_device, True)
+    got = run(varlen_attention, q, k, v, do, on_host, on_host, True)
+    for name, x in ref.items():
+        assert torch.equal(x, got[name]), f"{name} depends on where cu_seqlens live"
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = varlen_attention(*leaves, on_host, on_host, causal=True)
+        torch.autograd.grad(out, leaves, do)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

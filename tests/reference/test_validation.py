@@ -254,7 +254,7 @@ BAD: dict[str, Bad] = {
         "varlen",
         with_(cu_seqlens_k=lambda kw: meta(kw["cu_seqlens_k"])),
         ValueError,
-        r"cu_seqlens_k must be on the device of q \(cpu\); got meta",
+        r"cu_seqlens_k must be on the device of q \(cpu\) or on the CPU; got meta",
     ),
     "varlen/cu-count-mismatch": Bad(
         "varlen",
@@ -660,6 +660,18 @@ def test_validation_accepts_scalar_tensor_scale() -> None:
     """A one-element float tensor scale acts as the float it holds."""
     want = gqa_attention(**gqa_kwargs(), scale=0.25)
     assert torch.equal(gqa_attention(**gqa_kwargs(), scale=torch.tensor(0.25)), want)
+
+
+def test_validation_accepts_cu_seqlens_on_the_cpu_beside_a_device_q() -> None:
+    """cu_seqlens may stay on the CPU while q, k, v live on a device (meta stands in for one
+    here): the values are read on the host and checked as usual, the lengths come back."""
+    kw = varlen_kwargs()
+    q, k, v = (meta(kw[n]) for n in ("q", "k", "v"))
+    cu_q, cu_k = kw["cu_seqlens_q"], kw["cu_seqlens_k"]
+    got = check_varlen_inputs(q, k, v, cu_q, cu_k, None, None, None, dtypes=(F64,))
+    assert (got.seqlens_q, got.seqlens_k) == ((2, 4), (3, 2))
+    with pytest.raises(ValueError, match=r"cu_seqlens_k .* got last entry 4"):
+        check_varlen_inputs(q, k, v, cu_q, i32([0, 3, 4]), None, None, None, dtypes=(F64,))
 
 
 def test_validation_reads_both_cu_seqlens_in_one_host_copy(monkeypatch: pytest.MonkeyPatch) -> None:
