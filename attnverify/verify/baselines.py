@@ -86,9 +86,19 @@ def _gqa_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Imp
     yield _flex_gqa(case, inputs)
 
 
+# Every bench shape compiles flex_attention anew (dynamic=False): a bench run holds more
+# shapes than dynamo's default of 8 recompiles per function, past which it silently runs the
+# eager (unfused, ~60x slower) flex_attention and the baseline row would be wrong.
+FLEX_RECOMPILE_LIMIT = 256
+
+
 def _flex_module() -> Any:
+    import torch._dynamo.config as dynamo_config
     from torch.nn.attention import flex_attention as flex
 
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FLEX_RECOMPILE_LIMIT)
+    limit = dynamo_config.accumulated_recompile_limit
+    dynamo_config.accumulated_recompile_limit = max(limit, FLEX_RECOMPILE_LIMIT)
     return flex
 
 

@@ -156,3 +156,45 @@ def test_bench_paged_times_the_planned_launch_too(home: Path) -> None:
     assert set(by_impl) == {"attnverify", "attnverify-planned"}, by_impl
     for row in by_impl.values():
         assert row.status == "ok" and row.ms is not None and row.unit == "GB/s", row
+
+
+def test_bench_varlen_times_host_cu_seqlens_too(home: Path) -> None:
+    """Our varlen kernel gets a second row with cu_seqlens on the CPU (no device sync to read
+    them), beside the public row's device cu_seqlens (here both on the CPU)."""
+    case = Case(
+        variant="varlen",
+        dtype="float16",
+        seed=4,
+        heads_q=2,
+        heads_k=1,
+        head_dim=16,
+        seqlens_q=(5, 0, 9),
+        seqlens_k=(5, 0, 9),
+    )
+    rows = bench.bench_variant(
+        "varlen",
+        target="attnverify",
+        device=CPU,
+        timer=wall_timer,
+        peaks=PEAKS,
+        out=io.StringIO(),
+        cases=[case],
+    )
+    by_impl = {r.impl: r for r in rows}
+    assert {"attnverify", "attnverify-host-cu"} <= set(by_impl), by_impl
+    for name in ("attnverify", "attnverify-host-cu"):
+        row = by_impl[name]
+        assert row.status == "ok" and row.ms is not None and row.unit == "TFLOP/s", row
+
+
+def test_flex_baseline_lifts_dynamo_recompile_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench run compiles flex_attention once per shape: past dynamo's default of 8
+    recompiles it would silently time the eager flex_attention."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.undo()  # the real _flex_module, not the autouse stand-in
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 8)
+    baselines._flex_module()
+    assert dynamo_config.recompile_limit >= baselines.FLEX_RECOMPILE_LIMIT
+    assert dynamo_config.accumulated_recompile_limit >= baselines.FLEX_RECOMPILE_LIMIT
