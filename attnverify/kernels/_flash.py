@@ -532,10 +532,33 @@ def flash_forward(
     if mask is not None:
         tiles = _tile_lists(common.kwargs["Flags"], problem, common.kwargs["MASK_BLOCK"])
         common.kwargs.update(Flags=tiles, **_stride_kw("f", "zhmn", _broadcast(tiles)))
+    stages = _list_stages(split, q, bias, common) if mask is not None else (None, 2)
+    args.update(zip(("CLEAN_STAGES", "REST_STAGES"), stages, strict=True))
     if config is not None:
         _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
     _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
     return out, lse
+
+
+LIST_STAGE_BYTES = 128 * 1024
+
+
+def _list_stages(
+    split: HeadDimSplit, q: torch.Tensor, bias: torch.Tensor | None, common: _Common
+) -> tuple[int | None, int]:
+    """Pipeline stages of the forward's two mask-list loops (clean tiles, rest): (None, 2) -
+    the config's stages, then 2 - while the tiles one iteration loads (a whole mask block of
+    keys: K and V, and the mask and bias tiles) take at most LIST_STAGE_BYTES; else (1, 1).
+    Compiled for sm90 with pipelined loops, every config asked for more shared memory than
+    the device's 227 KiB at D = 256 in bf16 (168 KiB an iteration: 322-330 KiB) and at
+    D = 112 with a float32 bias (144 KiB: 228-240 KiB); at D = 128 with a bf16 bias (112
+    KiB) they fit (192 KiB), without a bias (80 KiB) too (164-176 KiB)."""
+    keys, rows = common.kwargs["MASK_BLOCK"], common.kwargs["BLOCK_OUTER"]
+    width = split.d0 + (split.d1 if split.has_d1 else 0)
+    bias_size = bias.element_size() if bias is not None else 0
+    if keys * (2 * width * q.element_size() + rows * (1 + bias_size)) <= LIST_STAGE_BYTES:
+        return None, 2
+    return 1, 1
 
 
 def _tile_codes(mask: torch.Tensor, problem: FlashProblem, block: int) -> torch.Tensor:

@@ -108,7 +108,7 @@ def _flash_fwd_kernel(
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr,
     ALIGN: tl.constexpr, RAW_MAX: tl.constexpr, USE_TMA: tl.constexpr,
-    HEADS_FIRST: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, CLEAN_STAGES: tl.constexpr, REST_STAGES: tl.constexpr,
 ):  # fmt: skip
     """Forward: one program per (query block, query head, batch); writes out and lse.
     RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
@@ -164,7 +164,7 @@ def _flash_fwd_kernel(
         # causally visible to every row) without any mask, then the rest, masked (bounds,
         # causal, and the mask elements where the code's low bit says so)
         n_clean = tl.load(f_base)
-        for t in range(0, n_clean):
+        for t in tl.range(0, n_clean, num_stages=CLEAN_STAGES):
             tile = tl.load(f_base + (t + 2) * stride_fn)
             for j in tl.static_range(MASK_BLOCK // BLOCK_N):
                 n0 = tile * MASK_BLOCK + j * BLOCK_N
@@ -180,7 +180,7 @@ def _flash_fwd_kernel(
                 )  # fmt: skip
         last = f_base + (tl.cdiv(len_k, MASK_BLOCK) + 1) * stride_fn
         # two stages: the mask tiles join K and V in the pipeline's shared memory
-        for t in tl.range(0, tl.load(f_base + stride_fn), num_stages=2):
+        for t in tl.range(0, tl.load(f_base + stride_fn), num_stages=REST_STAGES):
             code = tl.load(last - t * stride_fn)
             for j in tl.static_range(MASK_BLOCK // BLOCK_N):
                 n0 = (code // 2) * MASK_BLOCK + j * BLOCK_N

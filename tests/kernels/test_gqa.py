@@ -9,6 +9,8 @@ masked rows give 0 / -inf / zero grads, strides never matter and runs are determ
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from _jit_process import run_jit_process
@@ -342,6 +344,54 @@ def compile_mask_kernels_sm90() -> dict[str, str]:
         )
     ptx["forward"] = compile_sm90(launch).asm["ptx"]
     return ptx
+
+
+SM90_SHARED_LIMIT = 232448  # bytes a block may opt into on sm90 (227 KiB)
+
+
+def wide_masked_forward_shared_sm90() -> dict[str, int]:
+    """Per case, the largest shared memory the masked forward asks for over every FWD config,
+    compiled for sm90 as `flash_forward` launches it on a GPU (bf16, causal, 128-key mask
+    blocks): D = 256 with a mask, D = 112 with a mask and a float32 bias. Needs a process
+    without TRITON_INTERPRET (JIT functions)."""
+    from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
+
+    def gpu_blocks(q, split, config):  # the GPU's blocks, for CPU tensors
+        outer = _flash._outer_block(split, q.dtype, False)
+        return outer, max(_flash.GPU_MASK_BLOCK, outer)
+
+    _flash._block_sizes = gpu_blocks
+    largest = {}
+    for name, d, bias_dtype in (("D256 mask", 256, None), ("D112 mask bias32", 112, torch.float32)):
+        q = torch.randn(1, 2, 256, d, dtype=torch.bfloat16)
+        mask = torch.ones(1, 1, 256, 256, dtype=torch.bool)
+        bias = torch.randn(1, 1, 256, 256, dtype=bias_dtype) if bias_dtype else None
+        problem = _flash.FlashProblem(False, 1, 2, 2, True, 0.1, seqlen_q=256, seqlen_k=256)
+        (launch,) = record_launches(
+            lambda q=q, mask=mask, bias=bias, problem=problem: _flash.flash_forward(
+                q, q, q, problem, mask=mask, bias=bias
+            ),
+            stub_mask_tiles=True,
+        )
+        outer = launch.kwargs["BLOCK_OUTER"]
+        largest[name] = max(
+            compile_sm90(
+                Launch(launch.kernel, launch.grid, _flash.FlashConfig(outer, *c), launch.kwargs)
+            ).metadata.shared
+            for c in _flash.FWD_CONFIGS
+        )
+    return largest
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernels in other tests")
+def test_gqa_wide_masked_forward_fits_sm90_shared_memory() -> None:
+    """With a mask every forward iteration loads a whole 128-key mask block: at D = 256, or
+    D = 112 with a float32 bias, pipelining those loops asked for 228-330 KiB at every config,
+    past sm90's 227 KiB (`_flash._list_stages` keeps them unpipelined there)."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = "import json, test_gqa as t\nprint(json.dumps(t.wide_masked_forward_shared_sm90()))\n"
+    largest = json.loads(run_jit_process(code, timeout=900).strip().split("\n")[-1])
+    assert all(v <= SM90_SHARED_LIMIT for v in largest.values()), largest
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernels in other tests")
