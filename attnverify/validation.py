@@ -151,9 +151,7 @@ def _check_cu_tensor(name: str, cu: object, total: int, device: torch.device) ->
     if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
         raise ValueError(f"{_cu_expectation(name, total)}; got {_describe(cu)}")
     if cu.device != device and cu.device.type != "cpu":
-        raise ValueError(
-            f"{name} must be on the device of q ({device}) or on the CPU; got {cu.device}"
-        )
+        raise ValueError(f"{name} must be on q's device ({device}) or on the CPU; got {cu.device}")
     return cu
 
 

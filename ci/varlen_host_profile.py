@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 import triton
@@ -29,11 +30,11 @@ from attnverify.kernels.varlen import varlen_attention
 LENS = [1024, 8192, 2048, 4096, 1024, 3072]
 
 
-def ms(fn) -> float:
+def ms(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def profile_calls(call, count: int) -> dict:
+def profile_calls(call: Callable[[], object], count: int) -> dict:
     """CPU time of the heaviest host ops and the GPU gaps between consecutive attention kernels
     over `count` back-to-back calls."""
     from torch.profiler import ProfilerActivity, profile

@@ -14,7 +14,10 @@ bias); the differences are constexpr flags, never copies of a kernel:
   a kv-headed one (Hm == Hk) is read by query head h at h // G. Tiles whose mask block is all
   False are skipped: no K/V loads, no math. `_tile_codes` summarises the mask per tile on the
   device (`_flash_mask`); the backward reads the codes as flags, the forward walks lists of
-  the tiles to visit (`_tile_lists`) and reads the mask only in tiles that are not all True.
+  the tiles to visit (`_tile_lists`) and reads the mask only in tiles that are not all True;
+  wide tiles keep those list loops unpipelined (`_list_stages`).
+- HEADS_FIRST: the grid runs query heads fastest for a gqa bias several heads share
+  (`_heads_first`), so that they read each bias tile at about the same time.
 - GQA: query head h reads kv head h // G.
 - Head dims: D = D0 (power of two) + D1 (power-of-two remainder tile ending at D, its overlap
   with D0 zeroed), see `_common.HeadDimSplit`; row strides reach the kernels divided by 8 so
@@ -65,6 +68,9 @@ from attnverify.kernels._flash_tiles import FWD_CONFIGS as FWD_CONFIGS  # re-exp
 from attnverify.kernels._flash_tiles import INTERPRETER_BLOCK, LOG2E, _prune
 
 GPU_MASK_BLOCK = 128  # granularity of the tile-level mask summary; every BLOCK_* divides it
+GRID_AXIS_LIMIT = 65535  # CUDA's limit on grid axes 1 and 2
+LIST_STAGE_BYTES = 128 * 1024  # `_list_stages`: the most one pipelined list iteration loads
+LIST_STAGE_WIDTH = 128  # `_list_stages`: the widest 16-bit K/V row kept pipelined
 
 
 @dataclass(frozen=True)
@@ -273,9 +279,6 @@ def _prepare(
         if heads_first:
             grid = (grid[1], grid[0], grid[2])
     return _Common(kwargs, grid, work)
-
-
-GRID_AXIS_LIMIT = 65535  # CUDA's limit on grid axes 1 and 2
 
 
 def _heads_first(
@@ -536,27 +539,37 @@ def flash_forward(
     args.update(zip(("CLEAN_STAGES", "REST_STAGES"), stages, strict=True))
     if config is not None:
         _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
-    _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
+    try:
+        _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
+    except OutOfResources:
+        if mask is None or stages == (1, 1):
+            raise
+        # the list loops' tiles, pipelined, did not fit any config: load them unpipelined
+        args.update(CLEAN_STAGES=1, REST_STAGES=1)
+        _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
     return out, lse
-
-
-LIST_STAGE_BYTES = 128 * 1024
 
 
 def _list_stages(
     split: HeadDimSplit, q: torch.Tensor, bias: torch.Tensor | None, common: _Common
 ) -> tuple[int | None, int]:
-    """Pipeline stages of the forward's two mask-list loops (clean tiles, rest): (None, 2) -
-    the config's stages, then 2 - while the tiles one iteration loads (a whole mask block of
-    keys: K and V, and the mask and bias tiles) take at most LIST_STAGE_BYTES; else (1, 1).
-    Compiled for sm90 with pipelined loops, every config asked for more shared memory than
-    the device's 227 KiB at D = 256 in bf16 (168 KiB an iteration: 322-330 KiB) and at
-    D = 112 with a float32 bias (144 KiB: 228-240 KiB); at D = 128 with a bf16 bias (112
-    KiB) they fit (192 KiB), without a bias (80 KiB) too (164-176 KiB)."""
+    """First guess at the pipeline stages of the forward's two mask-list loops (clean tiles,
+    rest): (None, 2) - the config's stages, then 2 - or (1, 1). Each iteration loads a whole
+    mask block of keys (K and V, the mask and bias tiles), and pipelining that can need more
+    shared memory than sm90's 227 KiB. Compiled for sm90, pipelined, every config asked for
+    229-241 KiB at D = 192 in bf16 (with or without a bias), 322-330 KiB at D = 256, and
+    228-240 KiB at D = 112 with a float32 bias; D = 128 fitted with a bf16 bias (192 KiB) and
+    without one (164-176 KiB). So 16-bit inputs take (1, 1) past LIST_STAGE_WIDTH lanes or
+    LIST_STAGE_BYTES an iteration (D = 128 with a bf16 bias: 112 KiB; with a float32 one:
+    144 KiB). float32 (IEEE dots) keeps (None, 2): `flash_forward` retries a launch that runs
+    out of shared memory with (1, 1)."""
+    if q.element_size() > 2:
+        return None, 2
     keys, rows = common.kwargs["MASK_BLOCK"], common.kwargs["BLOCK_OUTER"]
     width = split.d0 + (split.d1 if split.has_d1 else 0)
     bias_size = bias.element_size() if bias is not None else 0
-    if keys * (2 * width * q.element_size() + rows * (1 + bias_size)) <= LIST_STAGE_BYTES:
+    per_iteration = keys * (2 * width * q.element_size() + rows * (1 + bias_size))
+    if width <= LIST_STAGE_WIDTH and per_iteration <= LIST_STAGE_BYTES:
         return None, 2
     return 1, 1
 

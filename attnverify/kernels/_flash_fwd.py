@@ -117,7 +117,8 @@ def _flash_fwd_kernel(
     USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
     as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
     the same values as the pointer loads (`_flash_tiles._pair_tiles`). HEADS_FIRST: grid axes 0
-    and 1 swapped (`_flash_tiles._program`)."""
+    and 1 swapped (`_flash_tiles._program`). CLEAN_STAGES, REST_STAGES (HAS_MASK): pipeline
+    stages of the two list loops, None meaning the config's (`_flash._list_stages`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
@@ -179,7 +180,8 @@ def _flash_fwd_kernel(
                     HEAD_D1, BLOCK_N,
                 )  # fmt: skip
         last = f_base + (tl.cdiv(len_k, MASK_BLOCK) + 1) * stride_fn
-        # two stages: the mask tiles join K and V in the pipeline's shared memory
+        # REST_STAGES (2, or 1 for wide tiles): the mask tiles join K and V in the pipeline's
+        # shared memory
         for t in tl.range(0, tl.load(f_base + stride_fn), num_stages=REST_STAGES):
             code = tl.load(last - t * stride_fn)
             for j in tl.static_range(MASK_BLOCK // BLOCK_N):

@@ -66,8 +66,9 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
 
 
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER"]
-# The forward also tunes per K/V load path: TMA and pointer loads pipeline differently.
-FWD_AUTOTUNE_KEY = [*AUTOTUNE_KEY, "USE_TMA"]
+# The forward also tunes per K/V load path (TMA and pointer loads pipeline differently) and per
+# stages of its mask-list loops (`_flash._list_stages`; a retry with (1, 1) tunes anew).
+FWD_AUTOTUNE_KEY = [*AUTOTUNE_KEY, "USE_TMA", "CLEAN_STAGES", "REST_STAGES"]
 
 # Lengths, group and head divisors, and the lse / tile-flag strides vary per call and gain
 # nothing from specialisation: one compile serves them all (the verifier draws hundreds of

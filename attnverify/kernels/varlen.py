@@ -212,7 +212,7 @@ def varlen_attention(
         v: (Tk, Hk, D), q's dtype; any strides.
         cu_seqlens_q: (N+1,) int32 on q's device or on the CPU: starts at 0, non-decreasing,
             ends at Tq. The call reads the values on the host to validate them and plan its
-            grid: from q's device that read is a device sync (on an H200 it cost 7-17% of
+            grid: from q's device that read is a device sync (on an H200 it cost 3-17% of
             the time of 8k-20k-token forwards, ci/notes_flash.md); a CPU tensor (e.g. built
             from a host `grid_thw` once per batch, shared by every layer) needs none.
         cu_seqlens_k: (N+1,) int32 on q's device or on the CPU, likewise: starts at 0,

@@ -96,9 +96,11 @@ def _flex_module() -> Any:
     import torch._dynamo.config as dynamo_config
     from torch.nn.attention import flex_attention as flex
 
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FLEX_RECOMPILE_LIMIT)
-    limit = dynamo_config.accumulated_recompile_limit
-    dynamo_config.accumulated_recompile_limit = max(limit, FLEX_RECOMPILE_LIMIT)
+    # the names torch 2.4-2.6 have (later versions keep them as aliases of recompile_limit)
+    limit = dynamo_config.cache_size_limit
+    dynamo_config.cache_size_limit = max(limit, FLEX_RECOMPILE_LIMIT)
+    limit = dynamo_config.accumulated_cache_size_limit
+    dynamo_config.accumulated_cache_size_limit = max(limit, FLEX_RECOMPILE_LIMIT)
     return flex
 
 

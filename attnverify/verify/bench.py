@@ -9,7 +9,8 @@ has none in torch, so its GB/s and % of copy bandwidth stand alone). For paged, 
 `attnverify-planned` times the kernel as engines call it: validated and planned once
 (`plan_paged`), then only `launch_paged`; the public function reads block tables on the host
 on every call. For varlen, a second row `attnverify-host-cu` passes cu_seqlens on the CPU: the
-call reads them without a device sync (the public row's cu_seqlens are on the device).
+call reads them without a device sync (the public row's cu_seqlens are on the device); it runs
+the same kernel, so the public row's verification covers it.
 
 Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
 the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(case)`) for

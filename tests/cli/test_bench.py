@@ -20,6 +20,7 @@ from attnverify.verify import baselines, bench
 from attnverify.verify.case import Case
 
 CPU = torch.device("cpu")
+REAL_FLEX_MODULE = baselines._flex_module  # before the autouse fixture stands it in
 PEAKS = bench.Peaks(matmul_tflops=1.0, copy_gbps=1.0)
 GQA = Case(variant="gqa", dtype="float32", seed=1, heads_q=4, heads_k=2, head_dim=16, lq=24, lk=40)
 MERGE = Case(variant="merge", dtype="float32", seed=2, head_dim=16, lead_shape=(2, 3), num_states=4)
@@ -129,22 +130,41 @@ def test_bench_json_rows_carry_device_versions_and_time(home: Path, tmp_path: Pa
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
-def test_bench_paged_times_the_planned_launch_too(home: Path) -> None:
-    """Our paged kernel gets a second row, validated and planned once, then only launched."""
-    case = Case(
-        variant="paged",
-        dtype="float16",
-        seed=3,
-        heads_q=2,
-        heads_k=1,
-        head_dim=16,
-        seq_lens=(20,),
-        block_size=16,
-        num_blocks=3,
-        block_tables=((2, 0),),
-    )
+PAGED = Case(
+    variant="paged",
+    dtype="float16",
+    seed=3,
+    heads_q=2,
+    heads_k=1,
+    head_dim=16,
+    seq_lens=(20,),
+    block_size=16,
+    num_blocks=3,
+    block_tables=((2, 0),),
+)
+VARLEN = Case(
+    variant="varlen",
+    dtype="float16",
+    seed=4,
+    heads_q=2,
+    heads_k=1,
+    head_dim=16,
+    seqlens_q=(5, 0, 9),
+    seqlens_k=(5, 0, 9),
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "second", "unit"),
+    [(PAGED, "attnverify-planned", "GB/s"), (VARLEN, "attnverify-host-cu", "TFLOP/s")],
+    ids=["paged-planned", "varlen-host-cu"],
+)
+def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, unit: str) -> None:
+    """Our kernel gets a second row as engines and models call it: paged validated and
+    planned once, then only launched; varlen with cu_seqlens on the CPU (no device sync to
+    read them; on this CPU run both rows hold CPU cu_seqlens)."""
     rows = bench.bench_variant(
-        "paged",
+        case.variant,
         target="attnverify",
         device=CPU,
         timer=wall_timer,
@@ -153,48 +173,18 @@ def test_bench_paged_times_the_planned_launch_too(home: Path) -> None:
         cases=[case],
     )
     by_impl = {r.impl: r for r in rows}
-    assert set(by_impl) == {"attnverify", "attnverify-planned"}, by_impl
-    for row in by_impl.values():
-        assert row.status == "ok" and row.ms is not None and row.unit == "GB/s", row
-
-
-def test_bench_varlen_times_host_cu_seqlens_too(home: Path) -> None:
-    """Our varlen kernel gets a second row with cu_seqlens on the CPU (no device sync to read
-    them), beside the public row's device cu_seqlens (here both on the CPU)."""
-    case = Case(
-        variant="varlen",
-        dtype="float16",
-        seed=4,
-        heads_q=2,
-        heads_k=1,
-        head_dim=16,
-        seqlens_q=(5, 0, 9),
-        seqlens_k=(5, 0, 9),
-    )
-    rows = bench.bench_variant(
-        "varlen",
-        target="attnverify",
-        device=CPU,
-        timer=wall_timer,
-        peaks=PEAKS,
-        out=io.StringIO(),
-        cases=[case],
-    )
-    by_impl = {r.impl: r for r in rows}
-    assert {"attnverify", "attnverify-host-cu"} <= set(by_impl), by_impl
-    for name in ("attnverify", "attnverify-host-cu"):
+    assert {"attnverify", second} <= set(by_impl), by_impl
+    for name in ("attnverify", second):
         row = by_impl[name]
-        assert row.status == "ok" and row.ms is not None and row.unit == "TFLOP/s", row
+        assert row.status == "ok" and row.ms is not None and row.unit == unit, row
 
 
-def test_flex_baseline_lifts_dynamo_recompile_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flex_baseline_lifts_dynamo_recompile_limit() -> None:
     """A bench run compiles flex_attention once per shape: past dynamo's default of 8
     recompiles it would silently time the eager flex_attention."""
     import torch._dynamo.config as dynamo_config
 
-    monkeypatch.undo()  # the real _flex_module, not the autouse stand-in
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
-    monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 8)
-    baselines._flex_module()
-    assert dynamo_config.recompile_limit >= baselines.FLEX_RECOMPILE_LIMIT
-    assert dynamo_config.accumulated_recompile_limit >= baselines.FLEX_RECOMPILE_LIMIT
+    with dynamo_config.patch(cache_size_limit=8, accumulated_cache_size_limit=8):
+        REAL_FLEX_MODULE()
+        assert dynamo_config.cache_size_limit >= baselines.FLEX_RECOMPILE_LIMIT
+        assert dynamo_config.accumulated_cache_size_limit >= baselines.FLEX_RECOMPILE_LIMIT

@@ -17,8 +17,10 @@ from _jit_process import run_jit_process
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_flash_tma import env
+from triton.runtime.errors import OutOfResources
 
 from attnverify.kernels import _flash
+from attnverify.kernels._common import split_head_dim
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.reference.gqa import gqa_attention as oracle
 
@@ -205,10 +207,60 @@ def test_gqa_heads_first_only_for_a_bias_shared_by_heads(
     bias_heads: int | None, varlen: bool, expected: bool
 ) -> None:
     """Query heads run fastest only for a gqa bias that several heads read (Hb = 1 or Hk, here
-    2 of Hq = 4); no bias, a per-query-head bias and varlen keep blocks fastest."""
+    2 of Hq = 4); no bias, a per-query-head bias and varlen keep blocks fastest; so do more
+    blocks than grid axis 1 holds."""
     problem = _flash.FlashProblem(varlen, 1, 4, 2, False, 0.1, seqlen_q=256, seqlen_k=256)
     bias = None if bias_heads is None else torch.empty(1, bias_heads, 256, 256)
     assert _flash._heads_first(problem, bias, 128, rows_are_queries=True) is expected
+    too_long = _flash.GRID_AXIS_LIMIT * 128 + 1
+    long = _flash.FlashProblem(False, 1, 4, 2, False, 0.1, seqlen_q=too_long, seqlen_k=256)
+    assert not _flash._heads_first(long, bias, 128, rows_are_queries=True)
+
+
+@pytest.mark.parametrize(
+    ("d", "dtype", "bias_dtype", "expected"),
+    [
+        (128, torch.bfloat16, None, (None, 2)),
+        (128, torch.bfloat16, torch.bfloat16, (None, 2)),
+        (112, torch.bfloat16, torch.float32, (1, 1)),
+        (192, torch.float16, None, (1, 1)),
+        (256, torch.bfloat16, None, (1, 1)),
+        (256, torch.float32, None, (None, 2)),
+    ],
+)
+def test_gqa_list_stages_unpipeline_wide_tiles(d, dtype, bias_dtype, expected) -> None:
+    """The forward's mask-list loops stay pipelined where sm90 compiles showed them fitting
+    (16-bit, D <= 128, at most a 16-bit bias), else unpipelined; float32 is left to the
+    launch retry."""
+    q = torch.empty(1, 1, 256, d, dtype=dtype)
+    bias = None if bias_dtype is None else torch.empty(1, 1, 256, 256, dtype=bias_dtype)
+    split = split_head_dim(d)
+    outer = _flash._outer_block(split, dtype, False)
+    common = _flash._Common({"MASK_BLOCK": 128, "BLOCK_OUTER": outer}, (1, 1, 1), q)
+    assert _flash._list_stages(split, q, bias, common) == expected
+
+
+def test_gqa_masked_forward_retries_unpipelined_when_out_of_shared_memory(monkeypatch):
+    """A masked forward whose launch runs out of shared memory at every config is launched
+    again with its list loops unpipelined (CLEAN_STAGES = REST_STAGES = 1); the result is the
+    oracle's."""
+    launches = []
+    launch = _flash._launch
+
+    def short_of_memory(kernel, grid, config, **kw):
+        launches.append((kw["CLEAN_STAGES"], kw["REST_STAGES"]))
+        if kw["REST_STAGES"] != 1:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+        return launch(kernel, grid, config, **kw)
+
+    monkeypatch.setattr(_flash, "_launch", short_of_memory)
+    q, k, v, _ = make(1, 2, 1, 40, 33, 16, torch.float32, seed=6)
+    mask = (torch.rand(1, 1, 40, 33, generator=torch.Generator().manual_seed(7)) < 0.7).to(DEVICE)
+    with torch.no_grad():
+        out = gqa_attention(q, k, v, mask=mask)
+    assert launches == [(None, 2), (1, 1)], launches
+    want = oracle(q.double(), k.double(), v.double(), mask=mask)
+    assert torch.allclose(out.double(), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -352,8 +404,8 @@ SM90_SHARED_LIMIT = 232448  # bytes a block may opt into on sm90 (227 KiB)
 def wide_masked_forward_shared_sm90() -> dict[str, int]:
     """Per case, the largest shared memory the masked forward asks for over every FWD config,
     compiled for sm90 as `flash_forward` launches it on a GPU (bf16, causal, 128-key mask
-    blocks): D = 256 with a mask, D = 112 with a mask and a float32 bias. Needs a process
-    without TRITON_INTERPRET (JIT functions)."""
+    blocks): D = 256 with a mask, D = 192 with a mask and a bf16 bias, D = 112 with a mask and
+    a float32 bias. Needs a process without TRITON_INTERPRET (JIT functions)."""
     from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
 
     def gpu_blocks(q, split, config):  # the GPU's blocks, for CPU tensors
@@ -362,7 +414,12 @@ def wide_masked_forward_shared_sm90() -> dict[str, int]:
 
     _flash._block_sizes = gpu_blocks
     largest = {}
-    for name, d, bias_dtype in (("D256 mask", 256, None), ("D112 mask bias32", 112, torch.float32)):
+    cases = (
+        ("D256 mask", 256, None),
+        ("D192 mask bias16", 192, torch.bfloat16),
+        ("D112 mask bias32", 112, torch.float32),
+    )
+    for name, d, bias_dtype in cases:
         q = torch.randn(1, 2, 256, d, dtype=torch.bfloat16)
         mask = torch.ones(1, 1, 256, 256, dtype=torch.bool)
         bias = torch.randn(1, 1, 256, 256, dtype=bias_dtype) if bias_dtype else None
@@ -385,9 +442,9 @@ def wide_masked_forward_shared_sm90() -> dict[str, int]:
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernels in other tests")
 def test_gqa_wide_masked_forward_fits_sm90_shared_memory() -> None:
-    """With a mask every forward iteration loads a whole 128-key mask block: at D = 256, or
-    D = 112 with a float32 bias, pipelining those loops asked for 228-330 KiB at every config,
-    past sm90's 227 KiB (`_flash._list_stages` keeps them unpipelined there)."""
+    """With a mask every forward iteration loads a whole 128-key mask block: at D = 256, D = 192
+    with a bf16 bias, or D = 112 with a float32 bias, pipelining those loops asked for 228-330
+    KiB at every config, past sm90's 227 KiB (`_flash._list_stages` keeps them unpipelined)."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     code = "import json, test_gqa as t\nprint(json.dumps(t.wide_masked_forward_shared_sm90()))\n"
     largest = json.loads(run_jit_process(code, timeout=900).strip().split("\n")[-1])

@@ -254,7 +254,7 @@ BAD: dict[str, Bad] = {
         "varlen",
         with_(cu_seqlens_k=lambda kw: meta(kw["cu_seqlens_k"])),
         ValueError,
-        r"cu_seqlens_k must be on the device of q \(cpu\) or on the CPU; got meta",
+        r"cu_seqlens_k must be on q's device \(cpu\) or on the CPU; got meta",
     ),
     "varlen/cu-count-mismatch": Bad(
         "varlen",
