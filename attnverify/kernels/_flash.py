@@ -288,7 +288,8 @@ def _heads_first(
     for a gqa bias that several query heads read (head dim 1 or Hk), so that the programs of
     one block, every head, run together and share each bias tile through L2 rather than each
     head reading it from HBM; the block count must fit grid axis 1. Measured on an H200
-    (ci/notes_flash.md): +0-9% on the (1, 1, L, L) bias forward."""
+    (ci/notes_flash.md): the (1, 1, L, L) bias forward 1.03x / 1.02x faster (Hk 16 / 4,
+    autotuned)."""
     if problem.is_varlen or bias is None or bias.shape[1] == problem.num_q_heads:
         return False
     length = problem.seqlen_q if rows_are_queries else problem.seqlen_k
