@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_flash_tma import env
 from triton.runtime.errors import OutOfResources
 
-from attnverify.kernels import _flash
+from attnverify.kernels import _autotune, _flash
 from attnverify.kernels._common import split_head_dim
 from attnverify.kernels.gqa import gqa_attention
 from attnverify.reference.gqa import gqa_attention as oracle
@@ -243,7 +243,8 @@ def test_gqa_list_stages_unpipeline_wide_tiles(d, dtype, bias_dtype, expected) -
 def test_gqa_masked_forward_retries_unpipelined_when_out_of_shared_memory(monkeypatch):
     """A masked forward whose launch runs out of shared memory at every config is launched
     again with its list loops unpipelined (CLEAN_STAGES = REST_STAGES = 1), to the same
-    result."""
+    result (the first config pinned: on a GPU the two stage settings autotune apart)."""
+    monkeypatch.setenv(_autotune.ENV, "0")
     q, k, v, _ = make(1, 2, 1, 40, 33, 16, torch.float32, seed=6)
     mask = (torch.rand(1, 1, 40, 33, generator=torch.Generator().manual_seed(7)) < 0.7).to(DEVICE)
     with torch.no_grad():
