@@ -77,7 +77,7 @@ import torch
 import triton
 
 from attnverify.arch import interpreter_active
-from attnverify.kernels import _flash, _flash_tiles
+from attnverify.kernels import _flash, _flash_tiles, _flash_tma
 from attnverify.kernels._common import split_head_dim
 from attnverify.kernels._flash_offline import (
     compile_inputs,
@@ -436,8 +436,8 @@ def run_odd_case(case: Case, dtype: torch.dtype) -> dict:
     oracle (a poisoned varlen sequence: the others, and nothing non-finite leaks)."""
     x = inputs(case, dtype)
     with tma_mode("1"):
-        block = _flash._largest_key_block(None)
-        taken = _flash._use_tma(x["q"], x["k"], x["v"], case.kind == "varlen", block)
+        block = _flash_tma._largest_key_block(None)
+        taken = _flash_tma._use_tma(x["q"], x["k"], x["v"], case.kind == "varlen", block)
     results = {}
     for mode in ("0", "1"):
         with tma_mode(mode):
@@ -651,7 +651,7 @@ def run_backward_case(case: Case, dtype: torch.dtype, timed: bool) -> list[dict]
     do_bench, alternating pointer, TMA, pointer, TMA; the faster round of each counts."""
     x = bwd_inputs(case, dtype)
     with tma_mode("1"):
-        taken = [_flash._bwd_descriptors(a, b, x["q"], names, case.kind == "varlen", None,
+        taken = [_flash_tma._bwd_descriptors(a, b, x["q"], names, case.kind == "varlen", None,
                                          has_bias=False)[0]
                  for a, b, names in ((x["q"], x["do"], _flash.QDO_DESC_NAMES),
                                      (x["k"], x["v"], _flash.KV_DESC_NAMES))]  # fmt: skip

@@ -4,7 +4,7 @@ dk/dv: one program per (KV block, query head, batch) walks the query blocks that
 recomputing P and dS = P * (dP - delta); per query head (the host sums a group when G > 1),
 plus dS for dbias (DBIAS_MODE). dq: one program per (query block, query head, batch) walks its
 KV tiles. The inner loops' tiles (Q and dO in the dk/dv pass, K and V in the dq pass) load
-through host TMA descriptors (USE_TMA, NVIDIA sm90+, `_flash.tma_policy`) or pointers, with
+through host TMA descriptors (USE_TMA, NVIDIA sm90+, `_flash_tma.tma_policy`) or pointers, with
 the same values (`_flash_tiles._pair_tiles`); the tiles a program keeps for its whole loop,
 mask, bias, lse, delta, tile codes and dbias always through pointers. The launcher is
 `_flash.flash_backward`; shared helpers live in `_flash_tiles`.

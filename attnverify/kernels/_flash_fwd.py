@@ -5,7 +5,7 @@ first, then the boundary and diagonal tiles masked (`_row_range`); with a mask, 
 lists of tiles to visit (`_flash._tile_lists`: clean tiles unmasked, then the rest masked).
 Out in the input dtype; lse (natural log, float32) -inf for rows with no visible key, whose
 out is 0. K and V tiles load through host TMA descriptors (USE_TMA, NVIDIA sm90+,
-`_flash.tma_policy`) or pointers, with the same values (`_flash_tiles._pair_tiles`); Q, mask,
+`_flash_tma.tma_policy`) or pointers, with the same values (`_flash_tiles._pair_tiles`); Q, mask,
 bias and the tile lists always through pointers. The launcher is `_flash.flash_forward`;
 shared helpers live in `_flash_tiles`.
 """

@@ -1,7 +1,7 @@
 """TMA-descriptor loads of the flash forward and backward (`_flash`, issues #5 / #6).
 
 The forward loads K and V, the backward its inner-loop tiles (Q and dO in the dk/dv pass, K and
-V in the dq pass), through TMA descriptors or pointers (`_flash.tma_policy`,
+V in the dq pass), through TMA descriptors or pointers (`_flash_tma.tma_policy`,
 `$ATTNVERIFY_FLASH_TMA`); both paths compute the same values, so out, lse, dq, dk, dv and dbias
 must be bitwise equal. On the CPU the interpreter runs the descriptor loads (forced with "1");
 the sm90 lowering is checked by compiling in a JIT-mode process. Properties: bitwise agreement
@@ -24,7 +24,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attnverify.arch import ARCH_ENV
-from attnverify.kernels import _autotune, _flash
+from attnverify.kernels import _autotune, _flash, _flash_tma
 from attnverify.kernels._flash import FlashConfig
 from attnverify.kernels._flash_offline import compile_inputs, compile_sm90, record_launches
 from attnverify.kernels.gqa import gqa_attention
@@ -34,9 +34,9 @@ from attnverify.reference.varlen import varlen_attention as varlen_oracle
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEAD_DIMS = (16, 72, 80, 200)  # one lane tile, 64 + 16, 64 + 16, 128 + 128
 # TMA boxes stay inside the tensor: K/V need at least the largest key block of rows
-MIN_ROWS = _flash._largest_key_block(None)
+MIN_ROWS = _flash_tma._largest_key_block(None)
 # the backward's: Q / dO (dk/dv pass) and K / V (dq pass) need its largest inner block of rows
-MIN_BWD_ROWS = _flash.BWD_LARGEST_INNER_BLOCK
+MIN_BWD_ROWS = _flash_tma.BWD_LARGEST_INNER_BLOCK
 BWD_HEAD_DIMS = (16, 72, 80)
 
 
@@ -67,9 +67,9 @@ def both_paths(
 ) -> list[tuple]:
     """[(out, lse) with pointer loads, (out, lse) with TMA loads]; asserts the TMA path is
     really taken (the layout is TMA-legal)."""
-    block = _flash._largest_key_block(config)
+    block = _flash_tma._largest_key_block(config)
     with env(_flash.TMA_ENV, "1"):
-        assert _flash._use_tma(k, k, v, is_varlen, block), "test inputs must be TMA-legal"
+        assert _flash_tma._use_tma(k, k, v, is_varlen, block), "test inputs must be TMA-legal"
     results = []
     for mode in ("0", "1"):
         with env(_flash.TMA_ENV, mode):
@@ -212,7 +212,7 @@ def both_backward_paths(
     really take TMA (the layout is TMA-legal)."""
     with env(_flash.TMA_ENV, "1"):
         for x, y, names in ((q, do, _flash.QDO_DESC_NAMES), (k, v, _flash.KV_DESC_NAMES)):
-            taken, _ = _flash._bwd_descriptors(x, y, q, names, is_varlen, None, has_bias=False)
+            taken, _ = _flash_tma._bwd_descriptors(x, y, q, names, is_varlen, None, has_bias=False)
             assert taken, "test inputs must be TMA-legal"
     results = []
     for mode in ("0", "1"):
@@ -350,7 +350,7 @@ def test_flash_tma_backward_passes_decide_alone() -> None:
     do = randn(1, 2, lq, 72, g=g)
     with env(_flash.TMA_ENV, "1"):
         passes = [
-            _flash._bwd_descriptors(a, b, x["q"], names, False, None, has_bias=False)
+            _flash_tma._bwd_descriptors(a, b, x["q"], names, False, None, has_bias=False)
             for a, b, names in (
                 (x["q"], do, _flash.QDO_DESC_NAMES),
                 (x["k"], x["v"], _flash.KV_DESC_NAMES),
@@ -402,7 +402,7 @@ BLOCK = 32  # the largest key block of the launch the policy tests decide for
 
 def _gpu_policy(monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
     """Decide as on a GPU of `arch` (interpreter off, arch override), policy "auto"."""
-    monkeypatch.setattr(_flash, "interpreter_active", lambda: False)
+    monkeypatch.setattr(_flash_tma, "interpreter_active", lambda: False)
     monkeypatch.setenv(ARCH_ENV, arch)
     monkeypatch.delenv(_flash.TMA_ENV, raising=False)
 
@@ -415,7 +415,7 @@ def test_flash_tma_auto_policy_follows_the_arch(
 ) -> None:
     _gpu_policy(monkeypatch, arch)
     k = torch.empty(2, 3, 40, 72, dtype=torch.bfloat16)
-    assert _flash._use_tma(k, k, k, False, BLOCK) is expected
+    assert _flash_tma._use_tma(k, k, k, False, BLOCK) is expected
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -445,14 +445,14 @@ def test_flash_tma_auto_backward_keeps_pointers_with_a_bias(
 def test_flash_tma_auto_policy_is_off_under_the_interpreter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_flash, "interpreter_active", lambda: True)
+    monkeypatch.setattr(_flash_tma, "interpreter_active", lambda: True)
     monkeypatch.setenv(ARCH_ENV, "sm90")
     monkeypatch.delenv(_flash.TMA_ENV, raising=False)
     k = torch.empty(2, 3, 40, 72, dtype=torch.bfloat16)
-    assert not _flash._use_tma(k, k, k, False, BLOCK)
+    assert not _flash_tma._use_tma(k, k, k, False, BLOCK)
     monkeypatch.setenv(_flash.TMA_ENV, "0")
-    monkeypatch.setattr(_flash, "interpreter_active", lambda: False)
-    assert not _flash._use_tma(k, k, k, False, BLOCK), '"0" turns TMA off on a TMA-capable arch'
+    monkeypatch.setattr(_flash_tma, "interpreter_active", lambda: False)
+    assert not _flash_tma._use_tma(k, k, k, False, BLOCK), '"0" turns TMA off on a TMA-capable arch'
 
 
 def _layouts() -> dict[str, tuple[torch.Tensor, bool, bool]]:
@@ -484,12 +484,12 @@ def test_flash_tma_only_for_legal_layouts(name: str, monkeypatch: pytest.MonkeyP
     block, D >= the lane tile D0); anything else keeps pointer loads."""
     _gpu_policy(monkeypatch, "sm90")
     k, is_varlen, legal = _layouts()[name]
-    assert _flash._use_tma(k, k, k, is_varlen, BLOCK) is legal
+    assert _flash_tma._use_tma(k, k, k, is_varlen, BLOCK) is legal
 
 
 def test_flash_tma_varlen_view_is_one_batch_of_packed_rows() -> None:
     k = torch.empty(3, 120, 72, dtype=torch.bfloat16).transpose(0, 1)  # (T, Hk, D), head-major
-    shape, strides = _flash._tma_view(k, True, BLOCK)
+    shape, strides = _flash_tma._tma_view(k, True, BLOCK)
     assert shape == [1, 3, 120, 72]
     assert strides == [120 * 72, 120 * 72, 72, 1]
 
