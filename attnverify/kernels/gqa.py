@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from attnverify.kernels._common import call_directly
 from attnverify.kernels._flash import FlashConfig, FlashProblem, flash_backward, flash_forward
 from attnverify.kernels._gate import enforce_verified
 from attnverify.validation import check_gqa_inputs, resolve_scale
@@ -203,7 +204,10 @@ def gqa_attention(
     else:
         scale = check_gqa_inputs(q, k, v, mask, bias, scale)
         enforce_verified("gqa", q.device)
-    out, lse = _gqa_fwd_op(q, k, v, mask, bias, causal, scale)
+    if call_directly(q, k, v, mask, bias):  # the op's own implementation, inputs checked
+        out, lse = gqa_forward(q, k, v, mask, bias, causal, scale)
+    else:
+        out, lse = _gqa_fwd_op(q, k, v, mask, bias, causal, scale)
     return (out, lse) if return_lse else out
 
 

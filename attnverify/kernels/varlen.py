@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from attnverify.kernels._common import call_directly
 from attnverify.kernels._flash import (
     FlashConfig,
     FlashProblem,
@@ -243,7 +244,10 @@ def varlen_attention(
     enforce_verified("varlen", q.device)
     token = _MAXIMA.set((cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     try:
-        out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+        if call_directly(q, k, v, cu_seqlens_q, cu_seqlens_k):  # the op's own implementation
+            out, lse = varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+        else:
+            out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     finally:
         _MAXIMA.reset(token)
     return (out, lse) if return_lse else out
