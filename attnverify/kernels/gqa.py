@@ -171,8 +171,9 @@ def gqa_attention(
     KV tiles whose mask block is all False are skipped (no loads, no math): a block-sparse
     mask costs time in proportion to its live tiles. Differentiable in q, k, v and bias (a
     torch custom op `attnverify::gqa_fwd` with a fake implementation, so `torch.compile`
-    traces it without graph breaks). The backward is deterministic (no atomics): outputs,
-    lse, dq, dk, dv and dbias are bitwise identical across runs.
+    traces it without graph breaks; an eager call that needs no gradient runs the op's
+    implementation directly, see `_common.call_directly`). The backward is deterministic (no
+    atomics): outputs, lse, dq, dk, dv and dbias are bitwise identical across runs.
 
     Args:
         q: (B, Hq, Lq, D) float16 | bfloat16 | float32; any strides. D in [8, 256], D % 8 == 0.

@@ -204,8 +204,10 @@ def varlen_attention(
                                                    q3: x x
 
     Differentiable in q, k, v (a torch custom op `attnverify::varlen_fwd` with a fake
-    implementation, so `torch.compile` traces it without graph breaks). The backward is
-    deterministic: no atomics; dk, dv are summed over each query-head group.
+    implementation, so `torch.compile` traces it without graph breaks; an eager call that
+    needs no gradient runs the op's implementation directly, sparing the op's dispatch, see
+    `_common.call_directly`). The backward is deterministic: no atomics; dk, dv are summed
+    over each query-head group.
 
     Args:
         q: (Tq, Hq, D) float16 | bfloat16 | float32; any strides. D in [8, 256], D % 8 == 0.
