@@ -212,30 +212,41 @@ def _pair_tiles(
     register round trip in the masked tiles only; masked pointer loads instead would keep
     their [BLOCK, D] offsets live across the full-tile loop (sm90, forward D = 72: 233
     registers against 200)."""
-    if TMA:
-        x0 = _desc_tile(X_desc0, z, h, row, 0, BLOCK, HEAD_D0)
-        y0 = _desc_tile(Y_desc0, z, h, row, 0, BLOCK, HEAD_D0)
-        if MASKED and IS_VARLEN:
-            if ZERO_X:
-                x0 = tl.where(rows_ok[:, None], x0, 0.0)
-            y0 = tl.where(rows_ok[:, None], y0, 0.0)
-    else:
-        x0 = _load_tile(x_ptrs + x_off0, rows_ok, d0_ok, MASKED, MASK_D0)
-        y0 = _load_tile(y_ptrs + y_off0, rows_ok, d0_ok, MASKED, MASK_D0)
+    x0, y0 = _lane_tiles(
+        x_ptrs, y_ptrs, x_off0, y_off0, X_desc0, Y_desc0, z, h, row, 0, rows_ok, d0_ok,
+        MASKED, TMA, IS_VARLEN, MASK_D0, BLOCK, HEAD_D0, ZERO_X,
+    )  # fmt: skip
     x1 = x0
     y1 = y0
     if HAS_D1:
-        if TMA:
-            x1 = _desc_tile(X_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
-            y1 = _desc_tile(Y_desc1, z, h, row, HEAD_DIM - HEAD_D1, BLOCK, HEAD_D1)
-            if MASKED and IS_VARLEN:
-                if ZERO_X:
-                    x1 = tl.where(rows_ok[:, None], x1, 0.0)
-                y1 = tl.where(rows_ok[:, None], y1, 0.0)
-        else:
-            x1 = _load_tile(x_ptrs + x_off1, rows_ok, d1_ok, MASKED, MASK_D1)
-            y1 = _load_tile(y_ptrs + y_off1, rows_ok, d1_ok, MASKED, MASK_D1)
+        x1, y1 = _lane_tiles(
+            x_ptrs, y_ptrs, x_off1, y_off1, X_desc1, Y_desc1, z, h, row, HEAD_DIM - HEAD_D1,
+            rows_ok, d1_ok, MASKED, TMA, IS_VARLEN, MASK_D1, BLOCK, HEAD_D1, ZERO_X,
+        )  # fmt: skip
     return x0, x1, y0, y1
+
+
+@triton.jit
+def _lane_tiles(
+    x_ptrs, y_ptrs, x_off, y_off, X_desc, Y_desc, z, h, row, col, rows_ok, d_ok,
+    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, MASK_D: tl.constexpr,
+    BLOCK: tl.constexpr, WIDTH: tl.constexpr, ZERO_X: tl.constexpr,
+):  # fmt: skip
+    """One lane tile (columns [col, col + WIDTH)) of both operands of `_pair_tiles`: through
+    the descriptors (TMA; a varlen masked tile's rows past its sequence zeroed in y, and in x
+    when ZERO_X) or the pointers (base + in-tile offsets, added here: pointer tensors formed
+    by the caller were hoisted out of its loop, 64-bit and live). [BLOCK, WIDTH] each."""
+    if TMA:
+        x = _desc_tile(X_desc, z, h, row, col, BLOCK, WIDTH)
+        y = _desc_tile(Y_desc, z, h, row, col, BLOCK, WIDTH)
+        if MASKED and IS_VARLEN:
+            if ZERO_X:
+                x = tl.where(rows_ok[:, None], x, 0.0)
+            y = tl.where(rows_ok[:, None], y, 0.0)
+    else:
+        x = _load_tile(x_ptrs + x_off, rows_ok, d_ok, MASKED, MASK_D)
+        y = _load_tile(y_ptrs + y_off, rows_ok, d_ok, MASKED, MASK_D)
+    return x, y
 
 
 @triton.jit
