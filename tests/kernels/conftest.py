@@ -53,3 +53,22 @@ def _judge(
 def judge():
     """judge(variant, got, ref, base, dtype, zeros=None) -> list of failure messages."""
     return _judge
+
+
+@pytest.fixture
+def op_calls(monkeypatch: pytest.MonkeyPatch):
+    """op_calls(module, name) wraps the custom op `module.name` for this test and returns the
+    list it fills: per call of the op, whether its first input requires a gradient."""
+
+    def spy(module: object, name: str) -> list[bool]:
+        calls: list[bool] = []
+        op = getattr(module, name)
+
+        def counted(*args: object) -> object:
+            calls.append(args[0].requires_grad)
+            return op(*args)
+
+        monkeypatch.setattr(module, name, counted)
+        return calls
+
+    return spy

@@ -468,7 +468,7 @@ def test_gqa_mask_kernels_compile_for_sm90() -> None:
     assert lines[-1] == "['codes', 'forward', 'lists'] True", lines
 
 
-def test_gqa_calls_without_autograd_skip_the_custom_op(monkeypatch):
+def test_gqa_calls_without_autograd_skip_the_custom_op(op_calls):
     """Eager calls that need no gradient run the op's implementation directly, bitwise the
     op's result; calls that need gradients, and meta inputs, still go through the op."""
     import attnverify.kernels.gqa as gqa_mod
@@ -476,14 +476,7 @@ def test_gqa_calls_without_autograd_skip_the_custom_op(monkeypatch):
     q, k, v, _ = make(1, 2, 1, 20, 30, 16, torch.float32, seed=13)
     bias = torch.randn(1, 1, 20, 30, generator=torch.Generator().manual_seed(14)).to(DEVICE)
     want = torch.ops.attnverify.gqa_fwd(q, k, v, None, bias, False, 0.25)[0]
-    calls = []
-    op = gqa_mod._gqa_fwd_op
-
-    def counted(*args):
-        calls.append(args[0].requires_grad)
-        return op(*args)
-
-    monkeypatch.setattr(gqa_mod, "_gqa_fwd_op", counted)
+    calls = op_calls(gqa_mod, "_gqa_fwd_op")
     with torch.no_grad():
         got = gqa_attention(q, k, v, bias=bias, scale=0.25)
     assert calls == [] and torch.equal(got, want)

@@ -293,7 +293,7 @@ def test_varlen_host_cu_seqlens_need_no_device_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_varlen_calls_without_autograd_skip_the_custom_op(monkeypatch):
+def test_varlen_calls_without_autograd_skip_the_custom_op(op_calls):
     """Eager calls that need no gradient run the op's implementation directly (its dispatch
     is host time only), bitwise the op's result; calls that need gradients, and fake / meta
     inputs (the op's fake implementation), still go through the op."""
@@ -303,14 +303,7 @@ def test_varlen_calls_without_autograd_skip_the_custom_op(monkeypatch):
     q, k, v, _ = make(lens, lens, 2, 1, 16, torch.float32, seed=12)
     c = cu(lens)
     want = torch.ops.attnverify.varlen_fwd(q, k, v, c, c, True, 0.25)[0]
-    calls = []
-    op = varlen_mod._varlen_fwd_op
-
-    def counted(*args):
-        calls.append(args[0].requires_grad)
-        return op(*args)
-
-    monkeypatch.setattr(varlen_mod, "_varlen_fwd_op", counted)
+    calls = op_calls(varlen_mod, "_varlen_fwd_op")
     with torch.no_grad():
         got = varlen_attention(q, k, v, c, c, causal=True, scale=0.25)
     assert calls == [] and torch.equal(got, want)
