@@ -218,25 +218,25 @@ class VarlenSpec(VariantSpec):
 
     def bench_cases(self) -> list[Case]:
         """Vision-encoder shapes: Hq = Hk = 16, D = 80 (Qwen2-VL ViT) and 72 (SigLIP-so400m),
-        per-image sequences of 1k-8k patches, non-causal, bf16 and fp16."""
+        per-image sequences of 1k-8k patches, non-causal, bf16 and fp16; then D = 128 (bf16,
+        the mixed batch and one 8k image), the power-of-two reference for the other two."""
         images = [(1024, 2304, 4096, 8192), (1024,) * 8, (8192,)]
-        out = []
-        for dtype in ("bfloat16", "float16"):
-            for d in (80, 72):
-                for lens in images:
-                    out.append(
-                        Case(
-                            variant="varlen",
-                            dtype=dtype,
-                            seed=0,
-                            heads_q=16,
-                            heads_k=16,
-                            head_dim=d,
-                            seqlens_q=lens,
-                            seqlens_k=lens,
-                        )
-                    )
-        return out
+        shapes = [(dtype, d, lens) for dtype in ("bfloat16", "float16") for d in (80, 72)
+                  for lens in images]  # fmt: skip
+        shapes += [("bfloat16", 128, images[0]), ("bfloat16", 128, images[2])]
+        return [
+            Case(
+                variant="varlen",
+                dtype=dtype,
+                seed=0,
+                heads_q=16,
+                heads_k=16,
+                head_dim=d,
+                seqlens_q=lens,
+                seqlens_k=lens,
+            )
+            for dtype, d, lens in shapes
+        ]
 
 
 SPEC = VarlenSpec()
