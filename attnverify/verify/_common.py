@@ -232,6 +232,10 @@ class VariantSpec:
     def bench_cases(self) -> list[Case]:
         raise NotImplementedError
 
+    def bench_backward(self, case: Case) -> bool:
+        """Whether `attnverify bench` also times the backward at this bench case. Default: no."""
+        return False
+
     def structural_zeros(
         self, case: Case, inputs: dict[str, Any], oracle: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:

@@ -8,6 +8,12 @@
 | merge | the same formula in eager torch (float32) |
 | paged | none in torch |
 
+Backward (the bench shapes whose spec says `bench_backward`; `backward_baselines`): gqa, SDPA
+flash on the same q, k, v without mask or bias (`sdpa-flash-no-bias` when the shape has a
+bias: the issue's reference) and SDPA cuDNN / efficient with the bias; varlen, SDPA flash on
+the same tokens as a dense equal-length batch (`sdpa-flash-dense`, equal lengths only) and
+torch `varlen_attn`. Each times the backward alone (`backward_call_of`).
+
 Every call is made with `return_lse=False` (SDPA has no lse; asking an adapter for one would
 time an extra score matmul). FlexAttention's block mask is built once, outside the timing, as
 a model reuses it across layers. Building a baseline never raises: an unavailable one is an
@@ -51,6 +57,31 @@ def call_of(spec: Any, fn: Callable[..., Any], inputs: dict[str, Any]) -> Callab
     if spec.returns_lse_flag:
         kwargs["return_lse"] = False
     return lambda: fn(*args, **kwargs)
+
+
+def backward_call_of(
+    spec: Any, fn: Callable[..., Any], inputs: dict[str, Any]
+) -> Callable[[], Any]:
+    """A zero-argument call of the backward alone of `fn` at `inputs` (the spec's convention):
+    the first call runs the forward with the spec's differentiable inputs as fresh leaves and
+    keeps its graph and a random output gradient; every call (the first too) then runs
+    `torch.autograd.grad` of out over those leaves, graph retained. A training step's backward,
+    its forward aside."""
+    state: dict[str, Any] = {}
+
+    def call() -> Any:
+        if not state:
+            leaves = {
+                n: inputs[n].detach().requires_grad_()
+                for n in spec.grad_inputs
+                if isinstance(inputs.get(n), torch.Tensor)
+            }
+            out = call_of(spec, fn, {**inputs, **leaves})()
+            out = out[0] if isinstance(out, tuple) else out
+            state.update(out=out, leaves=list(leaves.values()), dout=torch.randn_like(out))
+        return torch.autograd.grad(state["out"], state["leaves"], state["dout"], retain_graph=True)
+
+    return call
 
 
 def _sdpa_backends() -> list[tuple[str, Any]]:
@@ -227,6 +258,70 @@ def _merge_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[I
     yield Impl("torch-eager", run)
 
 
+def _gqa_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    from attnverify.verify.targets import sdpa_gqa_attention
+
+    plain = {**inputs, "mask": None, "bias": None}
+    masked = inputs.get("mask") is not None or inputs.get("bias") is not None
+    for label, backend in _sdpa_backends():
+        if label == "sdpa-flash":
+            name = "sdpa-flash-no-bias" if masked else label
+            yield Impl(
+                name, backward_call_of(spec, sdpa_gqa_attention, plain), _in_backend(backend)
+            )
+        elif label in ("sdpa-cudnn", "sdpa-efficient"):
+            call = backward_call_of(spec, sdpa_gqa_attention, inputs)
+            yield Impl(label, call, _in_backend(backend))
+
+
+def _varlen_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    from attnverify.verify.specs import get_spec
+    from attnverify.verify.targets import resolve_target, sdpa_gqa_attention
+
+    dense = dense_of_varlen(case, inputs)
+    if dense is None:
+        yield Impl("sdpa-flash-dense", None, reason="sequence lengths differ: no dense batch")
+    else:
+        for label, backend in _sdpa_backends():
+            if label == "sdpa-flash":
+                call = backward_call_of(get_spec("gqa"), sdpa_gqa_attention, dense)
+                yield Impl("sdpa-flash-dense", call, _in_backend(backend))
+    try:
+        torch_varlen = resolve_target("torch-varlen", "varlen")
+    except ValueError as exc:
+        yield Impl("torch-varlen", None, reason=str(exc))
+    else:
+        yield Impl("torch-varlen", backward_call_of(spec, torch_varlen, inputs))
+
+
+def dense_of_varlen(case: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The varlen inputs of `case` as gqa inputs over a dense (N, H, L, D) batch, when every
+    sequence has the same length L (views of the packed tokens: the same memory), else None."""
+    lengths = {*case.seqlens_q, *case.seqlens_k}
+    if len(lengths) != 1 or not case.seqlens_q:
+        return None
+    n, length = len(case.seqlens_q), lengths.pop()
+
+    def batch(x: torch.Tensor) -> torch.Tensor:
+        return x.view(n, length, *x.shape[1:]).transpose(1, 2)
+
+    q, k, v = (batch(inputs[name]) for name in ("q", "k", "v"))
+    return {"q": q, "k": k, "v": v, "mask": None, "bias": None, "causal": case.causal,
+            "scale": inputs.get("scale")}  # fmt: skip
+
+
+_BACKWARD_BASELINES: dict[str, Callable[..., Iterator[Impl]]] = {
+    "gqa": _gqa_backward_baselines,
+    "varlen": _varlen_backward_baselines,
+}
+
+
+def backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> list[Impl]:
+    """The backward baselines of `case`'s variant available here (see the module docstring);
+    building one never raises."""
+    return _collect(_BACKWARD_BASELINES, spec, case, inputs)
+
+
 _BASELINES: dict[str, Callable[..., Iterator[Impl]]] = {
     "gqa": _gqa_baselines,
     "varlen": _varlen_baselines,
@@ -238,7 +333,13 @@ _BASELINES: dict[str, Callable[..., Iterator[Impl]]] = {
 def baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> list[Impl]:
     """The baselines of `case`'s variant available here; building one never raises (an
     exception becomes an unavailable `Impl` with its message)."""
-    maker = _BASELINES.get(case.variant)
+    return _collect(_BASELINES, spec, case, inputs)
+
+
+def _collect(
+    makers: dict[str, Callable[..., Iterator[Impl]]], spec: Any, case: Any, inputs: dict[str, Any]
+) -> list[Impl]:
+    maker = makers.get(case.variant)
     if maker is None:
         return []
     try:
@@ -247,4 +348,12 @@ def baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> list[Impl]:
         return [Impl("baselines", None, reason=f"{type(exc).__name__}: {exc}")]
 
 
-__all__ = ["MATH_MAX_SCORES", "Impl", "baselines", "call_of"]
+__all__ = [
+    "MATH_MAX_SCORES",
+    "Impl",
+    "backward_baselines",
+    "backward_call_of",
+    "baselines",
+    "call_of",
+    "dense_of_varlen",
+]

@@ -10,7 +10,15 @@ has none in torch, so its GB/s and % of copy bandwidth stand alone). For paged, 
 (`plan_paged`), then only `launch_paged`; the public function reads block tables on the host
 on every call. For varlen, a second row `attnverify-host-cu` passes cu_seqlens on the CPU: the
 call reads them without a device sync (the public row's cu_seqlens are on the device); it runs
-the same kernel, so the public row's verification covers it.
+the same kernel, so the public row's verification covers it. Where every sequence has the same
+length, `attnverify-dense` runs our gqa kernel on the same tokens as a dense batch (what the
+varlen bookkeeping costs: varlen time over this one).
+
+Backward rows (shape label ending "bwd"): where the spec's `bench_backward` says so (gqa: bf16
+non-causal unmasked shapes, with and without a bias; varlen: D = 128), ours' gradients are
+verified at the shape with every length cut to BACKWARD_VERIFY_LENGTH (`shortened`: the same
+kernels and flags), then the backward alone is timed (`baselines.backward_call_of`) for ours
+and `baselines.backward_baselines`, at BACKWARD_WORK x the forward's FLOPs.
 
 Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
 the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(case)`) for
@@ -23,6 +31,7 @@ CPU: timing needs a GPU; `run` says so and returns 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -36,7 +45,14 @@ from typing import Any, TextIO
 import torch
 
 from attnverify import records
-from attnverify.verify.baselines import Impl, baselines, call_of
+from attnverify.verify.baselines import (
+    Impl,
+    backward_baselines,
+    backward_call_of,
+    baselines,
+    call_of,
+    dense_of_varlen,
+)
 from attnverify.verify.report import format_table, utc_now
 
 OURS = "attnverify"
@@ -44,6 +60,10 @@ BYTES_VARIANTS = ("paged", "merge")
 PEAK_MATMUL_N = 8192
 PEAK_COPY_BYTES = 2**30
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Backward FLOPs per forward FLOP, the convention the issues' backward targets count in (five
+# matmuls to the forward's two), and the length the backward rows' gradients are verified at.
+BACKWARD_WORK = 2.5
+BACKWARD_VERIFY_LENGTH = 1024
 
 Timer = Callable[[Callable[[], Any]], float]
 
@@ -153,19 +173,27 @@ def _time(impl: Impl, timer: Timer) -> tuple[float | None, str]:
 
 
 def _row(
-    spec: Any, case: Any, impl: str, ms: float | None, status: str, peaks: Peaks | None
+    spec: Any,
+    case: Any,
+    impl: str,
+    ms: float | None,
+    status: str,
+    peaks: Peaks | None,
+    *,
+    backward: bool = False,
 ) -> BenchRow:
     is_bytes = case.variant in BYTES_VARIANTS
     unit = "GB/s" if is_bytes else "TFLOP/s"
     value = pct = None
     if ms is not None and ms > 0:
         work = spec.bytes_moved(case) if is_bytes else spec.flops(case)
+        work *= BACKWARD_WORK if backward else 1.0
         value = work / (ms * 1e-3) / (1e9 if is_bytes else 1e12)
         if peaks is not None:
             pct = 100.0 * value / (peaks.copy_gbps if is_bytes else peaks.matmul_tflops)
     return BenchRow(
         case.variant,
-        shape_label(case),
+        shape_label(case) + (" bwd" if backward else ""),
         shape_length(case),
         impl,
         ms,
@@ -246,13 +274,109 @@ def _bench_shape(
             call = _varlen_host_cu(spec, ours, inputs)
             ms, status = _time(Impl(f"{OURS}-host-cu", call), timer)
             rows.append(_row(spec, case, f"{OURS}-host-cu", ms, status, peaks))
-    for impl in baselines(spec, case, inputs):
+            dense = dense_of_varlen(case, inputs)
+            if dense is not None:
+                ms, status = _time(Impl(f"{OURS}-dense", _dense_call(dense)), timer)
+                rows.append(_row(spec, case, f"{OURS}-dense", ms, status, peaks))
+    rows.extend(_baseline_rows(spec, case, baselines(spec, case, inputs), ours_ms, timer, peaks))
+    if spec.bench_backward(case):
+        rows.extend(
+            _bench_backward(spec, case, ours, inputs, device, timer, peaks, ours_name, replay_dir)
+        )
+    return rows
+
+
+def _baseline_rows(
+    spec: Any,
+    case: Any,
+    impls: Sequence[Impl],
+    ours_ms: float | None,
+    timer: Timer,
+    peaks: Peaks | None,
+    *,
+    backward: bool = False,
+) -> list[BenchRow]:
+    rows = []
+    for impl in impls:
         ms, status = _time(impl, timer)
-        row = _row(spec, case, impl.name, ms, status, peaks)
+        row = _row(spec, case, impl.name, ms, status, peaks, backward=backward)
         if ms is not None and ours_ms is not None:
             row.speedup = ms / ours_ms
         rows.append(row)
     return rows
+
+
+def _bench_backward(
+    spec: Any,
+    case: Any,
+    ours: Callable[..., Any] | None,
+    inputs: dict[str, Any],
+    device: torch.device,
+    timer: Timer,
+    peaks: Peaks | None,
+    ours_name: str,
+    replay_dir: Path | None,
+) -> list[BenchRow]:
+    """The backward rows of a shape: ours (its gradients verified first, at the shape's
+    lengths cut to BACKWARD_VERIFY_LENGTH) and `backward_baselines`, each timing the backward
+    alone; TFLOP/s count BACKWARD_WORK x the forward's FLOPs."""
+    from attnverify.verify.runner import check
+
+    rows = []
+    ours_ms = None
+    if ours is not None:
+        short = shortened(case, BACKWARD_VERIFY_LENGTH)
+        report = check(
+            case.variant,
+            ours,
+            cases=[short],
+            device=device,
+            grads=True,
+            replay_dir=replay_dir,
+            target=ours_name,
+        )
+        if report.passed:
+            call = backward_call_of(spec, ours, inputs)
+            ours_ms, status = _time(Impl(ours_name, call), timer)
+        else:
+            status = f"failed verification at {shape_label(short)}: " + "; ".join(
+                _failure_summary(r) for r in report.failures
+            )
+        rows.append(_row(spec, case, ours_name, ours_ms, status, peaks, backward=True))
+    impls = backward_baselines(spec, case, inputs)
+    rows.extend(_baseline_rows(spec, case, impls, ours_ms, timer, peaks, backward=True))
+    return rows
+
+
+def shortened(case: Any, length: int) -> Any:
+    """`case` with every sequence length cut to at most `length` (gqa / fp8 Lq, Lk and the
+    matching mask and bias dims; varlen each sequence): the same kernels and flags at a size
+    whose float64 oracle backward fits a GPU (at L = 8192 it would hold ~100 GB)."""
+    if case.variant == "varlen":
+        return dataclasses.replace(
+            case,
+            seqlens_q=tuple(min(n, length) for n in case.seqlens_q),
+            seqlens_k=tuple(min(n, length) for n in case.seqlens_k),
+        )
+    lq, lk = min(case.lq, length), min(case.lk, length)
+
+    def cut(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if shape is None:
+            return None
+        return (*shape[:2], min(shape[2], lq), min(shape[3], lk))
+
+    return dataclasses.replace(
+        case, lq=lq, lk=lk, mask_shape=cut(case.mask_shape), bias_shape=cut(case.bias_shape)
+    )
+
+
+def _dense_call(dense: dict[str, Any]) -> Callable[[], Any]:
+    """Our gqa kernel on a varlen shape's tokens as a dense equal-length batch
+    (`dense_of_varlen`): the varlen row's overhead is its time over this one's."""
+    from attnverify.kernels import gqa_attention
+    from attnverify.verify.specs import get_spec
+
+    return call_of(get_spec("gqa"), gqa_attention, dense)
 
 
 def _paged_planned(inputs: dict[str, Any]) -> Callable[[], Any]:
@@ -510,5 +634,6 @@ __all__ = [
     "run",
     "shape_label",
     "shape_length",
+    "shortened",
     "write_json",
 ]

@@ -32,7 +32,7 @@ import torch
 VARIANTS = ("varlen", "gqa", "fp8", "paged", "merge")
 DISTRIBUTIONS = ("normal", "peaked", "outliers")
 LAYOUTS = ("contiguous", "transposed", "packed", "offset")
-MASK_KINDS = ("none", "random", "tiles", "rows")
+MASK_KINDS = ("none", "random", "tiles", "rows", "sparse")
 
 
 def dtype_from_name(name: str) -> torch.dtype:

@@ -29,6 +29,7 @@ from attnverify.verify.strategies import TILE_SIZES, head_counts, head_dims, len
 
 MASK_KEEP = {"random": 0.5, "tiles": 0.8, "rows": 0.8}
 BLANK_TILE_P = 0.5
+SPARSE_BLANK_P = 0.9  # "sparse": #6's block-sparse bench mask (90% of tiles all False)
 BLANK_ROW_P = 0.3
 
 
@@ -111,13 +112,18 @@ def make_mask(case: Case, gen: torch.Generator) -> torch.Tensor:
     "random": each element kept with probability MASK_KEEP. "tiles": aligned mask_tile x
     mask_tile blocks blanked whole with probability BLANK_TILE_P (kernels skip those tiles),
     random holes elsewhere. "rows": random holes plus whole rows blanked (empty rows).
+    "sparse" (bench): tiles blanked whole with probability SPARSE_BLANK_P, no other holes.
     """
     shape = tuple(case.mask_shape or ())
-    keep = torch.rand(shape, generator=gen) < MASK_KEEP[case.mask_kind]
-    if case.mask_kind == "tiles":
+    if case.mask_kind == "sparse":
+        keep = torch.ones(shape, dtype=torch.bool)
+    else:
+        keep = torch.rand(shape, generator=gen) < MASK_KEEP[case.mask_kind]
+    if case.mask_kind in ("tiles", "sparse"):
         t = case.mask_tile
         grid = (*shape[:2], -(-shape[2] // t), -(-shape[3] // t))
-        blank = torch.rand(grid, generator=gen) < BLANK_TILE_P
+        p_blank = SPARSE_BLANK_P if case.mask_kind == "sparse" else BLANK_TILE_P
+        blank = torch.rand(grid, generator=gen) < p_blank
         blank = blank.repeat_interleave(t, 2).repeat_interleave(t, 3)[..., : shape[2], : shape[3]]
         keep &= ~blank
     elif case.mask_kind == "rows":
@@ -299,28 +305,33 @@ class GqaSpec(VariantSpec):
         return float(size * (qo + kv) + bias)
 
     def bench_cases(self) -> list[Case]:
-        """Decoder GQA shapes (D 128, B 1, Hq 16, Hk 16 / 4, L 8192), with and without a
-        (1, 1, L, L) bias, causal and not, bf16 and fp16."""
+        """Decoder GQA shapes (D 128, B 1, Hq 16, Hk 16 / 4, L 8192), bf16 and fp16: causal
+        without a bias, and a (1, 1, L, L) bias; in bf16 also the dense non-causal forward and
+        (Hk 16) a block-sparse mask with 90% of its 128 x 128 tiles all False (#6's targets)."""
+        base = dict(variant="gqa", seed=0, heads_q=16, head_dim=128, lq=8192, lk=8192)
         out = []
         for dtype in ("bfloat16", "float16"):
             for hk in (16, 4):
-                for bias in (None, (1, 1, 8192, 8192)):
-                    out.append(
-                        Case(
-                            variant="gqa",
-                            dtype=dtype,
-                            seed=0,
-                            heads_q=16,
-                            heads_k=hk,
-                            head_dim=128,
-                            lq=8192,
-                            lk=8192,
-                            causal=bias is None,
-                            bias_shape=bias,
-                            bias_dtype=dtype if bias else None,
-                        )
+                if dtype == "bfloat16":
+                    out.append(Case(**base, dtype=dtype, heads_k=hk))
+                out.append(Case(**base, dtype=dtype, heads_k=hk, causal=True))
+                out.append(
+                    Case(
+                        **base,
+                        dtype=dtype,
+                        heads_k=hk,
+                        bias_shape=(1, 1, 8192, 8192),
+                        bias_dtype=dtype,
                     )
+                )
+        sparse = dict(mask_shape=(1, 1, 8192, 8192), mask_kind="sparse", mask_tile=128)
+        out.append(Case(**base, dtype="bfloat16", heads_k=16, **sparse))
         return out
+
+    def bench_backward(self, case: Case) -> bool:
+        """bf16, non-causal, unmasked shapes (with a bias and without): #6's backward target
+        is the bias one against SDPA flash's backward without a bias."""
+        return case.dtype == "bfloat16" and not case.causal and case.mask_shape is None
 
 
 def term_magnitudes(

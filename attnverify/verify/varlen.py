@@ -238,6 +238,11 @@ class VarlenSpec(VariantSpec):
             for dtype, d, lens in shapes
         ]
 
+    def bench_backward(self, case: Case) -> bool:
+        """D = 128: #5's backward target (against SDPA flash's backward on the same tokens as
+        a dense equal-length batch)."""
+        return case.head_dim == 128
+
 
 SPEC = VarlenSpec()
 

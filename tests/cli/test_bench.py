@@ -6,6 +6,7 @@ numbers are meaningless, the pipeline is what is tested.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -177,6 +178,62 @@ def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, u
     for name in ("attnverify", second):
         row = by_impl[name]
         assert row.status == "ok" and row.ms is not None and row.unit == unit, row
+
+
+def test_bench_dense_row_for_equal_length_varlen(home: Path) -> None:
+    """Equal lengths: our gqa kernel on the same tokens as a dense batch (the varlen
+    overhead's reference); mixed lengths have none."""
+    equal = dataclasses.replace(VARLEN, seqlens_q=(6, 6), seqlens_k=(6, 6))
+    for case, expected in ((equal, True), (VARLEN, False)):
+        rows = bench.bench_variant(
+            "varlen", target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
+            out=io.StringIO(), cases=[case],
+        )  # fmt: skip
+        dense = [r for r in rows if r.impl == "attnverify-dense"]
+        assert bool(dense) == expected, rows
+        assert all(r.status == "ok" and r.ms is not None for r in dense)
+
+
+@pytest.mark.parametrize("variant", ["gqa", "varlen"])
+def test_bench_backward_rows_verify_then_time_the_backward(home: Path, variant: str) -> None:
+    """A shape whose spec asks for it gets "bwd" rows: ours (gradients verified at the cut
+    lengths, then the backward alone timed, at 2.5x the forward's FLOPs) and the backward
+    baselines with speedups; gqa's flash baseline runs without the bias."""
+    from attnverify.verify.specs import get_spec
+
+    case = {
+        "gqa": dataclasses.replace(GQA, dtype="bfloat16", bias_shape=(1, 1, 24, 40),
+                                   bias_dtype="bfloat16"),
+        "varlen": dataclasses.replace(VARLEN, head_dim=128, seqlens_q=(7, 7), seqlens_k=(7, 7)),
+    }[variant]  # fmt: skip
+    spec = get_spec(variant)
+    assert spec.bench_backward(case)
+    calls = []
+    rows = bench.bench_variant(
+        variant, target="reference", device=CPU, timer=lambda fn: calls.append(fn) or 2.0,
+        peaks=PEAKS, out=io.StringIO(), cases=[case],
+    )  # fmt: skip
+    backward = {r.impl: r for r in rows if r.shape.endswith(" bwd")}
+    ours = backward["reference"]
+    assert ours.status == "ok" and ours.ms == 2.0
+    assert ours.value == pytest.approx(bench.BACKWARD_WORK * spec.flops(case) / 2e-3 / 1e12)
+    flash = backward["sdpa-flash-no-bias" if variant == "gqa" else "sdpa-flash-dense"]
+    assert flash.status == "ok" and flash.speedup == 1.0, flash
+    timed_forward = sum(r.ms is not None for r in rows if not r.shape.endswith(" bwd"))
+    grads = calls[timed_forward]()  # ours' backward: the gradients of q, k, v (and the bias)
+    assert len(grads) == (4 if variant == "gqa" else 3)
+
+
+def test_bench_shortened_cuts_lengths_and_matching_mask_bias_dims() -> None:
+    gqa = dataclasses.replace(GQA, lq=3000, lk=5000, mask_shape=(1, 1, 1, 5000),
+                              mask_kind="random", bias_shape=(1, 2, 3000, 5000))  # fmt: skip
+    short = bench.shortened(gqa, 1024)
+    assert (short.lq, short.lk) == (1024, 1024)
+    assert short.mask_shape == (1, 1, 1, 1024) and short.bias_shape == (1, 2, 1024, 1024)
+    varlen = bench.shortened(
+        dataclasses.replace(VARLEN, seqlens_q=(2000, 9), seqlens_k=(9, 3000)), 1024
+    )
+    assert varlen.seqlens_q == (1024, 9) and varlen.seqlens_k == (9, 1024)
 
 
 def test_flex_baseline_lifts_dynamo_recompile_limit() -> None:

@@ -283,3 +283,28 @@ def test_strategies_large_profiles_respect_their_budget(profile: str, data: st.D
         assert n <= b.max_len, case.short()
     if variant == "paged":
         assert case.num_blocks <= b.max_blocks + 3, case.short()
+
+
+def test_specs_sparse_mask_blanks_nine_in_ten_whole_tiles() -> None:
+    """The block-sparse bench mask: ~90% of its aligned tiles all False, the rest all True
+    (no holes inside a kept tile), so a kernel's time shows the tile skipping alone."""
+    from attnverify.verify.gqa import SPARSE_BLANK_P, make_mask
+
+    case = Case(variant="gqa", dtype="bfloat16", seed=0, heads_q=2, heads_k=2, head_dim=16,
+                lq=640, lk=1280, mask_shape=(1, 1, 640, 1280), mask_kind="sparse",
+                mask_tile=64)  # fmt: skip
+    mask = make_mask(case, torch.Generator().manual_seed(0))
+    tiles = mask.reshape(1, 1, 10, 64, 20, 64).transpose(3, 4).reshape(1, 1, 10, 20, -1)
+    kept = tiles.all(-1)
+    assert torch.equal(kept, tiles.any(-1)), "a tile is partly blank"
+    assert abs(1 - kept.float().mean().item() - SPARSE_BLANK_P) < 0.06
+
+
+def test_specs_bench_backward_shapes_are_the_issue_targets() -> None:
+    gqa = [c for c in get_spec("gqa").bench_cases() if get_spec("gqa").bench_backward(c)]
+    assert gqa and all(c.dtype == "bfloat16" and not c.causal for c in gqa)
+    assert {c.bias_shape is not None for c in gqa} == {True, False}
+    varlen = get_spec("varlen")
+    assert [c.head_dim for c in varlen.bench_cases() if varlen.bench_backward(c)] == [128, 128]
+    assert not any(get_spec(v).bench_backward(get_spec(v).bench_cases()[0])
+                   for v in ("fp8", "paged", "merge"))  # fmt: skip
