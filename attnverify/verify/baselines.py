@@ -177,16 +177,25 @@ def _heads_to_q(x: torch.Tensor, hq: int, hk: int) -> torch.Tensor:
 
 
 def _varlen_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
-    from attnverify.verify.targets import resolve_target, sdpa_varlen_attention
+    from attnverify.verify.targets import sdpa_varlen_attention
 
     yield Impl("sdpa-per-sequence", call_of(spec, sdpa_varlen_attention, inputs))
+    yield _torch_varlen(spec, inputs, call_of)
+    yield _flex_varlen(case, inputs)
+
+
+def _torch_varlen(
+    spec: Any, inputs: dict[str, Any], make_call: Callable[..., Callable[[], Any]]
+) -> Impl:
+    """torch `varlen_attn` through `make_call` (`call_of` or `backward_call_of`), or why it is
+    unavailable."""
+    from attnverify.verify.targets import resolve_target
+
     try:
         torch_varlen = resolve_target("torch-varlen", "varlen")
     except ValueError as exc:
-        yield Impl("torch-varlen", None, reason=str(exc))
-    else:
-        yield Impl("torch-varlen", call_of(spec, torch_varlen, inputs))
-    yield _flex_varlen(case, inputs)
+        return Impl("torch-varlen", None, reason=str(exc))
+    return Impl("torch-varlen", make_call(spec, torch_varlen, inputs))
 
 
 def _flex_varlen(case: Any, inputs: dict[str, Any]) -> Impl:
@@ -276,7 +285,7 @@ def _gqa_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Ite
 
 def _varlen_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
     from attnverify.verify.specs import get_spec
-    from attnverify.verify.targets import resolve_target, sdpa_gqa_attention
+    from attnverify.verify.targets import sdpa_gqa_attention
 
     dense = dense_of_varlen(case, inputs)
     if dense is None:
@@ -286,12 +295,7 @@ def _varlen_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> 
             if label == "sdpa-flash":
                 call = backward_call_of(get_spec("gqa"), sdpa_gqa_attention, dense)
                 yield Impl("sdpa-flash-dense", call, _in_backend(backend))
-    try:
-        torch_varlen = resolve_target("torch-varlen", "varlen")
-    except ValueError as exc:
-        yield Impl("torch-varlen", None, reason=str(exc))
-    else:
-        yield Impl("torch-varlen", backward_call_of(spec, torch_varlen, inputs))
+    yield _torch_varlen(spec, inputs, backward_call_of)
 
 
 def dense_of_varlen(case: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:

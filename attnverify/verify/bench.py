@@ -243,23 +243,13 @@ def _bench_shape(
     ours_reason: str,
     replay_dir: Path | None,
 ) -> list[BenchRow]:
-    from attnverify.verify.runner import check
-
     inputs = spec.make_inputs(case, device)
     rows = []
     ours_ms = None
     if ours is None:
         rows.append(_row(spec, case, ours_name, None, f"unavailable: {ours_reason}", peaks))
     else:
-        report = check(
-            case.variant,
-            ours,
-            cases=[case],
-            device=device,
-            grads=False,
-            replay_dir=replay_dir,
-            target=ours_name,
-        )
+        report = _verify(case, ours, device, ours_name, replay_dir, grads=False)
         if report.passed:
             ours_ms, status = _time(Impl(ours_name, call_of(spec, ours, inputs)), timer)
         else:
@@ -284,6 +274,29 @@ def _bench_shape(
             _bench_backward(spec, case, ours, inputs, device, timer, peaks, ours_name, replay_dir)
         )
     return rows
+
+
+def _verify(
+    case: Any,
+    ours: Callable[..., Any],
+    device: torch.device,
+    ours_name: str,
+    replay_dir: Path | None,
+    *,
+    grads: bool,
+) -> Any:
+    """`check` of ours at the one case (a failure's replay file under `replay_dir`)."""
+    from attnverify.verify.runner import check
+
+    return check(
+        case.variant,
+        ours,
+        cases=[case],
+        device=device,
+        grads=grads,
+        replay_dir=replay_dir,
+        target=ours_name,
+    )
 
 
 def _baseline_rows(
@@ -320,21 +333,11 @@ def _bench_backward(
     """The backward rows of a shape: ours (its gradients verified first, at the shape's
     lengths cut to BACKWARD_VERIFY_LENGTH) and `backward_baselines`, each timing the backward
     alone; TFLOP/s count BACKWARD_WORK x the forward's FLOPs."""
-    from attnverify.verify.runner import check
-
     rows = []
     ours_ms = None
     if ours is not None:
         short = shortened(case, BACKWARD_VERIFY_LENGTH)
-        report = check(
-            case.variant,
-            ours,
-            cases=[short],
-            device=device,
-            grads=True,
-            replay_dir=replay_dir,
-            target=ours_name,
-        )
+        report = _verify(short, ours, device, ours_name, replay_dir, grads=True)
         if report.passed:
             call = backward_call_of(spec, ours, inputs)
             ours_ms, status = _time(Impl(ours_name, call), timer)
