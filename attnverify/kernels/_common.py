@@ -7,6 +7,7 @@ tensors their grids read.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,11 +54,13 @@ def _pow2_at_least(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
+@functools.cache
 def split_head_dim(head_dim: int) -> HeadDimSplit:
     """Split `head_dim` into a power-of-two tile `d0` (the largest <= D, >= 16) and a remainder.
 
     The remainder, if any, gets the smallest power-of-two tile >= max(16, D - d0), so a non
     power-of-two D costs at most one small extra tile instead of padding to the next power of 2.
+    Memoized (a launch asks up to 8 times; the split is immutable).
     """
     d0 = max(MIN_DOT_TILE, 1 << (head_dim.bit_length() - 1))
     rest = head_dim - d0

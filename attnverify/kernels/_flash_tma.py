@@ -61,18 +61,21 @@ def _tma_view(x: torch.Tensor, is_varlen: bool, block_n: int) -> tuple[list[int]
     stepped along)."""
     if x.dtype not in TMA_DTYPES or x.numel() == 0:
         return None
-    if is_varlen:
-        t, h, d = x.shape
-        shape = [1, h, t, d]
-        strides = [t * x.stride(0), x.stride(1), x.stride(0), x.stride(2)]
-    else:
-        shape, strides = list(x.shape), list(x.stride())
+    shape, strides = _tma_geometry(x, is_varlen)
     if shape[2] < block_n or shape[3] < split_head_dim(shape[3]).d0:
         return None
     aligned = all(s > 0 and s * x.element_size() % 16 == 0 for s in strides[:-1])
     if strides[-1] != 1 or not aligned or x.data_ptr() % 16 != 0:
         return None
     return shape, strides
+
+
+def _tma_geometry(x: torch.Tensor, is_varlen: bool) -> tuple[list[int], list[int]]:
+    """K or V as (Z, H, rows, D) shape and strides, unchecked (`_tma_view` checks them)."""
+    if is_varlen:
+        t, h, d = x.shape
+        return [1, h, t, d], [t * x.stride(0), x.stride(1), x.stride(0), x.stride(2)]
+    return list(x.shape), list(x.stride())
 
 
 def _use_tma(
@@ -118,17 +121,19 @@ def _pair_descriptors(
     is_varlen: bool,
 ) -> dict[str, object]:
     """A kernel's descriptor arguments over its inner-loop operands x and y as (Z, H, rows, D)
-    (`_tma_view`): names are (x tile 0, y tile 0, x tile 1, y tile 1), the tile-1 ones None
-    without a tile 1. Forward and dq pass: K and V (KV_DESC_NAMES); dk/dv pass: Q and dO
-    (`_flash_bwd.QDO_DESC_NAMES`). Block shapes are placeholders until the kernel's pre-hook
-    (`_flash_fwd._set_kv_block_shapes`, `_flash_bwd._set_qdo_block_shapes`) runs."""
+    (`_tma_geometry`; the caller has checked them with `_use_tma`): names are (x tile 0, y tile
+    0, x tile 1, y tile 1), the tile-1 ones None without a tile 1. Forward and dq pass: K and V
+    (KV_DESC_NAMES); dk/dv pass: Q and dO (`_flash_bwd.QDO_DESC_NAMES`). Block shapes are
+    placeholders until the kernel's pre-hook (`_flash_fwd._set_kv_block_shapes`,
+    `_flash_bwd._set_qdo_block_shapes`) runs."""
+    geometry = {id(t): _tma_geometry(t, is_varlen) for t in (x, y)}
     descs: dict[str, object] = {}
     for name, t in zip(names, (x, y, x, y), strict=True):
         if name.endswith("1") and not split.has_d1:
             descs[name] = None
             continue
-        shape, strides = _tma_view(t, is_varlen, 1)
-        descs[name] = TensorDescriptor(t, shape, strides, [1, 1, 16, 16])
+        shape, strides = geometry[id(t)]
+        descs[name] = TensorDescriptor(t, list(shape), list(strides), [1, 1, 16, 16])
     return descs
 
 
