@@ -208,6 +208,39 @@ def test_gqa_every_backward_config_is_steady_on_a_row_bias(outer, inner_warps_st
         assert error <= 2 * (first[i].double() - ref[name]).abs().max() + 1e-3, name
 
 
+@pytest.mark.parametrize(
+    "bias_shape", [(1, 1, 100, 40), (1, 2, 1, 40), (2, 1, 100, 1), (1, 1, 1, 1)],
+    ids=["full", "rows-summed", "keys-summed", "both-summed"],
+)  # fmt: skip
+@pytest.mark.parametrize(("causal", "masked"), [(False, False), (True, False), (False, True)])
+def test_gqa_dbias_buffer_left_uninitialised_is_written_whole(
+    monkeypatch: pytest.MonkeyPatch, bias_shape: tuple[int, ...], causal: bool, masked: bool
+) -> None:
+    """`_flash._dbias_buffer` skips the zero fill where `_dbias_written` says the dk/dv pass
+    writes every element (without causal masking or a mask, or with the query dim summed):
+    there the buffer is NaN-filled first, and dbias must come out bitwise what a zero-filled
+    buffer gives. Lq > Lk: causal masking hides whole tiles from the first query rows; the
+    mask hides whole tiles (rows 0-63, keys 0-31), which the kernels skip."""
+    q, k, v, do = make(2, 2, 1, 100, 40, 16, torch.float32, seed=13)
+    bias = torch.randn(bias_shape, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    problem = _flash.FlashProblem(False, 2, 2, 1, causal, 0.25, seqlen_q=100, seqlen_k=40)
+    mask = torch.ones(1, 1, 100, 40, dtype=torch.bool, device=DEVICE) if masked else None
+    if masked:
+        mask[..., :64, :32] = False
+    written = _flash._dbias_written(bias, problem, masked)
+    assert written == (not (causal or masked) or bias_shape[2] == 1)
+    zeroed = run(gqa_attention, q, k, v, do, mask, bias, causal)["dbias"]
+    original = _flash._dbias_buffer
+
+    def nan_filled(*args, **kwargs):
+        buf, mode = original(*args, **kwargs)
+        return (buf.fill_(float("nan")) if written else buf), mode
+
+    monkeypatch.setattr(_flash, "_dbias_buffer", nan_filled)
+    got = run(gqa_attention, q, k, v, do, mask, bias, causal)["dbias"]
+    assert torch.equal(got, zeroed), "an element of the uninitialised dbias buffer was not written"
+
+
 @pytest.mark.parametrize("bias_heads", [1, 2])
 def test_gqa_heads_first_grid_is_bitwise_the_blocks_first_one(
     bias_heads: int, monkeypatch: pytest.MonkeyPatch
