@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device-side run (a CUDA GPU machine): full verification with the `device` profile, the
 # compute-sanitizer pass over the representative case set, determinism, large offsets, the
-# bad-input catalog on the GPU, interpreter-vs-GPU agreement, then the benchmarks. Logs go to
+# bad-input catalog on the GPU, interpreter-vs-GPU agreement, then the benchmarks and the
+# issues' speed targets read from them (ci/targets.py). Logs go to
 # the folder given (default ./device-logs); the exit status is non-zero if any step failed.
 #
 #   bash ci/device.sh [LOGDIR] [--quick] [STEP ...]
@@ -96,6 +97,13 @@ if wanted multi-gpu; then
     echo "== dead-worker: NOT reported"; status=1
   fi
 fi
-wanted bench && step bench python3 -m attnverify bench --json "$logs/bench.json"
-for log in "$logs/verify.log" "$logs/bench.log"; do [ -f "$log" ] && tail -n 40 "$log"; done
+if wanted bench; then
+  step bench python3 -m attnverify bench --json "$logs/bench.json"
+  # the issues' speed targets against that run (exit 1 when one with its rows is missed)
+  [ -f "$logs/bench.json" ] && step targets python3 ci/targets.py "$logs/bench.json" \
+    --markdown "$logs/targets.md"
+fi
+for log in "$logs/verify.log" "$logs/bench.log" "$logs/targets.log"; do
+  [ -f "$log" ] && tail -n 60 "$log"
+done
 exit $status

@@ -129,9 +129,14 @@ class BenchRow:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32",
+                "float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2"}  # fmt: skip
+
+
 def shape_label(case: Any) -> str:
-    """A short shape label: "bf16 B1 H16/4 D128 L8192x8192 causal bias"."""
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(case.dtype, case.dtype)
+    """A short shape label: "bf16 B1 H16/4 D128 L8192x8192 causal bias"; a paged fp8 cache
+    adds "e4m3-cache", fp8 per-head descales "per-head"."""
+    dtype = SHORT_DTYPES.get(case.dtype, case.dtype)
     heads = f"H{case.heads_q}/{case.heads_k} D{case.head_dim}"
     if case.variant == "varlen":
         lens = case.seqlens_k
@@ -139,11 +144,14 @@ def shape_label(case: Any) -> str:
         return f"{dtype} {heads} {size}" + (" causal" if case.causal else "")
     if case.variant == "paged":
         ctx = max(case.seq_lens, default=0)
-        return f"{dtype} B{case.batch} {heads} Lq{case.lq} ctx{ctx} bs{case.block_size}"
+        label = f"{dtype} B{case.batch} {heads} Lq{case.lq} ctx{ctx} bs{case.block_size}"
+        cache = case.cache_dtype
+        return label + (f" {SHORT_DTYPES.get(cache, cache)}-cache" if cache else "")
     if case.variant == "merge":
         return f"{dtype} lead{list(case.lead_shape)} S{case.num_states} D{case.head_dim}"
     flags = (" causal" if case.causal else "") + (" bias" if case.bias_shape else "")
     flags += " mask" if case.mask_shape else ""
+    flags += " per-head" if case.variant == "fp8" and case.descale == "head" else ""
     return f"{dtype} B{case.batch} {heads} L{case.lq}x{case.lk}{flags}"
 
 

@@ -245,3 +245,16 @@ def test_flex_baseline_lifts_dynamo_recompile_limit() -> None:
         REAL_FLEX_MODULE()
         assert dynamo_config.cache_size_limit >= baselines.FLEX_RECOMPILE_LIMIT
         assert dynamo_config.accumulated_cache_size_limit >= baselines.FLEX_RECOMPILE_LIMIT
+
+
+def test_bench_shape_labels_tell_every_bench_shape_apart() -> None:
+    """Each variant's bench shapes get distinct labels (a paged fp8 cache beside its bf16 twin,
+    fp8 per-head beside per-tensor descales), so a table row names one shape."""
+    from attnverify.verify.specs import get_spec
+
+    for variant in ("varlen", "gqa", "fp8", "paged"):
+        labels = [bench.shape_label(c) for c in get_spec(variant).bench_cases()]
+        assert len(set(labels)) == len(labels), sorted(labels)
+    assert bench.shape_label(dataclasses.replace(PAGED, cache_dtype="float8_e4m3fn")).endswith(
+        " e4m3-cache"
+    )
