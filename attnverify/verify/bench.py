@@ -274,8 +274,7 @@ def _bench_shape(
             rows.append(_row(spec, case, f"{OURS}-host-cu", ms, status, peaks))
             dense = dense_of_varlen(case, inputs)
             if dense is not None:
-                ms, status = _time(Impl(f"{OURS}-dense", _dense_call(dense)), timer)
-                rows.append(_row(spec, case, f"{OURS}-dense", ms, status, peaks))
+                rows.append(_dense_row(spec, case, dense, device, timer, peaks, replay_dir))
     rows.extend(_baseline_rows(spec, case, baselines(spec, case, inputs), ours_ms, timer, peaks))
     if spec.bench_backward(case):
         rows.extend(
@@ -381,13 +380,33 @@ def shortened(case: Any, length: int) -> Any:
     )
 
 
-def _dense_call(dense: dict[str, Any]) -> Callable[[], Any]:
+def _dense_row(
+    spec: Any,
+    case: Any,
+    dense: dict[str, Any],
+    device: torch.device,
+    timer: Timer,
+    peaks: Peaks | None,
+    replay_dir: Path | None,
+) -> BenchRow:
     """Our gqa kernel on a varlen shape's tokens as a dense equal-length batch
-    (`dense_of_varlen`): the varlen row's overhead is its time over this one's."""
+    (`dense_of_varlen`; the varlen row's overhead is its time over this one's), verified
+    first as the gqa case of that batch: another launch path than the varlen rows'."""
     from attnverify.kernels import gqa_attention
     from attnverify.verify.specs import get_spec
 
-    return call_of(get_spec("gqa"), gqa_attention, dense)
+    name = f"{OURS}-dense"
+    q = dense["q"]
+    gqa_case = dataclasses.replace(
+        case, variant="gqa", batch=q.shape[0], lq=q.shape[2], lk=dense["k"].shape[2],
+        seqlens_q=(), seqlens_k=(),
+    )  # fmt: skip
+    report = _verify(gqa_case, gqa_attention, device, name, replay_dir, grads=False)
+    if not report.passed:
+        failed = "; ".join(_failure_summary(r) for r in report.failures)
+        return _row(spec, case, name, None, f"failed verification: {failed}", peaks)
+    ms, status = _time(Impl(name, call_of(get_spec("gqa"), gqa_attention, dense)), timer)
+    return _row(spec, case, name, ms, status, peaks)
 
 
 def _paged_planned(inputs: dict[str, Any]) -> Callable[[], Any]:

@@ -180,18 +180,35 @@ def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, u
         assert row.status == "ok" and row.ms is not None and row.unit == unit, row
 
 
+def _dense_rows(case: Case) -> list[bench.BenchRow]:
+    rows = bench.bench_variant(
+        "varlen", target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
+        out=io.StringIO(), cases=[case],
+    )  # fmt: skip
+    return [r for r in rows if r.impl == "attnverify-dense"]
+
+
+EQUAL = dataclasses.replace(VARLEN, seqlens_q=(6, 6), seqlens_k=(6, 6))
+
+
 def test_bench_dense_row_for_equal_length_varlen(home: Path) -> None:
     """Equal lengths: our gqa kernel on the same tokens as a dense batch (the varlen
     overhead's reference); mixed lengths have none."""
-    equal = dataclasses.replace(VARLEN, seqlens_q=(6, 6), seqlens_k=(6, 6))
-    for case, expected in ((equal, True), (VARLEN, False)):
-        rows = bench.bench_variant(
-            "varlen", target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
-            out=io.StringIO(), cases=[case],
-        )  # fmt: skip
-        dense = [r for r in rows if r.impl == "attnverify-dense"]
-        assert bool(dense) == expected, rows
+    for case, expected in ((EQUAL, True), (VARLEN, False)):
+        dense = _dense_rows(case)
+        assert bool(dense) == expected
         assert all(r.status == "ok" and r.ms is not None for r in dense)
+
+
+def test_bench_dense_row_is_verified_first(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense row runs the gqa launch path, not the varlen rows': a wrong gqa kernel gets
+    no number there."""
+    import attnverify.kernels as kernels
+
+    real = kernels.gqa_attention
+    monkeypatch.setattr(kernels, "gqa_attention", lambda *a, **kw: real(*a, **kw) + 1)
+    (dense,) = _dense_rows(EQUAL)
+    assert dense.ms is None and dense.status.startswith("failed verification"), dense
 
 
 @pytest.mark.parametrize("variant", ["gqa", "varlen"])
