@@ -4,7 +4,7 @@
 |---|---|
 | gqa | SDPA backends flash, cuDNN, efficient, math (when its scores fit `MATH_MAX_SCORES`), compiled FlexAttention |
 | varlen | SDPA per sequence (what models without a varlen kernel do), torch `varlen_attn`, compiled FlexAttention with a document mask |
-| fp8 | SDPA flash on the same tensors in bfloat16 (what fp8 replaces) |
+| fp8 | SDPA flash on the same tensors in bfloat16 (what fp8 replaces), compiled FlexAttention on the fp8 tensors |
 | merge | the same formula in eager torch (float32) |
 | paged | none in torch |
 
@@ -253,6 +253,35 @@ def _fp8_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Imp
     for label, backend in _sdpa_backends():
         if label == "sdpa-flash":
             yield Impl("sdpa-flash-bf16", run, _in_backend(backend))
+    yield _flex_fp8(inputs)
+
+
+def _flex_fp8(inputs: dict[str, Any]) -> Impl:
+    """Compiled FlexAttention on the fp8 tensors as given (it picks V's layout itself): q and k
+    descales folded into the softmax scale (per-tensor; a per-head descale is taken at head 0,
+    which does not change the timing), out cast to bfloat16 and scaled by v's descale, all in
+    the one compiled function, as its fp8 recipe (pytorch/pytorch#151695) does."""
+    try:
+        flex = _flex_module()
+    except ImportError as exc:
+        return Impl("flex-compiled-fp8", None, reason=str(exc))
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    first = [float(inputs[f"{n}_descale"].reshape(-1)[0]) for n in ("q", "k", "v")]
+    scale = inputs.get("scale") or q.shape[-1] ** -0.5
+    scale *= first[0] * first[1]
+    block_mask = None
+    if inputs.get("causal", False):
+        shift = k.shape[2] - q.shape[2]
+        block_mask = flex.create_block_mask(
+            lambda b, h, i, j: j <= i + shift, 1, 1, q.shape[2], k.shape[2], device=q.device
+        )
+    gqa = q.shape[1] != k.shape[1]
+
+    def run() -> torch.Tensor:
+        out = flex.flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+        return out.to(torch.bfloat16) * first[2]
+
+    return Impl("flex-compiled-fp8", torch.compile(run, dynamic=False))
 
 
 def _merge_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:

@@ -638,8 +638,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                 max_shapes=args.max_shapes,
             )
         )
+        if args.json:  # after every variant: a run cut short keeps the variants it finished
+            write_json(args.json, rows, meta, peaks)
     if args.json:
-        out.write(f"json: {write_json(args.json, rows, meta, peaks)}\n")
+        out.write(f"json: {args.json}\n")
     if args.plot:
         try:
             out.write(f"plot: {plot(args.plot, rows)}\n")
