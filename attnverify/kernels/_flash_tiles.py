@@ -96,34 +96,29 @@ _VARYING = [
 
 
 @triton.jit
-def _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
-    """(start_q, len_q, start_k, len_k, block) of program `pid` (varlen: from the work table)."""
+def _program(Work, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr, HEADS_FIRST: tl.constexpr):
+    """(h, z, start_q, len_q, start_k, len_k, block) of this program. Varlen: a 1-D grid over
+    the work table (`_common.varlen_work_table`), whose items name their head. Dense: grid
+    axis 0 is the block, axis 1 the query head, axis 2 the batch; HEADS_FIRST swaps axes 0 and
+    1 (`_flash._heads_first`: the programs of one block, every head, run together)."""
+    z = tl.program_id(2)
     if IS_VARLEN:
-        w = Work + pid * 5
+        w = Work + tl.program_id(0) * 6  # WORK_FIELDS
         start_q = tl.load(w)
         len_q = tl.load(w + 1)
         start_k = tl.load(w + 2)
         len_k = tl.load(w + 3)
         blk = tl.load(w + 4)
+        h = tl.load(w + 5)
     else:
-        start_q = pid * 0
+        if HEADS_FIRST:
+            h, blk = tl.program_id(0), tl.program_id(1)
+        else:
+            blk, h = tl.program_id(0), tl.program_id(1)
+        start_q = blk * 0
         len_q = seqlen_q + start_q
         start_k = start_q
         len_k = seqlen_k + start_q
-        blk = pid
-    return start_q, len_q, start_k, len_k, blk
-
-
-@triton.jit
-def _program(Work, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr, HEADS_FIRST: tl.constexpr):
-    """(h, z, start_q, len_q, start_k, len_k, block) of this program: grid axis 0 is the block
-    (varlen: a work-table item), axis 1 the query head, axis 2 the batch; HEADS_FIRST swaps
-    axes 0 and 1 (`_flash._heads_first`: the programs of one block, every head, run together)."""
-    if HEADS_FIRST:
-        h, pid, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    else:
-        pid, h, z = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start_q, len_q, start_k, len_k, blk = _work_item(Work, pid, seqlen_q, seqlen_k, IS_VARLEN)
     return h, z, start_q, len_q, start_k, len_k, blk
 
 

@@ -208,17 +208,38 @@ def test_varlen_head_dim_split_covers_d_without_power_of_two_padding(d):
         assert split.padded == d + (-d % 16), f"D={d} must cost at most a 16-lane tile: {split}"
 
 
-def test_varlen_work_table_longest_first():
+def test_varlen_work_table_heaviest_first_over_every_head():
     from attnverify.kernels._common import varlen_work_table
 
     lens = [256, 0, 8192, 300]
     starts = [0, 256, 256, 8448]
-    table = varlen_work_table(lens, lens, starts, starts, 128, rows_are_queries=True, device="cpu")
-    assert table.shape == (64 + 3 + 2, 5), f"one item per 128-row block; got {tuple(table.shape)}"
-    assert table[:, 3].tolist() == sorted(table[:, 3].tolist(), reverse=True), "not longest first"
-    assert table[0].tolist() == [256, 8192, 256, 8192, 0], f"first item {table[0].tolist()}"
-    blocks = sorted((int(r[0]), int(r[4])) for r in table if int(r[1]) == 300)
-    assert blocks == [(8448, 0), (8448, 1), (8448, 2)], f"blocks of the 300-token sequence {blocks}"
+    table = varlen_work_table(
+        lens, lens, starts, starts, 128, heads=3, rows_are_queries=True, device="cpu"
+    )
+    assert table.shape == (3 * (64 + 3 + 2), 6), f"a 128-row block per head; {tuple(table.shape)}"
+    work = table[:, 3].tolist()
+    assert work == sorted(work, reverse=True), "not heaviest first over all heads"
+    assert table[0].tolist() == [256, 8192, 256, 8192, 0, 0], f"first item {table[0].tolist()}"
+    # equal work runs head by head, each head's blocks together and in order
+    long = table[: 3 * 64]
+    assert long[:, 5].tolist() == [h for h in range(3) for _ in range(64)]
+    assert long[:, 4].tolist() == list(range(64)) * 3
+    items = sorted(tuple(r) for r in table.tolist())
+    expected = sorted(
+        (s, n, s, n, b, h)
+        for s, n in zip(starts, lens, strict=True)
+        for b in range(-(-n // 128))
+        for h in range(3)
+    )
+    assert items == expected, "every (sequence, block, head) exactly once"
+    # the dk/dv pass: rows are keys, its work the query length
+    swapped = varlen_work_table(
+        [10, 500], [700, 20], [0, 10], [0, 700], 128, heads=2, rows_are_queries=False, device="cpu"
+    )
+    assert swapped[0].tolist() == [0, 700, 0, 10, 0, 0], f"{swapped[0].tolist()}"
+    assert swapped[:, 1].tolist() == [700, 700, 20, 20, 20, 20, 20, 20, 20, 20]
+    empty = varlen_work_table([0], [5], [0], [0], 128, heads=2, rows_are_queries=True, device="cpu")
+    assert empty.shape == (0, 6)
 
 
 def test_varlen_forward_reads_cu_seqlens_once_and_reuses_its_work_table(monkeypatch):
