@@ -61,7 +61,12 @@ from attnverify.kernels._flash_fwd import KV_DESC_NAMES, _fwd, _set_kv_block_sha
 from attnverify.kernels._flash_mask import _tile_codes_kernel, _tile_lists_kernel
 from attnverify.kernels._flash_tiles import BWD_CONFIGS as BWD_CONFIGS  # re-exported
 from attnverify.kernels._flash_tiles import FWD_CONFIGS as FWD_CONFIGS  # re-exported
-from attnverify.kernels._flash_tiles import INTERPRETER_BLOCK, LOG2E, _prune
+from attnverify.kernels._flash_tiles import (
+    INTERPRETER_BLOCK,
+    LOG2E,
+    _prune,
+    fallback_configs,
+)
 from attnverify.kernels._flash_tma import TMA_ENV as TMA_ENV  # re-exported
 from attnverify.kernels._flash_tma import TMA_POLICIES as TMA_POLICIES  # re-exported
 from attnverify.kernels._flash_tma import (
@@ -342,8 +347,14 @@ def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kw
     policy's pick among the configs `_prune` keeps, or the next one that fits: `_prune`
     estimates only the pipelined tiles' shared memory, and mask, bias and resident tiles can
     push a config past the device's (on an H200 the first backward config of a gqa case, D=80
-    with a bias, asked for 268 KiB of 227). The config that fitted is remembered per kernel,
-    dtype and autotune key."""
+    with a bias, asked for 268 KiB of 227). Past the kept configs come the small
+    `FALLBACK_CONFIGS`; autotuning, when no config it timed fits (a compiler or a device with
+    less shared memory than the configs were chosen for), falls back the same way. The config
+    that fitted is remembered per kernel, dtype and autotune key.
+
+    Raises:
+        OutOfResources: not even the smallest fallback config fits the device.
+    """
     if 0 in grid:
         return
     if config is not None:
@@ -355,10 +366,18 @@ def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kw
         )
         return
     key = (kernel.fn.__name__, kwargs["Q"].dtype, *(kwargs[name] for name in kernel.keys))
-    order = autotune_policy.pinned_order(_prune(kernel.configs, kwargs), key)
+    kept = _prune(kernel.configs, kwargs)
+    order = autotune_policy.pinned_order(kept, key)
     if order is None:
-        kernel[grid](**kwargs)
-        return
+        if key not in _PINNED_FITS:
+            try:
+                kernel[grid](**kwargs)
+                return
+            except OutOfResources:
+                pass  # every config the autotuner timed is too big here
+        order = kept
+    hook = kernel.configs[0].pre_hook if kernel.configs else None
+    order = [*order, *fallback_configs(hook)]
     for index in range(_PINNED_FITS.get(key, 0), len(order)):
         pick = order[index]
         if pick.pre_hook is not None:

@@ -58,11 +58,33 @@ class _FakeJit:
 
 
 class _FakeAutotuned:
+    """An autotuned kernel over `fn`; autotuning raises OutOfResources when every config is
+    too big for `fn` (Triton's autotuner then keeps one that does not fit), else launches the
+    first config that fits."""
+
     def __init__(self, fn: _FakeJit, configs: list[triton.Config]) -> None:
         self.fn, self.configs, self.keys = fn, configs, ["HEAD_DIM", "HAS_BIAS"]
+        self.tuned = 0
 
     def __getitem__(self, grid: tuple[int, int, int]):
-        raise AssertionError("a pinning policy must not autotune")
+        def run(**kwargs: object) -> None:
+            self.tuned += 1
+            fits = [c for c in self.configs if c.kwargs["BLOCK_INNER"] not in self.fn.too_big]
+            if not fits:
+                raise OutOfResources(300 * 1024, 227 * 1024, "shared memory")
+            c = fits[0]
+            self.fn[grid](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+        return run
+
+
+CONFIGS = [
+    triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=2)
+    for b, w in ((128, 8), (64, 4), (48, 4), (40, 4))
+]
+Q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
+ARGS = dict(Q=Q, HEAD_D0=128, HEAD_D1=0, HAS_D1=False, HEAD_DIM=128, HAS_BIAS=True)
+KEY = ("fake_flash_kernel", Q.dtype, 128, True)
 
 
 @pytest.mark.parametrize("policy", ["0", "rotate"])
@@ -74,25 +96,43 @@ def test_flash_pinned_launch_falls_through_to_a_config_that_fits(
     one, and remembers it for the key."""
     monkeypatch.setenv(_autotune.ENV, policy)
     monkeypatch.setattr(_flash, "_PINNED_FITS", {})
-    configs = [
-        triton.Config({"BLOCK_INNER": b}, num_warps=w, num_stages=2)
-        for b, w in ((128, 8), (64, 4), (32, 4), (16, 4))
-    ]
-    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
-    args = dict(Q=q, HEAD_D0=128, HEAD_D1=0, HAS_D1=False, HEAD_DIM=128, HAS_BIAS=True)
-    key = ("fake_flash_kernel", q.dtype, 128, True)
-    order = _autotune.pinned_order(configs, key)
-    too_big = {order[0].kwargs["BLOCK_INNER"], order[1].kwargs["BLOCK_INNER"]}
-    fn = _FakeJit(too_big)
-    kernel = _FakeAutotuned(fn, configs)
-    _flash._launch(kernel, (1, 1, 1), None, **args)
-    _flash._launch(kernel, (1, 1, 1), None, **args)
+    order = _autotune.pinned_order(CONFIGS, KEY)
+    fn = _FakeJit({order[0].kwargs["BLOCK_INNER"], order[1].kwargs["BLOCK_INNER"]})
+    kernel = _FakeAutotuned(fn, CONFIGS)
+    _flash._launch(kernel, (1, 1, 1), None, **ARGS)
+    _flash._launch(kernel, (1, 1, 1), None, **ARGS)
     expected = (order[2].kwargs["BLOCK_INNER"], order[2].num_warps)
-    assert fn.launched == [expected, expected]
-    assert dict(_flash._PINNED_FITS) == {key: 2}
-    fn.too_big = {c.kwargs["BLOCK_INNER"] for c in configs}
+    assert fn.launched == [expected, expected] and kernel.tuned == 0
+    assert dict(_flash._PINNED_FITS) == {KEY: 2}
+    # none of the kernel's configs fits: the fallbacks, smallest last
+    monkeypatch.setattr(_flash, "_PINNED_FITS", {})
+    fn.too_big = {c.kwargs["BLOCK_INNER"] for c in CONFIGS} | {32}
+    _flash._launch(kernel, (1, 1, 1), None, **ARGS)
+    assert fn.launched[-1] == (16, 4) and _flash._PINNED_FITS[KEY] == len(CONFIGS) + 2
+    fn.too_big |= {16}
+    monkeypatch.setattr(_flash, "_PINNED_FITS", {})
     with pytest.raises(OutOfResources):
-        _flash._launch(kernel, (1, 1, 1), None, **args)
+        _flash._launch(kernel, (1, 1, 1), None, **ARGS)
+
+
+def test_flash_autotuned_launch_falls_back_when_no_config_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Autotuning whose every config is too big for the device (another compiler, a GPU with
+    less shared memory) launches the first fallback config that fits, and later calls of the
+    key go straight to it; a key whose configs fit is autotuned as before."""
+    monkeypatch.setenv(_autotune.ENV, "1")
+    monkeypatch.setattr(_flash, "_PINNED_FITS", {})
+    fn = _FakeJit({c.kwargs["BLOCK_INNER"] for c in CONFIGS})
+    kernel = _FakeAutotuned(fn, CONFIGS)
+    _flash._launch(kernel, (1, 1, 1), None, **ARGS)
+    _flash._launch(kernel, (1, 1, 1), None, **ARGS)
+    assert fn.launched == [(32, 4), (32, 4)] and kernel.tuned == 1
+    assert dict(_flash._PINNED_FITS) == {KEY: len(CONFIGS)}
+    fits = _FakeJit({128})
+    kernel = _FakeAutotuned(fits, CONFIGS)
+    _flash._launch(kernel, (1, 1, 1), None, **{**ARGS, "HEAD_DIM": 64})
+    assert fits.launched == [(64, 4)] and kernel.tuned == 1
 
 
 def test_bad_policy_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -504,6 +504,65 @@ def wide_masked_forward_shared_sm90() -> dict[str, int]:
     return largest
 
 
+def wide_backward_shared_sm90() -> dict[str, int]:
+    """Per backward pass, the least shared memory any BWD config asks for, compiled for sm90
+    as `flash_backward` launches it on a GPU with TMA loads (bf16, D = 200: 128 + 128 lanes, the
+    widest two-tile split): varlen, and gqa
+    with a (1, 1, L, L) bf16 bias and dbias. Needs a process without TRITON_INTERPRET."""
+    from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
+
+    def gpu_blocks(q, split, config):  # the GPU's blocks, for CPU tensors
+        outer = _flash._outer_block(split, q.dtype, False)
+        return outer, max(_flash.GPU_MASK_BLOCK, outer)
+
+    _flash._block_sizes = gpu_blocks
+    d, lens = 200, (256, 512, 384, 128)
+    layout = _flash.VarlenLengths.from_seqlens(lens, lens)
+    tokens = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
+    dense = torch.randn(1, 4, 512, d, dtype=torch.bfloat16)
+    bias = torch.randn(1, 1, 512, 512, dtype=torch.bfloat16)
+    calls = {
+        "varlen": lambda: _flash.flash_backward(
+            tokens, tokens, tokens, tokens, tokens, torch.zeros(4, sum(lens)), None,
+            _flash.FlashProblem(True, 1, 4, 4, False, 0.1, lengths=lambda: layout),
+        ),
+        "gqa bias": lambda: _flash.flash_backward(
+            dense, dense, dense, dense, dense, torch.zeros(1, 4, 512), None,
+            _flash.FlashProblem(False, 1, 4, 4, False, 0.1, seqlen_q=512, seqlen_k=512),
+            bias=bias, need_dbias=True,
+        ),
+    }  # fmt: skip
+    least = {}
+    for name, call in calls.items():
+        with env(_flash.TMA_ENV, "1"):
+            launches = record_launches(call)
+        for launch in launches:
+            assert launch.kwargs["USE_TMA"], f"{name}: the backward launch took no TMA"
+            shared = []
+            for inner, warps, stages in _flash.BWD_CONFIGS:
+                launch.kernel.configs[0].pre_hook({**launch.kwargs, "BLOCK_INNER": inner})
+                config = _flash.FlashConfig(launch.kwargs["BLOCK_OUTER"], inner, warps, stages)
+                pinned = Launch(launch.kernel, launch.grid, config, launch.kwargs)
+                shared.append(compile_sm90(pinned).metadata.shared)
+            least[f"{name} {launch.kernel.fn.__name__}"] = min(shared)
+    return least
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernels in other tests")
+def test_gqa_wide_backward_has_a_config_that_fits_sm90_shared_memory() -> None:
+    """Every backward pass at a wide head dim has a BWD config that fits sm90's shared
+    memory, under the Triton this runs with. With triton 3.6 (the device's), dropping
+    (32, 8, 3) left the varlen dk/dv pass at D = 200 none: 257-321 KiB asked, 227 KiB there,
+    and the verifier's cases raised OutOfResources on an H100; triton 3.9 compiles the same
+    pass into less (192 KiB at (64, 4, 2)). `_flash._launch` now falls back to smaller configs
+    either way (tests/kernels/test_autotune_policy.py)."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = "import json, test_gqa as t\nprint(json.dumps(t.wide_backward_shared_sm90()))\n"
+    least = json.loads(run_jit_process(code, timeout=900).strip().split("\n")[-1])
+    assert len(least) == 4, least
+    assert all(v <= SM90_SHARED_LIMIT for v in least.values()), least
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernels in other tests")
 def test_gqa_wide_masked_forward_fits_sm90_shared_memory() -> None:
     """With a mask every forward iteration loads a whole 128-key mask block: at D = 256, D = 192
