@@ -25,6 +25,9 @@ the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(c
 paged and merge, as % of the measured device copy bandwidth. `speedup` is time(baseline) /
 time(ours) at the same shape, measured in the same process.
 
+Progress: a line per shape as it finishes (ours' figure or status, seconds since the variant
+began), the variant's table at its end; `--json` rewrites its file after every variant.
+
 CPU: timing needs a GPU; `run` says so and returns 2.
 """
 
@@ -36,6 +39,7 @@ import importlib.util
 import json
 import math
 import re
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -487,20 +491,27 @@ def bench_variant(
         ours, reason = None, str(exc)
         out.write(f"{variant}: {target} skipped: {reason}\n")
     rows: list[BenchRow] = []
-    for case in shapes:
-        rows.extend(
-            bench_shape(
-                spec,
-                case,
-                ours,
-                device=device,
-                timer=timer,
-                peaks=peaks,
-                ours_name=target,
-                ours_reason=reason,
-                replay_dir=replay_dir,
-            )
+    start = time.perf_counter()
+    for index, case in enumerate(shapes, 1):
+        done = bench_shape(
+            spec,
+            case,
+            ours,
+            device=device,
+            timer=timer,
+            peaks=peaks,
+            ours_name=target,
+            ours_reason=reason,
+            replay_dir=replay_dir,
         )
+        rows.extend(done)
+        mine = done[0]
+        result = mine.status if mine.value is None else f"{mine.value:.1f} {mine.unit}"
+        out.write(
+            f"{variant} [{index}/{len(shapes)}] {shape_label(case)}: {mine.impl} {result} "
+            f"({time.perf_counter() - start:.0f} s)\n"
+        )
+        out.flush()
     out.write(f"\n{variant}\n{bench_table(rows)}\n")
     return rows
 

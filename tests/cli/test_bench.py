@@ -64,6 +64,8 @@ def test_bench_verified_shape_gets_numbers_and_speedups(home: Path) -> None:
     assert math_row.status == "ok" and math_row.speedup is not None and math_row.speedup > 0
     assert ours.shape == "fp32 B1 H4/2 D16 L24x40" and ours.length == 40
     assert "sdpa-math" in out.getvalue() and "ours speedup" in out.getvalue()
+    progress = f"gqa [1/1] fp32 B1 H4/2 D16 L24x40: reference {ours.value:.1f} TFLOP/s ("
+    assert progress in out.getvalue(), out.getvalue()
 
 
 def test_bench_failing_shape_gets_no_number(home: Path, tmp_path: Path) -> None:
