@@ -507,8 +507,8 @@ def wide_masked_forward_shared_sm90() -> dict[str, int]:
 def wide_backward_shared_sm90() -> dict[str, int]:
     """Per backward pass, the least shared memory any BWD config asks for, compiled for sm90
     as `flash_backward` launches it on a GPU with TMA loads (bf16, D = 200: 128 + 128 lanes, the
-    widest two-tile split): varlen, and gqa
-    with a (1, 1, L, L) bf16 bias and dbias. Needs a process without TRITON_INTERPRET."""
+    widest two-tile split): varlen, and gqa with a (1, 1, L, L) bf16 bias and dbias. Needs a
+    process without TRITON_INTERPRET."""
     from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
 
     def gpu_blocks(q, split, config):  # the GPU's blocks, for CPU tensors
