@@ -1,8 +1,9 @@
-"""Every backward config of the flash core, each pass pinned in turn on gqa cases: repeats of
-one launch must be bitwise equal (a moving result is a race: a compiler scheduling race
-shows as a few wrong rows that move between runs), and each gradient's max difference to the
-same pass under a reference config. Then, with --time, each config's backward time at the
-bench shape (B=1, H=16, L=8192, D=128, bf16), without and with a (1, 1, L, L) bias. GPU only.
+"""Every backward config of the flash core, and every fallback config, each pass pinned in
+turn on gqa cases: repeats of one launch must be bitwise equal (a moving result is a race: a
+compiler scheduling race shows as a few wrong rows that move between runs), and each
+gradient's max difference to the same pass under a reference config. Then, with --time, each
+config's backward time at the bench shape (B=1, H=16, L=8192, D=128, bf16), without and with a
+(1, 1, L, L) bias. GPU only.
 
 Usage: PYTHONPATH=. python3 ci/flash_race_check.py [--repeats 5] [--time] [--configs a,b,c,d ...]
 """
@@ -18,7 +19,7 @@ import triton
 
 from attnverify.kernels import gqa as G
 from attnverify.kernels._flash import FlashConfig
-from attnverify.kernels._flash_tiles import BWD_CONFIGS
+from attnverify.kernels._flash_tiles import BWD_CONFIGS, FALLBACK_CONFIGS
 
 # B, Hq, Hk, Lq, Lk, D, dtype, bias shape (float32) or None, causal, transposed layout
 CASES = [
@@ -58,7 +59,8 @@ def _backward(args: tuple, dkdv: FlashConfig, dq: FlashConfig) -> tuple:
 def _configs(names: list[str] | None) -> list[FlashConfig]:
     if names:
         return [FlashConfig(*map(int, n.split(","))) for n in names]
-    return [FlashConfig(outer, *c) for c, outer in itertools.product(BWD_CONFIGS, (64, 128))]
+    every = (*BWD_CONFIGS, *FALLBACK_CONFIGS)  # fallbacks launch where no config fits
+    return [FlashConfig(outer, *c) for c, outer in itertools.product(every, (64, 128))]
 
 
 def races(repeats: int, configs: list[FlashConfig]) -> None:

@@ -6,9 +6,10 @@ found by its variant, implementation, direction (forward or "bwd") and case fiel
 whose rows the run lacks (a baseline this torch or device does not offer, a shape the bench does
 not time) says "no row" and fails nothing. Given several files (runs cut to fit a time limit,
 one per variant), each target reads the first file holding all of its rows, so a ratio never
-mixes two runs. Varlen's forward targets read the `attnverify-host-cu`
-row (cu_seqlens on the CPU: no device sync; the public row, with cu_seqlens on the device, pays
-one), paged reads `attnverify-planned` (validated and planned once, as engines call it).
+mixes two runs: #7's ratio to our bf16 gqa forward needs fp8 and gqa benched in one run.
+Varlen's forward targets read the `attnverify-host-cu` row (cu_seqlens on the CPU: no device
+sync; the public row, with cu_seqlens on the device, pays one), paged reads
+`attnverify-planned` (validated and planned once, as engines call it).
 
 Usage: python ci/targets.py BENCH.json [BENCH.json ...] [--markdown OUT.md]
 Exit status: 1 when a target with its rows is missed, else 0.

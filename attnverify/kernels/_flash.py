@@ -182,8 +182,8 @@ class _Common:
     work: torch.Tensor
 
 
-# varlen work tables kept on their device (24 bytes per block and head: 92 KiB for 16k tokens,
-# 16 heads and 128-row blocks)
+# varlen work tables kept on their device, 24 bytes per block and head: 48 KiB for 16k tokens,
+# 16 heads and 128-row blocks, 3 MiB for 1M tokens (64 such tables: 192 MiB)
 WORK_TABLE_CACHE = 64
 
 
@@ -337,23 +337,35 @@ def _named_kv(prefix: str, x: torch.Tensor, is_varlen: bool, align: int) -> dict
     return _stride_kw(prefix, "zhnd", (z // align, h // align, r // align, d))
 
 
-# (kernel, dtype, autotune key values) -> index in its `pinned_order` of the config that fit
+# (kernel, dtype, autotune key values) -> index of the config that fitted: under a pinning
+# policy in its `pinned_order` plus the fallbacks; where autotuning ran out of shared memory, in
+# the kept configs plus the fallbacks (`_TUNED_OUT`)
 _PINNED_FITS: dict[tuple, int] = {}
+_TUNED_OUT: dict[tuple, int] = {}
 
 
-def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kwargs: object):
+def _launch(
+    kernel,
+    grid: tuple[int, int, int],
+    config: FlashConfig | None,
+    *,
+    fallback: bool = True,
+    **kwargs: object,
+):
     """Launch `kernel`: its plain jit function with a pinned `config`, else per the autotune
     policy (`attnverify.kernels._autotune`). The pinning policies ("0", "rotate") launch the
     policy's pick among the configs `_prune` keeps, or the next one that fits: `_prune`
     estimates only the pipelined tiles' shared memory, and mask, bias and resident tiles can
     push a config past the device's (on an H200 the first backward config of a gqa case, D=80
-    with a bias, asked for 268 KiB of 227). Past the kept configs come the small
-    `FALLBACK_CONFIGS`; autotuning, when no config it timed fits (a compiler or a device with
-    less shared memory than the configs were chosen for), falls back the same way. The config
-    that fitted is remembered per kernel, dtype and autotune key.
+    with a bias, asked for 268 KiB of 227). With `fallback`, the small `FALLBACK_CONFIGS` come
+    after the kept configs, and autotuning whose every config runs out of shared memory (a
+    compiler or a device with less than the configs were chosen for) launches the first of
+    them that fits; without, OutOfResources reaches the caller (`flash_forward` first retries
+    with unpipelined mask lists). The config that fitted is remembered per kernel, dtype and
+    autotune key.
 
     Raises:
-        OutOfResources: not even the smallest fallback config fits the device.
+        OutOfResources: no config fits the device (with `fallback`: not even the smallest).
     """
     if 0 in grid:
         return
@@ -368,17 +380,22 @@ def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kw
     key = (kernel.fn.__name__, kwargs["Q"].dtype, *(kwargs[name] for name in kernel.keys))
     kept = _prune(kernel.configs, kwargs)
     order = autotune_policy.pinned_order(kept, key)
+    fits, first = _PINNED_FITS, 0
     if order is None:
-        if key not in _PINNED_FITS:
+        if key not in _TUNED_OUT:
             try:
                 kernel[grid](**kwargs)
                 return
             except OutOfResources:
-                pass  # every config the autotuner timed is too big here
-        order = kept
-    hook = kernel.configs[0].pre_hook if kernel.configs else None
-    order = [*order, *fallback_configs(hook)]
-    for index in range(_PINNED_FITS.get(key, 0), len(order)):
+                if not fallback:
+                    raise
+        # every kept config is too big here: start at the fallbacks
+        order, fits, first = kept, _TUNED_OUT, len(kept)
+    if fallback:
+        hook = kernel.configs[0].pre_hook if kernel.configs else None
+        known = {_config_tuple(c) for c in order}
+        order = [*order, *(c for c in fallback_configs(hook) if _config_tuple(c) not in known)]
+    for index in range(fits.get(key, first), len(order)):
         pick = order[index]
         if pick.pre_hook is not None:
             pick.pre_hook({**kwargs, **pick.kwargs})
@@ -390,8 +407,12 @@ def _launch(kernel, grid: tuple[int, int, int], config: FlashConfig | None, **kw
             if index == len(order) - 1:
                 raise
             continue
-        _PINNED_FITS[key] = index
+        fits[key] = index
         return
+
+
+def _config_tuple(config: triton.Config) -> tuple[int, int, int]:
+    return config.kwargs["BLOCK_INNER"], config.num_warps, config.num_stages
 
 
 def flash_forward(
@@ -440,10 +461,14 @@ def flash_forward(
     args.update(zip(("CLEAN_STAGES", "REST_STAGES"), stages, strict=True))
     if config is not None:
         _set_kv_block_shapes({**descs, **common.kwargs, "BLOCK_INNER": config.block_inner})
+    retry = mask is not None and stages != (1, 1)
     try:
-        _launch(_fwd, common.grid, config, Work=common.work, **args, **common.kwargs)
+        _launch(
+            _fwd, common.grid, config, fallback=not retry, Work=common.work, **args,
+            **common.kwargs,
+        )  # fmt: skip
     except OutOfResources:
-        if mask is None or stages == (1, 1):
+        if not retry:
             raise
         # the list loops' tiles, pipelined, did not fit any config: load them unpipelined
         args.update(CLEAN_STAGES=1, REST_STAGES=1)

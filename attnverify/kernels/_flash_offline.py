@@ -70,7 +70,7 @@ def record_launches(call: Callable[[], object], *, stub_mask_tiles: bool = False
     machine without a GPU."""
     launches: list[Launch] = []
 
-    def record(kernel, grid, config, **kwargs) -> None:
+    def record(kernel, grid, config, *, fallback: bool = True, **kwargs) -> None:
         launches.append(Launch(kernel, grid, config, kwargs))
 
     def codes(mask: torch.Tensor, problem: _flash.FlashProblem, block: int) -> torch.Tensor:

@@ -15,8 +15,10 @@ import triton
 import triton.language as tl
 
 from attnverify.arch import interpreter_active
+from attnverify.kernels import _common
 
 LOG2E = tl.constexpr(1.4426950408889634)
+WORK_FIELDS = tl.constexpr(_common.WORK_FIELDS)  # int32 fields per varlen work-table item
 LN2 = tl.constexpr(0.6931471805599453)
 INTERPRETER_BLOCK = 32
 
@@ -108,7 +110,7 @@ def _program(Work, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr, HEADS_FIRST: tl.
     1 (`_flash._heads_first`: the programs of one block, every head, run together)."""
     z = tl.program_id(2)
     if IS_VARLEN:
-        w = Work + tl.program_id(0) * 6  # WORK_FIELDS
+        w = Work + tl.program_id(0).to(tl.int64) * WORK_FIELDS
         start_q = tl.load(w)
         len_q = tl.load(w + 1)
         start_k = tl.load(w + 2)

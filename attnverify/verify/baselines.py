@@ -239,7 +239,8 @@ def _starts(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
 
 
 def _fp8_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
-    """SDPA flash in bfloat16 on the same (dequantized) tensors: what fp8 attention replaces."""
+    """SDPA flash in bfloat16 on the same (dequantized) tensors, what fp8 attention replaces,
+    and compiled FlexAttention on the fp8 tensors (`_flex_fp8`)."""
     # Values do not change the timing; the descales are left out.
     q, k, v = (inputs[n].to(torch.bfloat16).contiguous() for n in ("q", "k", "v"))
     causal = bool(inputs.get("causal", False)) and q.shape[2] == k.shape[2]
@@ -267,8 +268,8 @@ def _flex_fp8(inputs: dict[str, Any]) -> Impl:
         return Impl("flex-compiled-fp8", None, reason=str(exc))
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     first = [float(inputs[f"{n}_descale"].reshape(-1)[0]) for n in ("q", "k", "v")]
-    scale = inputs.get("scale") or q.shape[-1] ** -0.5
-    scale *= first[0] * first[1]
+    scale = inputs.get("scale")
+    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * first[0] * first[1]
     block_mask = None
     if inputs.get("causal", False):
         shift = k.shape[2] - q.shape[2]

@@ -545,7 +545,9 @@ def write_json(path: Path, rows: Sequence[BenchRow], meta: dict[str, Any], peaks
         row.meta = meta
     body = {"meta": meta, "peaks": asdict(peaks), "rows": [asdict(r) for r in rows]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=1) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(body, indent=1) + "\n")
+    partial.replace(path)  # atomic: a run killed while writing keeps the previous file
     return path
 
 

@@ -123,7 +123,9 @@ def test_bench_json_rows_carry_device_versions_and_time(home: Path, tmp_path: Pa
         cases=[MERGE],
     )
     meta = bench.bench_meta(CPU)
+    (tmp_path / "b.json").write_text("{}")  # an earlier variant's file: replaced whole
     body = json.loads(bench.write_json(tmp_path / "b.json", rows, meta, PEAKS).read_text())
+    assert [f.name for f in tmp_path.iterdir()] == ["b.json"], "a partial file was left"
     assert body["peaks"] == {"matmul_tflops": 1.0, "copy_gbps": 1.0}
     for row in body["rows"]:
         assert {"device", "device_name", "torch", "triton", "git_sha", "time"} <= set(row["meta"])
@@ -277,3 +279,16 @@ def test_bench_shape_labels_tell_every_bench_shape_apart() -> None:
     assert bench.shape_label(dataclasses.replace(PAGED, cache_dtype="float8_e4m3fn")).endswith(
         " e4m3-cache"
     )
+
+
+def test_fp8_baselines_name_the_flex_row_the_targets_read() -> None:
+    """ci/targets.py reads #7's FlexAttention ratio from the `flex-compiled-fp8` row; here flex
+    is disabled (no compile on the CPU), so the row is there, unavailable, under that name."""
+    from attnverify.verify.specs import get_spec
+
+    spec = get_spec("fp8")
+    case = Case(variant="fp8", dtype="float8_e4m3fn", seed=1, head_dim=32, lq=8, lk=8)
+    impls = baselines.baselines(spec, case, spec.make_inputs(case, CPU))
+    flex = [i for i in impls if i.name == "flex-compiled-fp8"]
+    assert len(flex) == 1 and flex[0].fn is None, [i.name for i in impls]
+    assert "flex_attention disabled" in flex[0].reason

@@ -46,10 +46,11 @@ class _FakeJit:
     __name__ = "fake_flash_kernel"
 
     def __init__(self, too_big: set[int]) -> None:
-        self.too_big, self.launched = too_big, []
+        self.too_big, self.launched, self.tried = too_big, [], []
 
     def __getitem__(self, grid: tuple[int, int, int]):
         def run(**kwargs: object) -> None:
+            self.tried.append(kwargs["BLOCK_INNER"])
             if kwargs["BLOCK_INNER"] in self.too_big:
                 raise OutOfResources(300 * 1024, 227 * 1024, "shared memory")
             self.launched.append((kwargs["BLOCK_INNER"], kwargs["num_warps"]))
@@ -123,16 +124,39 @@ def test_flash_autotuned_launch_falls_back_when_no_config_fits(
     key go straight to it; a key whose configs fit is autotuned as before."""
     monkeypatch.setenv(_autotune.ENV, "1")
     monkeypatch.setattr(_flash, "_PINNED_FITS", {})
+    monkeypatch.setattr(_flash, "_TUNED_OUT", {})
     fn = _FakeJit({c.kwargs["BLOCK_INNER"] for c in CONFIGS})
     kernel = _FakeAutotuned(fn, CONFIGS)
     _flash._launch(kernel, (1, 1, 1), None, **ARGS)
     _flash._launch(kernel, (1, 1, 1), None, **ARGS)
     assert fn.launched == [(32, 4), (32, 4)] and kernel.tuned == 1
-    assert dict(_flash._PINNED_FITS) == {KEY: len(CONFIGS)}
+    assert fn.tried == [32, 32], "the configs autotuning found too big were tried again"
+    assert dict(_flash._TUNED_OUT) == {KEY: len(CONFIGS)} and not _flash._PINNED_FITS
     fits = _FakeJit({128})
     kernel = _FakeAutotuned(fits, CONFIGS)
     _flash._launch(kernel, (1, 1, 1), None, **{**ARGS, "HEAD_DIM": 64})
     assert fits.launched == [(64, 4)] and kernel.tuned == 1
+    # a key launched under a pinning policy first is still autotuned under "1"
+    monkeypatch.setenv(_autotune.ENV, "0")
+    _flash._launch(kernel, (1, 1, 1), None, **{**ARGS, "HEAD_DIM": 32})
+    monkeypatch.setenv(_autotune.ENV, "1")
+    _flash._launch(kernel, (1, 1, 1), None, **{**ARGS, "HEAD_DIM": 32})
+    assert kernel.tuned == 2
+
+
+def test_flash_launch_without_fallback_leaves_out_of_resources_to_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`fallback=False` (the masked forward's first try, before its unpipelined retry): no
+    fallback config is launched, pinned or autotuned."""
+    for policy in ("1", "0"):
+        monkeypatch.setenv(_autotune.ENV, policy)
+        monkeypatch.setattr(_flash, "_PINNED_FITS", {})
+        monkeypatch.setattr(_flash, "_TUNED_OUT", {})
+        fn = _FakeJit({c.kwargs["BLOCK_INNER"] for c in CONFIGS})
+        with pytest.raises(OutOfResources):
+            _flash._launch(_FakeAutotuned(fn, CONFIGS), (1, 1, 1), None, fallback=False, **ARGS)
+        assert 32 not in fn.tried and 16 not in fn.tried, (policy, fn.tried)
 
 
 def test_bad_policy_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

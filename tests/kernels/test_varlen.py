@@ -242,6 +242,54 @@ def test_varlen_work_table_heaviest_first_over_every_head():
     assert empty.shape == (0, 6)
 
 
+@given(
+    lens=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300)), min_size=1, max_size=6),
+    heads=st.integers(1, 4),
+    block=st.sampled_from([16, 64, 128]),
+    rows_are_queries=st.booleans(),
+)
+@example(lens=[(256, 256), (0, 0), (300, 300), (64, 300)], heads=3, block=128,
+         rows_are_queries=True)  # fmt: skip
+@example(lens=[(100, 20), (30, 20)], heads=2, block=16, rows_are_queries=False)
+def test_varlen_work_table_property(lens, heads, block, rows_are_queries):
+    """Every (sequence, block, head) exactly once; work (the other side's length) never grows;
+    a run of equal work, which may span sequences, runs head by head in the one-head order."""
+    from attnverify.kernels._common import varlen_work_table
+
+    seq_q, seq_k = [a for a, _ in lens], [b for _, b in lens]
+    starts_q = list(itertools.accumulate(seq_q, initial=0))[:-1]
+    starts_k = list(itertools.accumulate(seq_k, initial=0))[:-1]
+    if rows_are_queries:
+        sides = (seq_q, seq_k, starts_q, starts_k)
+    else:
+        sides = (seq_k, seq_q, starts_k, starts_q)
+
+    def table(h: int) -> list[list[int]]:
+        return varlen_work_table(
+            *sides, block, heads=h, rows_are_queries=rows_are_queries, device="cpu"
+        ).tolist()
+
+    got, one = table(heads), table(1)
+    rows = sides[0]
+    want = sorted(
+        (starts_q[n], seq_q[n], starts_k[n], seq_k[n], b, h)
+        for n in range(len(lens))
+        for b in range(-(-rows[n] // block))
+        for h in range(heads)
+    )
+    assert sorted(map(tuple, got)) == want
+    work = [r[3] if rows_are_queries else r[1] for r in got]
+    assert work == sorted(work, reverse=True)
+    other = 3 if rows_are_queries else 1
+    a = 0
+    while a < len(one):
+        b = next((i for i in range(a, len(one)) if one[i][other] != one[a][other]), len(one))
+        for h in range(heads):
+            for i in range(a, b):
+                assert got[a * heads + h * (b - a) + i - a] == [*one[i][:5], h]
+        a = b
+
+
 def test_varlen_forward_reads_cu_seqlens_once_and_reuses_its_work_table(monkeypatch):
     """An eager forward makes one host read of cu_seqlens (a device sync after which the GPU
     idles until the launch), after every other host step of the call, and builds only the
