@@ -261,18 +261,15 @@ def _bench_shape(
     if ours is None:
         rows.append(_row(spec, case, ours_name, None, f"unavailable: {ours_reason}", peaks))
     else:
-        report = _verify(case, ours, device, ours_name, replay_dir, grads=False)
-        if report.passed:
-            ours_ms, status = _time(Impl(ours_name, call_of(spec, ours, inputs)), timer)
-        else:
-            status = "failed verification: " + "; ".join(
-                _failure_summary(r) for r in report.failures
-            )
+        call = call_of(spec, ours, inputs)
+        ours_ms, status, passed = _verified_time(
+            case, ours, call, device, timer, ours_name, replay_dir, grads=False
+        )
         rows.append(_row(spec, case, ours_name, ours_ms, status, peaks))
-        if case.variant == "paged" and ours_name == OURS and report.passed:
+        if case.variant == "paged" and ours_name == OURS and passed:
             ms, status = _time(Impl(f"{OURS}-planned", _paged_planned(inputs)), timer)
             rows.append(_row(spec, case, f"{OURS}-planned", ms, status, peaks))
-        if case.variant == "varlen" and ours_name == OURS and report.passed:
+        if case.variant == "varlen" and ours_name == OURS and passed:
             call = _varlen_host_cu(spec, ours, inputs)
             ms, status = _time(Impl(f"{OURS}-host-cu", call), timer)
             rows.append(_row(spec, case, f"{OURS}-host-cu", ms, status, peaks))
@@ -287,27 +284,32 @@ def _bench_shape(
     return rows
 
 
-def _verify(
+def _verified_time(
     case: Any,
     ours: Callable[..., Any],
+    call: Callable[[], Any],
     device: torch.device,
-    ours_name: str,
+    timer: Timer,
+    name: str,
     replay_dir: Path | None,
     *,
     grads: bool,
-) -> Any:
-    """`check` of ours at the one case (a failure's replay file under `replay_dir`)."""
+    at: str = "",
+) -> tuple[float | None, str, bool]:
+    """`check` of ours at the one `case` (a failure's replay file under `replay_dir`), then,
+    if it passed, `call` timed: (ms or None, status, passed). A failure's status names the
+    failing quantities, and `at` the shape they failed at when it is not the timed one."""
     from attnverify.verify.runner import check
 
-    return check(
-        case.variant,
-        ours,
-        cases=[case],
-        device=device,
-        grads=grads,
-        replay_dir=replay_dir,
-        target=ours_name,
-    )
+    report = check(
+        case.variant, ours, cases=[case], device=device, grads=grads, replay_dir=replay_dir,
+        target=name,
+    )  # fmt: skip
+    if not report.passed:
+        failed = "; ".join(_failure_summary(r) for r in report.failures)
+        return None, f"failed verification{at}: {failed}", False
+    ms, status = _time(Impl(name, call), timer)
+    return ms, status, True
 
 
 def _baseline_rows(
@@ -348,14 +350,11 @@ def _bench_backward(
     ours_ms = None
     if ours is not None:
         short = shortened(case, BACKWARD_VERIFY_LENGTH)
-        report = _verify(short, ours, device, ours_name, replay_dir, grads=True)
-        if report.passed:
-            call = backward_call_of(spec, ours, inputs)
-            ours_ms, status = _time(Impl(ours_name, call), timer)
-        else:
-            status = f"failed verification at {shape_label(short)}: " + "; ".join(
-                _failure_summary(r) for r in report.failures
-            )
+        call = backward_call_of(spec, ours, inputs)
+        ours_ms, status, _ = _verified_time(
+            short, ours, call, device, timer, ours_name, replay_dir, grads=True,
+            at=f" at {shape_label(short)}",
+        )  # fmt: skip
         rows.append(_row(spec, case, ours_name, ours_ms, status, peaks, backward=True))
     impls = backward_baselines(spec, case, inputs)
     rows.extend(_baseline_rows(spec, case, impls, ours_ms, timer, peaks, backward=True))
@@ -405,11 +404,10 @@ def _dense_row(
         case, variant="gqa", batch=q.shape[0], lq=q.shape[2], lk=dense["k"].shape[2],
         seqlens_q=(), seqlens_k=(),
     )  # fmt: skip
-    report = _verify(gqa_case, gqa_attention, device, name, replay_dir, grads=False)
-    if not report.passed:
-        failed = "; ".join(_failure_summary(r) for r in report.failures)
-        return _row(spec, case, name, None, f"failed verification: {failed}", peaks)
-    ms, status = _time(Impl(name, call_of(get_spec("gqa"), gqa_attention, dense)), timer)
+    call = call_of(get_spec("gqa"), gqa_attention, dense)
+    ms, status, _ = _verified_time(
+        gqa_case, gqa_attention, call, device, timer, name, replay_dir, grads=False
+    )
     return _row(spec, case, name, ms, status, peaks)
 
 

@@ -245,6 +245,47 @@ def test_bench_backward_rows_verify_then_time_the_backward(home: Path, variant: 
     assert len(grads) == (4 if variant == "gqa" else 3)
 
 
+class _DoubledGrad(torch.autograd.Function):
+    """Identity forward, twice the gradient backward: a kernel whose forward is right and
+    whose backward is wrong."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return 2 * grad
+
+
+def test_bench_backward_row_gets_no_number_when_its_gradients_fail(home: Path) -> None:
+    """Ours' backward is verified (at the cut lengths) before it is timed: a kernel with a
+    wrong backward keeps its forward number and gets none for the backward, the status naming
+    the shape the gradients failed at."""
+    from attnverify.verify.specs import get_spec
+    from attnverify.verify.targets import resolve_target
+
+    reference = resolve_target("reference", "varlen")
+
+    def wrong_backward(*args: Any, **kwargs: Any) -> Any:
+        got = reference(*args, **kwargs)
+        if isinstance(got, tuple):
+            return (_DoubledGrad.apply(got[0]), *got[1:])
+        return _DoubledGrad.apply(got)
+
+    case = dataclasses.replace(VARLEN, head_dim=128, seqlens_q=(7, 7), seqlens_k=(7, 7))
+    rows = bench.bench_shape(
+        get_spec("varlen"), case, wrong_backward, device=CPU, timer=wall_timer, peaks=PEAKS,
+        ours_name="wrong",
+    )  # fmt: skip
+    forward = next(r for r in rows if r.impl == "wrong" and not r.shape.endswith(" bwd"))
+    backward = next(r for r in rows if r.impl == "wrong" and r.shape.endswith(" bwd"))
+    assert forward.status == "ok" and forward.ms is not None
+    label = bench.shape_label(bench.shortened(case, bench.BACKWARD_VERIFY_LENGTH))
+    assert backward.ms is None, backward
+    assert backward.status.startswith(f"failed verification at {label}: varlen/"), backward
+
+
 def test_bench_shortened_cuts_lengths_and_matching_mask_bias_dims() -> None:
     gqa = dataclasses.replace(GQA, lq=3000, lk=5000, mask_shape=(1, 1, 1, 5000),
                               mask_kind="random", bias_shape=(1, 2, 3000, 5000))  # fmt: skip
