@@ -98,6 +98,11 @@ def _sdpa_backends() -> list[tuple[str, Any]]:
     ]
 
 
+def _sdpa_backend(label: str) -> Any | None:
+    """The SDPA backend `label` names ("sdpa-flash", ...), None where this torch lacks it."""
+    return dict(_sdpa_backends()).get(label)
+
+
 def _in_backend(backend: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     from torch.nn.attention import sdpa_kernel
 
@@ -251,9 +256,9 @@ def _fp8_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Imp
             q, k, v, is_causal=causal, scale=inputs.get("scale"), **gqa
         )
 
-    for label, backend in _sdpa_backends():
-        if label == "sdpa-flash":
-            yield Impl("sdpa-flash-bf16", run, _in_backend(backend))
+    flash = _sdpa_backend("sdpa-flash")
+    if flash is not None:
+        yield Impl("sdpa-flash-bf16", run, _in_backend(flash))
     yield _flex_fp8(inputs)
 
 
@@ -302,13 +307,13 @@ def _gqa_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Ite
 
     plain = {**inputs, "mask": None, "bias": None}
     masked = inputs.get("mask") is not None or inputs.get("bias") is not None
-    for label, backend in _sdpa_backends():
-        if label == "sdpa-flash":
-            name = "sdpa-flash-no-bias" if masked else label
-            yield Impl(
-                name, backward_call_of(spec, sdpa_gqa_attention, plain), _in_backend(backend)
-            )
-        elif label in ("sdpa-cudnn", "sdpa-efficient"):
+    flash = _sdpa_backend("sdpa-flash")
+    if flash is not None:
+        name = "sdpa-flash-no-bias" if masked else "sdpa-flash"
+        yield Impl(name, backward_call_of(spec, sdpa_gqa_attention, plain), _in_backend(flash))
+    for label in ("sdpa-cudnn", "sdpa-efficient"):
+        backend = _sdpa_backend(label)
+        if backend is not None:
             call = backward_call_of(spec, sdpa_gqa_attention, inputs)
             yield Impl(label, call, _in_backend(backend))
 
@@ -320,11 +325,9 @@ def _varlen_backward_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> 
     dense = dense_of_varlen(case, inputs)
     if dense is None:
         yield Impl("sdpa-flash-dense", None, reason="sequence lengths differ: no dense batch")
-    else:
-        for label, backend in _sdpa_backends():
-            if label == "sdpa-flash":
-                call = backward_call_of(get_spec("gqa"), sdpa_gqa_attention, dense)
-                yield Impl("sdpa-flash-dense", call, _in_backend(backend))
+    elif (flash := _sdpa_backend("sdpa-flash")) is not None:
+        call = backward_call_of(get_spec("gqa"), sdpa_gqa_attention, dense)
+        yield Impl("sdpa-flash-dense", call, _in_backend(flash))
     yield _torch_varlen(spec, inputs, backward_call_of)
 
 
