@@ -92,11 +92,11 @@ def varlen_work_table(
     of the other side. Items run heaviest first over all heads (longest-processing-time
     order), so skewed batches (one 8k image and many 256-token ones) leave no long block for
     the last wave; items of equal work run head by head, a head's blocks together, so they
-    share that head's inner-loop operands (K and V; Q and dO in the dk/dv pass) through L2. Measured on an H100 (ci/notes_flash.md,
-    forward): ordering heaviest first within each head, heads one after another, ran
-    1024 + 2048 + 4096 + 8192 tokens at D = 128, and 31 x 256 + 8192 tokens at D = 72 and 128,
-    2% slower; running every head of an item together ran one 8192-token sequence 4-9% slower
-    (L2).
+    share that head's inner-loop operands (K and V; Q and dO in the dk/dv pass) through L2.
+    Measured on an H100 (ci/notes_flash.md, forward): ordering heaviest first within each
+    head, heads one after another, ran 1024 + 2048 + 4096 + 8192 tokens at D = 128, and
+    31 x 256 + 8192 tokens at D = 72 and 128, 2% slower; running every head of an item
+    together ran one 8192-token sequence 4-9% slower (L2).
 
     Returns:
         (P * heads, 6) int32 on `device`: start_q, len_q, start_k, len_k, block index, head.

@@ -465,6 +465,12 @@ def compile_mask_kernels_sm90() -> dict[str, str]:
     return ptx
 
 
+def _gpu_block_sizes(q, split, config):
+    """`_flash._block_sizes` as on a GPU, for the CPU tensors of an offline sm90 compile."""
+    outer = _flash._outer_block(split, q.dtype, False)
+    return outer, max(_flash.GPU_MASK_BLOCK, outer)
+
+
 SM90_SHARED_LIMIT = 232448  # bytes a block may opt into on sm90 (227 KiB)
 
 
@@ -475,11 +481,7 @@ def wide_masked_forward_shared_sm90() -> dict[str, int]:
     a float32 bias. Needs a process without TRITON_INTERPRET (JIT functions)."""
     from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
 
-    def gpu_blocks(q, split, config):  # the GPU's blocks, for CPU tensors
-        outer = _flash._outer_block(split, q.dtype, False)
-        return outer, max(_flash.GPU_MASK_BLOCK, outer)
-
-    _flash._block_sizes = gpu_blocks
+    _flash._block_sizes = _gpu_block_sizes
     largest = {}
     cases = (
         ("D256 mask", 256, None),
@@ -514,11 +516,7 @@ def wide_backward_shared_sm90() -> dict[str, int]:
     process without TRITON_INTERPRET."""
     from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
 
-    def gpu_blocks(q, split, config):  # the GPU's blocks, for CPU tensors
-        outer = _flash._outer_block(split, q.dtype, False)
-        return outer, max(_flash.GPU_MASK_BLOCK, outer)
-
-    _flash._block_sizes = gpu_blocks
+    _flash._block_sizes = _gpu_block_sizes
     d, lens = 200, (256, 512, 384, 128)
     layout = _flash.VarlenLengths.from_seqlens(lens, lens)
     tokens = torch.randn(sum(lens), 4, d, dtype=torch.bfloat16)
