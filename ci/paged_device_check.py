@@ -75,8 +75,9 @@ def named_config(name: str) -> PagedConfig:
 # Launch settings timed by the sweep, per cache dtype. fp8: K / V read as 32-bit words and
 # converted in registers ("ptx") against Triton's element loads ("cast": fp8 bytes staged in
 # shared memory and read into the dot operands byte by byte). The 2026-11-21 H200 sweep
-# (ci/notes_paged.md) made pick_config's default the first setting with "ptx" for pages of 16
-# and with "cast" for pages of 64; a 16-bit dot-operand variant of the word loads was slower
+# (ci/notes_paged.md) made pick_config's default "bn64-w4-s5-r128" with "ptx" for pages of 16
+# and with "cast" for pages of 64; the session-17 H100 sweep moved one 16-row tile to 2 warps
+# ("bn64-w2-s5", first here); a 16-bit dot-operand variant of the word loads was slower
 # everywhere (0.73-1.14x bf16) and was removed. Stages >= 5 give the K / V tiles two buffers
 # (the block-table read takes a pipeline stage; stages 2..4 give one). sm90, triton 3.6,
 # D = 128, block 16 (ptxas -v; "issue": SASS loop instructions x warps per 64 keys; programs
@@ -88,6 +89,8 @@ def named_config(name: str) -> PagedConfig:
 #   bf16 bn64-w4-s3: issue 2596; element path bn64-w4-s5-r128-cast: issue 3596.
 SWEEP = {
     "float8_e4m3fn": [
+        "bn64-w2-s5-ptx",
+        "bn64-w2-s5-cast",
         "bn64-w4-s5-r128",
         "bn64-w4-s5-r128-cast",
         "bn32-w4-s5-r128",

@@ -97,13 +97,16 @@ def pick_config(
     """Launch settings for a cache geometry and dtype on `arch` (16-key tiles when interpreted).
 
     bf16 / fp16 / fp32 caches: 64-key tiles, 4 warps, 3 stages. fp8 caches: 5 stages (two K / V
-    buffers in flight) and, when the `rows` (G * Lq query rows of a kv head) fit one
-    MIN_BLOCK_M tile, 128 registers per thread (four programs per SM, as bf16; larger row
-    tiles would spill under that cap). Pages shorter than a tile are read as 32-bit words
-    converted in registers (PTX on NVIDIA sm89+, integer operations elsewhere), longer ones as
-    fp8 elements (`PagedConfig.fp8_convert`): on an H200 (ci/notes_paged.md, 2026-11-21 sweep)
-    words beat element loads by 2-4% with pages of 16 keys and lost by 13-15% with pages of
-    64. Tiles of half the keys for D > 128.
+    buffers in flight). When the `rows` (G * Lq query rows of a kv head) fit one MIN_BLOCK_M
+    tile and D <= 128: 2 warps, which on an H100 (ci/notes_paged.md, session-17 sweep, CUDA
+    graph replays, Hq 32 / Hk 8, D 128) ran 1.01-1.14x faster than 4 warps under a
+    128-register cap, the most with pages of 16 (B 32, ctx 32768: 770 vs 875 us), and never
+    slower; else 4 warps, capped at 128 registers per thread when the rows fit one tile (four
+    programs per SM; larger row tiles would spill under that cap). Pages shorter than a tile
+    are read as 32-bit words converted in registers (PTX on NVIDIA sm89+, integer operations
+    elsewhere), longer ones as fp8 elements (`PagedConfig.fp8_convert`): on an H200
+    (2026-11-21 sweep, 4 warps) words beat element loads by 2-4% with pages of 16 keys and
+    lost by 13-15% with pages of 64. Tiles of half the keys for D > 128.
     """
     block_n = 16 if arch.is_interpreter else 64 if head_dim <= 128 else 32
     if block_size >= block_n:
@@ -115,6 +118,8 @@ def pick_config(
     if arch.is_interpreter:
         return PagedConfig(block_n=block_n, num_warps=1, num_stages=1, fp8_convert=convert)
     if cache_dtype.itemsize == 1:
+        if rows <= MIN_BLOCK_M and head_dim <= 128:
+            return PagedConfig(block_n=block_n, num_warps=2, num_stages=5, fp8_convert=convert)
         maxnreg = 128 if rows <= MIN_BLOCK_M else None
         return PagedConfig(
             block_n=block_n, num_warps=4, num_stages=5, maxnreg=maxnreg, fp8_convert=convert

@@ -515,10 +515,10 @@ def test_default_num_splits_fills_the_gpu() -> None:
 
 def test_pick_config_by_arch_and_cache() -> None:
     """16-key tiles under the interpreter (pages of 8 span tiles, pages of 32 hold two); on a
-    GPU 64-key tiles, D > 128 half; fp8 caches double-buffered (5 stages) under a 128-register
-    cap while a kv head's query rows fit one 16-row tile; pages shorter than a tile read as
-    words (converted by PTX on NVIDIA sm89+, by integer operations elsewhere), longer ones as
-    elements."""
+    GPU 64-key tiles, D > 128 half; fp8 caches double-buffered (5 stages), on 2 warps while a
+    kv head's query rows fit one 16-row tile and D <= 128, else on 4 (under a 128-register cap
+    for one row tile); pages shorter than a tile read as words (converted by PTX on NVIDIA
+    sm89+, by integer operations elsewhere), longer ones as elements."""
     assert pick_config(16, 128, torch.float16, CPU_INTERPRETER).block_n == 16
     assert pick_config(8, 128, torch.float8_e4m3fn, CPU_INTERPRETER).fp8_convert == "bits"
     assert pick_config(16, 128, torch.float8_e4m3fn, CPU_INTERPRETER).fp8_convert == "cast"
@@ -526,10 +526,18 @@ def test_pick_config_by_arch_and_cache() -> None:
     bf16 = pick_config(16, 128, torch.bfloat16, sm90)
     assert (bf16.block_n, bf16.num_stages, bf16.maxnreg) == (64, 3, None)
     fp8 = pick_config(16, 128, torch.float8_e4m3fn, sm90)
-    assert (fp8.block_n, fp8.num_stages, fp8.maxnreg, fp8.fp8_convert) == (64, 5, 128, "ptx")
+    assert (fp8.block_n, fp8.num_warps, fp8.num_stages, fp8.maxnreg, fp8.fp8_convert) == (
+        64,
+        2,
+        5,
+        None,
+        "ptx",
+    )
     assert pick_config(64, 128, torch.float8_e4m3fn, sm90).fp8_convert == "cast"
-    assert pick_config(32, 256, torch.float8_e4m3fn, sm90).fp8_convert == "cast"
-    assert pick_config(16, 128, torch.float8_e4m3fn, sm90, rows=32).maxnreg is None
+    wide = pick_config(32, 256, torch.float8_e4m3fn, sm90)
+    assert (wide.num_warps, wide.maxnreg, wide.fp8_convert) == (4, 128, "cast")
+    many_rows = pick_config(16, 128, torch.float8_e4m3fn, sm90, rows=32)
+    assert (many_rows.num_warps, many_rows.maxnreg) == (4, None)
     assert pick_config(16, 256, torch.bfloat16, sm90).block_n == bf16.block_n // 2
     assert pick_config(16, 128, torch.float8_e5m2, arch_from_name("sm80")).fp8_convert == "bits"
     assert pick_config(16, 128, torch.float8_e5m2, arch_from_name("gfx950")).fp8_convert == "bits"
