@@ -138,7 +138,7 @@ def compare(
         magnitude: the scale floor and cap are relative to (None: max|ref|). Specs pass the
             largest magnitude over a family (e.g. all gradients) so that a quantity which is
             mathematically 0 but not structurally (dq with one key) gets a non-zero floor.
-        logit_scale: max|lse| of the case (scales the rule's logit_ulps).
+        logit_scale: max|lse| of the case (scales the rule's logit_ulps and logit_rel).
 
     Returns:
         A `Comparison`; never raises.
@@ -199,9 +199,10 @@ def _compare(
         ref_rms = ref_rms * magnitude / ref_max if ref_max > 0 else magnitude
         ref_max = magnitude
     e = eps(dtype)
-    ulps = rule.floor_ulps + rule.logit_ulps * logit_scale
-    floor = ulps * e * ref_max
-    rms_floor = ulps * e * ref_rms
+    relative = (rule.floor_ulps + rule.logit_ulps * logit_scale) * e
+    relative += rule.logit_rel * logit_scale
+    floor = relative * ref_max
+    rms_floor = relative * ref_rms
     max_abs = float(err.max()) if numel else 0.0
     base_max = float(base_err.max()) if numel else 0.0
     rms, base_rms = _rms(err), _rms(base_err)

@@ -14,7 +14,8 @@ each against the float64 oracle `ref` (see `attnverify.verify.compare`):
 (b) max-abs ratio rule (FlashAttention's):
         max|impl - ref| <= ratio * max|baseline - ref| + floor,
     baseline = the oracle in the implementation's precision (see each variant spec), and
-    floor = eps(quantity dtype) * M * (floor_ulps + logit_ulps * S), M the largest absolute
+    floor = eps(quantity dtype) * M * (floor_ulps + logit_ulps * S) + logit_rel * S * M, M the
+    largest absolute
     summand behind the quantity (spec `magnitudes`: P|V| for out, scale * |q|.|k| + |bias| for
     lse, scale * C|K| for dq, ...; at least max|ref|): a few units in the last place of the
     largest term, what rounding alone costs; it stays non-zero for quantities that cancel to ~0
@@ -60,6 +61,9 @@ class Rule:
         logit_ulps: extra floor ulps per unit of the logit scale S (fp32: a kernel folds
             log2(e) into the scale and its backward recomputes P = exp2(s - lse) from the
             stored lse, which costs eps * S relative in every p; the autograd baseline does not).
+        logit_rel: extra floor logit_rel * S * M whatever the quantity's dtype: an arch whose
+            matrix unit leaves every score with an error of order logit_rel * S, which moves
+            out by up to that much times its summands (sm89 / sm90 fp8 MMA).
     """
 
     ratio: float
@@ -67,6 +71,7 @@ class Rule:
     rms_ratio: float
     cap: float
     logit_ulps: float = 0.0
+    logit_rel: float = 0.0
 
 
 # Evidence for every number is in the comment above its entry. "emulation" is
@@ -158,6 +163,26 @@ RULES: dict[tuple[str, str, str, str], Rule] = {
     # (tests/verify/test_tolerance.py::test_tolerance_sm90_fp8_lse_still_catches_a_scale_error).
     ("fp8", "*", "lse", "sm89"): Rule(ratio=3.0, floor_ulps=16384.0, rms_ratio=3.0, cap=1e-3),
     ("fp8", "*", "lse", "sm90"): Rule(ratio=3.0, floor_ulps=16384.0, rms_ratio=3.0, cap=1e-3),
+    # fp8 out on Ada / Hopper: the same score error moves each p by a factor exp(ds), so out by
+    # up to 2 * max|ds| * M (M = P|V|); the fp32 baseline has none of it. It shows where S is
+    # large: H100 (session 17), 86 device-profile cases, one failed the generic rule - e4m3,
+    # D = 256, "peaked", scale 0.5, S = 1380, M = 4.28: out error 0.207 against 3x the
+    # baseline's 0.037, over a whole row (0.12-0.21 in its largest columns, the baseline's
+    # 0.007-0.025 there), deterministic over 5 runs, and the same case passes on the CPU
+    # (exact fp32 sums) at 0.58x the bound; its lse error, 2.4e-4 S, is the score error. Over
+    # the 86 cases the error past 3x the baseline's was at most 1.6e-5 S M (three peaked
+    # D = 256 cases). logit_rel 2^-14 (6.1e-5) is 3.7x that (the failing case's bound becomes
+    # 0.47, 2.3x its error) and adds 0.06% of M at S = 10 (normal inputs). Its price is power
+    # where S is large: a planted 10% V-scale error fails out in all 33 CI draws under it as
+    # under the generic rule, but in 27 under 2^-13 and 23 under 2^-12 (outlier and peaked
+    # inputs, S in the thousands)
+    # (tests/verify/test_tolerance.py::test_tolerance_sm90_fp8_out_still_catches_v_errors).
+    ("fp8", "*", "out", "sm89"): Rule(
+        ratio=3.0, floor_ulps=2.0, rms_ratio=3.0, cap=0.25, logit_rel=2.0**-14
+    ),
+    ("fp8", "*", "out", "sm90"): Rule(
+        ratio=3.0, floor_ulps=2.0, rms_ratio=3.0, cap=0.25, logit_rel=2.0**-14
+    ),
     # merge: baseline merges in fp32 (as kernels do) and rounds out to its dtype, so its error is
     # the output rounding itself; floor 2 ulps as for out. seen (kernel): out 0.19, lse 0.05.
     # cap 1% of the largest state: a merge only reweights states.

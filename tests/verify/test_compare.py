@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -145,3 +146,16 @@ def test_compare_to_dict_is_json() -> None:
     d = compare("p", "out", impl, ref, base, RULE, F16).to_dict()
     text = json.dumps(d)
     assert json.loads(text)["nan_disagreements"] == 1
+
+
+def test_compare_logit_rel_floor_scales_with_logit_scale_not_dtype() -> None:
+    """logit_rel adds logit_rel * S * max|ref| to the floor whatever the quantity's dtype: an
+    error just under it passes at S, fails at S / 4, and fp16 and bf16 quantities agree."""
+    ref, _ = _tensors()
+    rule = dataclasses.replace(RULE, floor_ulps=0.0, logit_rel=2.0**-14)
+    s = 1000.0
+    impl = ref.clone()
+    impl[0, 0, 0, 0] += 0.9 * rule.logit_rel * s * float(ref.abs().max())
+    for dtype in (F16, torch.bfloat16):
+        assert compare("p", "out", impl, ref, ref, rule, dtype, logit_scale=s).passed
+        assert not compare("p", "out", impl, ref, ref, rule, dtype, logit_scale=s / 4).passed
