@@ -8,7 +8,8 @@ kernel and every baseline this torch and device offer (`attnverify.verify.baseli
 has none in torch, so its GB/s and % of copy bandwidth stand alone). For paged, a second row
 `attnverify-planned` times the kernel as engines call it: validated and planned once
 (`plan_paged`), then only `launch_paged`; the public function reads block tables on the host
-on every call. For varlen, a second row `attnverify-host-cu` passes cu_seqlens on the CPU: the
+on every call; `attnverify-graph` replays that launch from a CUDA graph (as engines run decode
+steps; it must match the eager launch bitwise). For varlen, a second row `attnverify-host-cu` passes cu_seqlens on the CPU: the
 call reads them without a device sync (the public row's cu_seqlens are on the device); it runs
 the same kernel, so the public row's verification covers it. Where every sequence has the same
 length, `attnverify-dense` runs our gqa kernel on the same tokens as a dense batch (what the
@@ -269,6 +270,8 @@ def _bench_shape(
         if case.variant == "paged" and ours_name == OURS and passed:
             ms, status = _time(Impl(f"{OURS}-planned", _paged_planned(inputs)), timer)
             rows.append(_row(spec, case, f"{OURS}-planned", ms, status, peaks))
+            ms, status = _paged_graph_time(inputs, timer)
+            rows.append(_row(spec, case, f"{OURS}-graph", ms, status, peaks))
         if case.variant == "varlen" and ours_name == OURS and passed:
             call = _varlen_host_cu(spec, ours, inputs)
             ms, status = _time(Impl(f"{OURS}-host-cu", call), timer)
@@ -436,6 +439,27 @@ def _paged_planned(inputs: dict[str, Any]) -> Callable[[], Any]:
         kv_layout=layout,
         config=plan.config,
     )
+
+
+def _paged_graph_time(inputs: dict[str, Any], timer: Timer) -> tuple[float | None, str]:
+    """The planned launch captured once in a CUDA graph, its replay timed: how serving
+    engines run decode steps (`launch_paged` documents it), free of the Python launch cost
+    that the stream-launched planned row pays on every call. The replay must give the eager
+    launch's output bitwise, else the row is an error."""
+    if inputs["q"].device.type != "cuda":
+        return None, "unavailable: CUDA graphs need a CUDA device"
+    launch = _paged_planned(inputs)
+    try:
+        eager = launch()[0].clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = launch()[0]
+        graph.replay()
+    except Exception as exc:
+        return None, f"error: capture failed: {type(exc).__name__}: {str(exc)[:160]}"
+    if not torch.equal(captured, eager):
+        return None, "error: the graph replay differs from the eager launch"
+    return _time(Impl(f"{OURS}-graph", graph.replay), timer)
 
 
 def _varlen_host_cu(

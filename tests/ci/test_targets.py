@@ -24,7 +24,13 @@ _spec.loader.exec_module(targets)
 
 PEAKS = bench.Peaks(matmul_tflops=800.0, copy_gbps=4000.0)
 # ours-like rows are fast (1.5x the peak: synthetic); every baseline 5x slower than that
-OURS = {"attnverify", "attnverify-host-cu", "attnverify-planned", "attnverify-dense"}
+OURS = {
+    "attnverify",
+    "attnverify-host-cu",
+    "attnverify-planned",
+    "attnverify-graph",
+    "attnverify-dense",
+}
 BASELINES = ["torch-varlen", "flex-compiled", "sdpa-cudnn", "sdpa-efficient",
              "sdpa-flash-no-bias", "sdpa-flash-dense", "flex-compiled-fp8"]  # fmt: skip
 

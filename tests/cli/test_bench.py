@@ -184,6 +184,17 @@ def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, u
         assert row.status == "ok" and row.ms is not None and row.unit == unit, row
 
 
+def test_bench_paged_graph_row_needs_cuda(home: Path) -> None:
+    """The paged CUDA-graph row (the planned launch replayed, as engines run decode steps)
+    says why it is missing on a CPU instead of timing something else."""
+    rows = bench.bench_variant(
+        "paged", target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
+        out=io.StringIO(), cases=[PAGED],
+    )  # fmt: skip
+    graph = next(r for r in rows if r.impl == "attnverify-graph")
+    assert graph.ms is None and graph.status == "unavailable: CUDA graphs need a CUDA device"
+
+
 def _dense_rows(case: Case) -> list[bench.BenchRow]:
     rows = bench.bench_variant(
         "varlen", target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
