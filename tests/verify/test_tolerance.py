@@ -189,22 +189,7 @@ def test_tolerance_sm90_fp8_lse_still_catches_a_scale_error() -> None:
     """The wide sm89/sm90 fp8 lse floor (the hardware's reduced-precision accumulation) keeps
     its power: a 2% softmax-scale error fails lse in at least 90% of drawn cases."""
     spec = get_spec("fp8")
-    cases: list[Case] = []
-
-    @settings(
-        max_examples=30,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(spec.strategy("ci", ["float8_e4m3fn"]))
-    def collect(case: Case) -> None:
-        cases.append(case)
-
-    collect()
-    cases += spec.pinned_cases()
+    cases = _ci_fp8_cases()
     caught = 0
     for case in cases:
         result = run_case(spec, case, _scaled_fp8(1.02), device="cpu", grads=False, arch="sm90")
