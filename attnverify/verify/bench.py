@@ -9,9 +9,10 @@ has none in torch, so its GB/s and % of copy bandwidth stand alone). For paged, 
 `attnverify-planned` times the kernel as engines call it: validated and planned once
 (`plan_paged`), then only `launch_paged`; the public function reads block tables on the host
 on every call; `attnverify-graph` replays that launch from a CUDA graph (as engines run decode
-steps; it must match the eager launch bitwise). For varlen, a second row `attnverify-host-cu` passes cu_seqlens on the CPU: the
-call reads them without a device sync (the public row's cu_seqlens are on the device); it runs
-the same kernel, so the public row's verification covers it. Where every sequence has the same
+steps; it must match the eager launch bitwise). For varlen, a second row `attnverify-host-cu`
+passes cu_seqlens on the CPU: the call reads them without a device sync (the public row's
+cu_seqlens are on the device); it runs the same kernel, so the public row's verification
+covers it. Where every sequence has the same
 length, `attnverify-dense` runs our gqa kernel on the same tokens as a dense batch (what the
 varlen bookkeeping costs: varlen time over this one).
 
