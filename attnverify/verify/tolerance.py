@@ -172,10 +172,10 @@ RULES: dict[tuple[str, str, str, str], Rule] = {
     # (exact fp32 sums) at 0.58x the bound; its lse error, 2.4e-4 S, is the score error. Over
     # the 86 cases the error past 3x the baseline's was at most 1.6e-5 S M (three peaked
     # D = 256 cases). logit_rel 2^-14 (6.1e-5) is 3.7x that (the failing case's bound becomes
-    # 0.537 in its device replay, 2.6x its error) and adds 0.06% of M at S = 10 (normal inputs). Its price is power
-    # where S is large: a planted 10% V-scale error fails out in all 33 CI draws under it as
-    # under the generic rule, but in 27 under 2^-13 and 23 under 2^-12 (outlier and peaked
-    # inputs, S in the thousands)
+    # 0.537 in its device replay, 2.6x its error) and adds 0.06% of M at S = 10 (normal
+    # inputs). Its price is power where S is large: a planted 10% V-scale error fails out in
+    # all 33 CI draws under it as under the generic rule, but in 27 under 2^-13 and 23 under
+    # 2^-12 (outlier and peaked inputs, S in the thousands)
     # (tests/verify/test_tolerance.py::test_tolerance_sm90_fp8_out_still_catches_v_errors).
     ("fp8", "*", "out", "sm89"): Rule(
         ratio=3.0, floor_ulps=2.0, rms_ratio=3.0, cap=0.25, logit_rel=2.0**-14
