@@ -138,7 +138,8 @@ def compare(
         magnitude: the scale floor and cap are relative to (None: max|ref|). Specs pass the
             largest magnitude over a family (e.g. all gradients) so that a quantity which is
             mathematically 0 but not structurally (dq with one key) gets a non-zero floor.
-        logit_scale: max|lse| of the case (scales the rule's logit_ulps and logit_rel).
+        logit_scale: the case's logit scale S, lse's summand magnitude or else max|lse|
+            (scales the rule's logit_ulps and logit_rel).
 
     Returns:
         A `Comparison`; never raises.
