@@ -11,6 +11,10 @@
   (the final result with one split, float32 partials with several).
 - `_merge_kernel`: merges S partial (out, lse) states per row, -inf lse exactly.
 
+On NVIDIA sm90+ the merge of a split launch is a programmatic dependent launch: the attention
+kernel signals after its KV loop (EARLY_DEPENDENTS), the merge waits for its writes before
+reading anything (WAIT_PRIOR), so the merge's launch overlaps the attention kernel's tail.
+
 Layouts, dtypes and semantics: `attnverify.kernels.paged`, whose launchers (`launch_paged`,
 `launch_merge`) pick the constexprs; the kernels validate nothing. Oracle:
 `attnverify.reference.paged`.
@@ -206,6 +210,7 @@ def _paged_fwd_kernel(
     DOT_PRECISION: tl.constexpr,
     FP8_WORDS: tl.constexpr,
     FP8_E5M2: tl.constexpr,
+    EARLY_DEPENDENTS: tl.constexpr,
 ):
     # grid (num_splits, Hk * row tiles, B): one program per (request, kv head, split); its
     # BLOCK_M rows are (query head of the group, query position) pairs sharing one K/V read
@@ -297,6 +302,10 @@ def _paged_fwd_kernel(
         )
         m_i = m_new
 
+    if EARLY_DEPENDENTS:
+        # programmatic dependent launch: the merge may start its launch now; it waits for this
+        # grid's writes in `gdc_wait`
+        tl.extra.cuda.gdc_launch_dependents()
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
     if HAS_V_DESCALE:
@@ -342,7 +351,11 @@ def _merge_kernel(
     head_dim,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    WAIT_PRIOR: tl.constexpr,
 ):
+    if WAIT_PRIOR:
+        # launched as a programmatic dependent: wait until the prior grid's writes are visible
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs_d < head_dim

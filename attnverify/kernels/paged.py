@@ -47,8 +47,7 @@ MIN_BLOCK_M = 16  # tl.dot needs M >= 16 ...
 MIN_BLOCK_D = 16  # ... and K >= 16 (D = 8 is padded)
 MAX_BLOCK_M = 64  # rows (G * Lq) one program holds; more rows -> several row tiles
 MAX_SPLITS = 256
-WAVES = 4  # default splits aim at WAVES * num_sms programs ...
-MIN_TILES_PER_SPLIT = 4  # ... but never fewer than this many KV tiles per split
+WAVES = 4  # default splits aim at WAVES * num_sms programs, at least one KV tile each
 MERGE_MAX_BLOCK_S = 256  # splits merged per step (more: a loop)
 MERGE_TILE = 4096  # elements of one merge program's (splits x D) tile
 FP8_CONVERTS = ("ptx", "bits", "cast")  # `PagedConfig.fp8_convert`
@@ -78,6 +77,9 @@ class PagedConfig:
             memory and reads the dot operands from there byte by byte).
             The word loads need a cache whose D is contiguous and whose other strides and
             storage offset are multiples of 4 elements; others are read as "cast".
+        dependent_merge: with several splits, launch the merge as a programmatic dependent of
+            the attention kernel (NVIDIA sm90+: the merge's launch overlaps the attention
+            kernel's tail; ignored when the interpreter runs the kernels).
     """
 
     block_n: int
@@ -85,6 +87,7 @@ class PagedConfig:
     num_stages: int
     maxnreg: int | None = None
     fp8_convert: str = "bits"
+    dependent_merge: bool = False
 
     def __post_init__(self) -> None:
         if self.fp8_convert not in FP8_CONVERTS:
@@ -117,24 +120,34 @@ def pick_config(
         convert = "bits"
     if arch.is_interpreter:
         return PagedConfig(block_n=block_n, num_warps=1, num_stages=1, fp8_convert=convert)
-    if cache_dtype.itemsize == 1:
-        if rows <= MIN_BLOCK_M and head_dim <= 128:
-            return PagedConfig(block_n=block_n, num_warps=2, num_stages=5, fp8_convert=convert)
-        maxnreg = 128 if rows <= MIN_BLOCK_M else None
-        return PagedConfig(
-            block_n=block_n, num_warps=4, num_stages=5, maxnreg=maxnreg, fp8_convert=convert
-        )
-    return PagedConfig(block_n=block_n, num_warps=4, num_stages=3)
+    dependent = arch.vendor == "nvidia" and arch.capability >= (9, 0)
+    if cache_dtype.itemsize != 1:
+        return PagedConfig(block_n=block_n, num_warps=4, num_stages=3, dependent_merge=dependent)
+    if rows <= MIN_BLOCK_M and head_dim <= 128:
+        warps, maxnreg = 2, None
+    else:
+        warps, maxnreg = 4, 128 if rows <= MIN_BLOCK_M else None
+    return PagedConfig(
+        block_n=block_n,
+        num_warps=warps,
+        num_stages=5,
+        maxnreg=maxnreg,
+        fp8_convert=convert,
+        dependent_merge=dependent,
+    )
 
 
 def default_num_splits(num_programs: int, max_seq_len: int, block_n: int, num_sms: int) -> int:
-    """Splits that give about WAVES * num_sms programs, each of >= MIN_TILES_PER_SPLIT tiles.
+    """Splits that give about WAVES * num_sms programs, each of at least one KV tile.
 
-    `num_programs` is the program count without splitting (B * Hk * row tiles).
+    `num_programs` is the program count without splitting (B * Hk * row tiles). Short
+    contexts split down to one tile a split: on an H100 (ci/notes_paged.md, session 18, CUDA
+    graph replays, B 1, Hq 32 / Hk 8, D 128) B = 1 ctx 1024 took 13.1 us with 16 splits
+    against 16.8 us with 4, and ctx 4096 20.2 us with 64 against 21.7 with 16.
     """
     tiles = cdiv(max_seq_len, block_n)
     want = (WAVES * num_sms) // max(num_programs, 1)  # rounded down: no partial last wave
-    return max(1, min(want, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
+    return max(1, min(want, tiles, MAX_SPLITS))
 
 
 # ---------------------------------------------------------------- launchers
@@ -186,9 +199,18 @@ def _fp8_words(
 
 
 def launch_merge(
-    out: torch.Tensor, lse: torch.Tensor, merged: torch.Tensor, merged_lse: torch.Tensor
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    merged: torch.Tensor,
+    merged_lse: torch.Tensor,
+    *,
+    dependent: bool = False,
 ) -> None:
-    """Merge out (R, S, D), lse (R, S) into merged (R, D) and merged_lse (R,) (any strides)."""
+    """Merge out (R, S, D), lse (R, S) into merged (R, D) and merged_lse (R,) (any strides).
+
+    `dependent`: launch as a programmatic dependent of the kernel before it on the stream
+    (NVIDIA sm90+ only; the merge waits for that kernel's writes before reading).
+    """
     rows, num_splits, head_dim = out.shape
     if rows == 0:
         return
@@ -208,7 +230,9 @@ def launch_merge(
         head_dim,
         BLOCK_S=block_s,
         BLOCK_D=block_d,
+        WAIT_PRIOR=dependent,
         num_warps=4 if block_s * block_d >= 2048 else 2,
+        launch_pdl=dependent,
     )
 
 
@@ -267,6 +291,7 @@ def launch_paged(
     k_ds = k_descale if k_descale is not None else lse
     v_ds = v_descale if v_descale is not None else lse
     k_read, v_read, fp8_words = _fp8_words(q, k_cache, v_cache, config.fp8_convert)
+    dependent = config.dependent_merge and num_splits > 1 and not interpreter_active()
     grid = (num_splits, hk * num_row_tiles, b)
     _paged_fwd_kernel[grid](
         q,
@@ -303,6 +328,7 @@ def launch_paged(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default
         FP8_WORDS=fp8_words,
         FP8_E5M2=k_cache.dtype == torch.float8_e5m2,
+        EARLY_DEPENDENTS=dependent,
         num_warps=config.num_warps,
         maxnreg=config.maxnreg,
     )
@@ -312,6 +338,7 @@ def launch_paged(
             part_lse.view(-1, num_splits),
             out.view(-1, head_dim),
             lse.view(-1),
+            dependent=dependent,
         )
     return out, lse
 

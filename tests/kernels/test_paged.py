@@ -37,7 +37,6 @@ from attnverify.kernels import paged as kernel
 from attnverify.kernels._paged_kernels import _fp8_words_to_f16
 from attnverify.kernels.paged import (
     MERGE_MAX_BLOCK_S,
-    MIN_TILES_PER_SPLIT,
     WAVES,
     PagedConfig,
     check_inputs,
@@ -354,16 +353,21 @@ def test_paged_fp8_word_loads_equal_element_loads(
     assert_matches_oracle(case, x, *results["words"], kv_layout=layout)
 
 
-def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int) -> str:
-    """PTX of the attention kernel as `paged_attention` launches it on sm90 (default config;
-    Hq 32, Hk 8, D 128; fp8 caches in pages shorter than the tile read as words), compiled
-    by Triton for sm90 with aligned pointers. Needs a process without TRITON_INTERPRET (JIT
-    functions)."""
+def compile_sm90_ptx(
+    cache_dtype: torch.dtype, block_size: int, num_splits: int = 1
+) -> dict[str, str]:
+    """PTX of the kernels `paged_attention` launches on sm90 ("attention", and "merge" with
+    num_splits > 1; default config; Hq 32, Hk 8, D 128; fp8 caches in pages shorter than the
+    tile read as words), compiled by Triton for sm90 with aligned pointers. Needs a process
+    without TRITON_INTERPRET (JIT functions)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
     from triton.runtime.jit import mangle_type
 
     class Capture:
+        def __init__(self, jit: object) -> None:
+            self.jit = jit
+
         def __getitem__(self, grid: object) -> Capture:
             return self
 
@@ -372,32 +376,46 @@ def compile_sm90_ptx(cache_dtype: torch.dtype, block_size: int) -> str:
 
     k = torch.zeros(8, block_size, 8, 128, dtype=torch.bfloat16).to(cache_dtype)
     descale = torch.tensor(0.5) if cache_dtype in FP8 else None
-    jit, capture = kernel._paged_fwd_kernel, Capture()
-    kernel._paged_fwd_kernel = capture
+    captures = {
+        "attention": Capture(kernel._paged_fwd_kernel),
+        "merge": Capture(kernel._merge_kernel),
+    }
+    kernel._paged_fwd_kernel, kernel._merge_kernel = captures["attention"], captures["merge"]
     try:
         launch_paged(
             torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), k, k,
             torch.zeros(1, 8, dtype=torch.int32), torch.full((1,), 64, dtype=torch.int32),
-            descale, descale, scale=0.1, num_splits=1, kv_layout="NHD",
+            descale, descale, scale=0.1, num_splits=num_splits, kv_layout="NHD",
             config=pick_config(block_size, 128, cache_dtype, arch_from_name("sm90")),
         )  # fmt: skip
     finally:
-        kernel._paged_fwd_kernel = jit
-    options = {n: capture.kwargs.pop(n) for n in ("num_warps", "maxnreg")}
-    options["num_stages"] = capture.kwargs["NUM_STAGES"]
-    if capture.kwargs["FP8_WORDS"]:
-        capture.kwargs["FP8_WORDS"] = 2  # CPU tensors here: the GPU launch converts by PTX
-    values = dict(zip(jit.arg_names, capture.args, strict=False)) | capture.kwargs
-    signature, constexprs, attrs = {}, {}, {}
-    for i, name in enumerate(jit.arg_names):
-        kind = "constexpr" if name in capture.kwargs else mangle_type(values[name], True)
-        signature[name] = kind
-        if kind == "constexpr":
-            constexprs[(i,)] = values[name]
-        elif isinstance(values[name], torch.Tensor):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(jit, signature, constexprs=constexprs, attrs=attrs)
-    return compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        kernel._paged_fwd_kernel = captures["attention"].jit
+        kernel._merge_kernel = captures["merge"].jit
+    ptx = {}
+    for name, capture in captures.items():
+        if not hasattr(capture, "kwargs"):
+            continue
+        jit = capture.jit
+        options = {
+            n: capture.kwargs.pop(n) for n in ("num_warps", "maxnreg") if n in capture.kwargs
+        }
+        capture.kwargs.pop("launch_pdl", None)  # a launch attribute, not a compile option
+        if "NUM_STAGES" in capture.kwargs:
+            options["num_stages"] = capture.kwargs["NUM_STAGES"]
+        if capture.kwargs.get("FP8_WORDS"):
+            capture.kwargs["FP8_WORDS"] = 2  # CPU tensors here: the GPU launch converts by PTX
+        values = dict(zip(jit.arg_names, capture.args, strict=False)) | capture.kwargs
+        signature, constexprs, attrs = {}, {}, {}
+        for i, arg in enumerate(jit.arg_names):
+            kind = "constexpr" if arg in capture.kwargs else mangle_type(values[arg], True)
+            signature[arg] = kind
+            if kind == "constexpr":
+                constexprs[(i,)] = values[arg]
+            elif isinstance(values[arg], torch.Tensor):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        src = ASTSource(jit, signature, constexprs=constexprs, attrs=attrs)
+        ptx[name] = compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    return ptx
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the GPU compiles the kernel in other tests")
@@ -409,7 +427,7 @@ def test_fp8_cache_reads_no_bytes_from_shared_memory_on_sm90() -> None:
     code = (
         "import re, torch, test_paged\n"
         "for name in ('float8_e4m3fn', 'float8_e5m2', 'bfloat16'):\n"
-        "    ptx = test_paged.compile_sm90_ptx(getattr(torch, name), 16)\n"
+        "    ptx = test_paged.compile_sm90_ptx(getattr(torch, name), 16)['attention']\n"
         "    print(name, len(re.findall(r'ld\\.shared(\\.v\\d)?\\.[bsu]8', ptx)),"
         " ptx.count('cvt.rn.f16x2.e4m3x2'), ptx.count('prmt.b32'), ptx.count('ldmatrix'))\n"
     )
@@ -421,6 +439,46 @@ def test_fp8_cache_reads_no_bytes_from_shared_memory_on_sm90() -> None:
     assert e4m3[0] == 0 and e4m3[1] > 0, counts
     assert e5m2[0] == 0 and e5m2[2] > 0 and e5m2[1] == 0, counts
     assert bf16[0] == 0 and bf16[3] > 0, counts
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the GPU compiles the kernel in other tests")
+def test_split_launch_merges_as_programmatic_dependent_on_sm90() -> None:
+    """Compiled for sm90, a split launch's attention kernel signals its dependents and its merge
+    waits for the attention kernel's writes before reading (griddepcontrol); one split
+    launches no merge and signals nothing."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    code = (
+        "import torch, test_paged\n"
+        "for splits in (1, 2):\n"
+        "    ptx = test_paged.compile_sm90_ptx(torch.bfloat16, 16, splits)\n"
+        "    print(splits, ptx['attention'].count('griddepcontrol.launch_dependents'),"
+        " ptx.get('merge', '').count('griddepcontrol.wait'), int('merge' in ptx))\n"
+    )
+    rows = [line.split() for line in run_jit_process(code).split("\n") if line]
+    counts = {int(row[0]): [int(n) for n in row[1:]] for row in rows}
+    assert counts[1] == [0, 0, 0], counts
+    assert counts[2][0] > 0 and counts[2][1] > 0 and counts[2][2] == 1, counts
+
+
+def test_dependent_merge_gives_the_same_result() -> None:
+    """`PagedConfig.dependent_merge` changes how the merge launches, never what it computes:
+    bitwise the same out and lse (the interpreter ignores it)."""
+    case = PagedInputs(seq_lens=(37, 0, 90), lq=2)
+    x = case.build()
+    plan = plan_paged(**x, num_splits=3)
+    args = [x[n] for n in ("q", "k_cache", "v_cache", "block_tables", "seq_lens")]
+    descales = (x["k_descale"], x["v_descale"])
+    results = []
+    for dependent in (False, True):
+        config = replace(plan.config, dependent_merge=dependent)
+        results.append(
+            launch_paged(
+                *args, *descales, scale=plan.scale, num_splits=3, kv_layout="NHD", config=config
+            )
+        )
+    for got, want in zip(results[1], results[0], strict=True):
+        assert torch.equal(got, want)
+    assert_matches_oracle(case, x, *results[1])
 
 
 def test_paged_empty_rows_exact() -> None:
@@ -503,13 +561,14 @@ def test_merge_more_states_than_one_step() -> None:
 
 def test_default_num_splits_fills_the_gpu() -> None:
     """Splits bring B * Hk programs up to WAVES whole waves of the SMs (rounded down), never
-    below MIN_TILES_PER_SPLIT tiles per split, and never below 1."""
+    below one KV tile per split, and never below 1."""
     sms = arch_from_name("sm90").num_sms
     long_one = default_num_splits(8, 131072, 64, sms)
     assert WAVES * sms - 8 < 8 * long_one <= WAVES * sms, long_one
     assert default_num_splits(32 * 8, 8192, 64, sms) == WAVES * sms // 256
     assert default_num_splits(64 * 8, 8192, 64, sms) == 1
-    assert default_num_splits(8, 1024, 64, sms) == 1024 // 64 // MIN_TILES_PER_SPLIT
+    assert default_num_splits(8, 1024, 64, sms) == 1024 // 64
+    assert default_num_splits(8, 100, 64, sms) == 2
     assert default_num_splits(8, 0, 64, sms) == 1
 
 
@@ -518,7 +577,8 @@ def test_pick_config_by_arch_and_cache() -> None:
     GPU 64-key tiles, D > 128 half; fp8 caches double-buffered (5 stages), on 2 warps while a
     kv head's query rows fit one 16-row tile and D <= 128, else on 4 (under a 128-register cap
     for one row tile); pages shorter than a tile read as words (converted by PTX on NVIDIA
-    sm89+, by integer operations elsewhere), longer ones as elements."""
+    sm89+, by integer operations elsewhere), longer ones as elements; the merge launches as a
+    programmatic dependent on NVIDIA sm90+ only."""
     assert pick_config(16, 128, torch.float16, CPU_INTERPRETER).block_n == 16
     assert pick_config(8, 128, torch.float8_e4m3fn, CPU_INTERPRETER).fp8_convert == "bits"
     assert pick_config(16, 128, torch.float8_e4m3fn, CPU_INTERPRETER).fp8_convert == "cast"
@@ -526,7 +586,14 @@ def test_pick_config_by_arch_and_cache() -> None:
     bf16 = pick_config(16, 128, torch.bfloat16, sm90)
     assert (bf16.block_n, bf16.num_stages, bf16.maxnreg) == (64, 3, None)
     fp8 = pick_config(16, 128, torch.float8_e4m3fn, sm90)
-    assert fp8 == PagedConfig(block_n=64, num_warps=2, num_stages=5, fp8_convert="ptx")
+    assert fp8 == PagedConfig(
+        block_n=64, num_warps=2, num_stages=5, fp8_convert="ptx", dependent_merge=True
+    )
+    assert bf16.dependent_merge
+    assert pick_config(16, 128, torch.bfloat16, arch_from_name("sm100")).dependent_merge
+    for other in ("sm89", "sm80", "gfx950"):
+        assert not pick_config(16, 128, torch.bfloat16, arch_from_name(other)).dependent_merge
+    assert not pick_config(16, 128, torch.bfloat16, CPU_INTERPRETER).dependent_merge
     assert pick_config(64, 128, torch.float8_e4m3fn, sm90).fp8_convert == "cast"
     wide = pick_config(32, 256, torch.float8_e4m3fn, sm90)
     assert (wide.num_warps, wide.maxnreg, wide.fp8_convert) == (4, 128, "cast")
