@@ -11,7 +11,8 @@ Varlen's forward targets read the `attnverify-host-cu` row (cu_seqlens on the CP
 sync; the public row, with cu_seqlens on the device, pays one), paged reads
 `attnverify-graph` (validated and planned once, then replayed from a CUDA graph, as engines run
 decode steps: issue 8 allows a graph for its launch-bound target, and its fp8 / bf16 ratio at
-B = 1 would otherwise time the host's Python launches, not the kernels).
+B = 1 would otherwise time the host's Python launches, not the kernels); its SDPA references
+are `sdpa-cudnn-contiguous` / `sdpa-flash-contiguous` (the same KV gathered contiguously).
 
 Usage: python ci/targets.py BENCH.json [BENCH.json ...] [--markdown OUT.md]
 Exit status: 1 when a target with its rows is missed, else 0.
@@ -173,7 +174,12 @@ def _paged_targets() -> list[Target]:
         def p(pick: Pick) -> Sel:
             return Sel("paged", GRAPH, pick)
 
+        decode = _paged(32, 8192, block)
         out += [
+            Target(8, f"bs{block} B=32 ctx 8192 >= 0.95x SDPA cuDNN, contiguous KV", "speedup",
+                   p(decode), 0.95, Sel("paged", "sdpa-cudnn-contiguous", decode)),
+            Target(8, f"bs{block} B=32 ctx 8192 >= 1.4x SDPA flash, contiguous KV", "speedup",
+                   p(decode), 1.4, Sel("paged", "sdpa-flash-contiguous", decode)),
             Target(8, f"bs{block} B=1 ctx 131072 >= 80% of copy bandwidth", "pct",
                    p(_paged(1, 131072, block)), 80),
             Target(8, f"bs{block} Lq=4 <= 1.15x Lq=1 (B=32, ctx 8192)", "time_ratio",

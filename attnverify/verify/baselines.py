@@ -6,7 +6,7 @@
 | varlen | SDPA per sequence (what models without a varlen kernel do), torch `varlen_attn`, compiled FlexAttention with a document mask |
 | fp8 | SDPA flash on the same tensors in bfloat16 (what fp8 replaces), compiled FlexAttention on the fp8 tensors |
 | merge | the same formula in eager torch (float32) |
-| paged | none in torch |
+| paged | SDPA cuDNN and flash on the same KV gathered into contiguous (B, Hk, L, D) tensors (Lq = 1, 16-bit caches, equal lengths; the gather is not timed) |
 
 Backward (the bench shapes whose spec says `bench_backward`; `backward_baselines`): gqa, SDPA
 flash on the same q, k, v without mask or bias (`sdpa-flash-no-bias` when the shape has a
@@ -290,6 +290,56 @@ def _flex_fp8(inputs: dict[str, Any]) -> Impl:
     return Impl("flex-compiled-fp8", torch.compile(run, dynamic=False))
 
 
+CONTIGUOUS_SDPA = ("sdpa-cudnn-contiguous", "sdpa-flash-contiguous")
+
+
+def _paged_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
+    """SDPA cuDNN and flash decode on the same keys and values stored contiguously
+    (`contiguous_kv`, gathered once outside the timing): issue 8's reference, paged decode at
+    the speed of the best contiguous kernel. Only where SDPA computes the same thing: Lq = 1
+    (SDPA's causal mask is top-left), a 16-bit cache in q's dtype (SDPA has no fp8 cache) and
+    every request of one length (no padding)."""
+    reason = ""
+    if case.lq != 1:
+        reason = f"Lq = {case.lq}: SDPA aligns its causal mask top-left, paged bottom-right"
+    elif case.cache_dtype is not None:
+        reason = f"SDPA has no {case.cache_dtype} KV cache"
+    elif len(set(case.seq_lens)) != 1:
+        reason = "requests of different lengths: SDPA would need padding"
+    if reason:
+        for name in CONTIGUOUS_SDPA:
+            yield Impl(name, None, reason=reason)
+        return
+    q = inputs["q"]
+    k, v = (contiguous_kv(inputs, name) for name in ("k_cache", "v_cache"))
+    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+
+    def run() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=inputs.get("scale"), **gqa)
+
+    for name in CONTIGUOUS_SDPA:
+        backend = _sdpa_backend(name.removesuffix("-contiguous"))
+        if backend is None:
+            yield Impl(name, None, reason="this torch has no such SDPA backend")
+        else:
+            yield Impl(name, run, _in_backend(backend))
+
+
+def contiguous_kv(inputs: dict[str, Any], name: str) -> torch.Tensor:
+    """Cache `name` ("k_cache" / "v_cache") of paged `inputs` as a contiguous (B, Hk, L, D)
+    tensor: each request's first L = seq_lens[0] slots through its block table (every request
+    of that length; NHD or HND layout)."""
+    cache, tables = inputs[name], inputs["block_tables"].long()
+    length = int(inputs["seq_lens"][0])
+    pages = -(-length // cache.shape[1 if inputs["kv_layout"] == "NHD" else 2])
+    blocks = cache[tables[:, :pages]]  # (B, pages, block, Hk, D) or (B, pages, Hk, block, D)
+    if inputs["kv_layout"] == "HND":
+        blocks = blocks.transpose(2, 3)
+    batch, _, block, heads, dim = blocks.shape
+    tokens = blocks.reshape(batch, pages * block, heads, dim)[:, :length]
+    return tokens.transpose(1, 2).contiguous()
+
+
 def _merge_baselines(spec: Any, case: Any, inputs: dict[str, Any]) -> Iterator[Impl]:
     """The merge formula in eager torch, float32 (logsumexp, weights, weighted sum)."""
     out, lse = inputs["out"], inputs["lse"]
@@ -364,6 +414,7 @@ _BASELINES: dict[str, Callable[..., Iterator[Impl]]] = {
     "varlen": _varlen_baselines,
     "fp8": _fp8_baselines,
     "merge": _merge_baselines,
+    "paged": _paged_baselines,
 }
 
 
@@ -386,11 +437,13 @@ def _collect(
 
 
 __all__ = [
+    "CONTIGUOUS_SDPA",
     "MATH_MAX_SCORES",
     "Impl",
     "backward_baselines",
     "backward_call_of",
     "baselines",
     "call_of",
+    "contiguous_kv",
     "dense_of_varlen",
 ]

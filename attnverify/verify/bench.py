@@ -3,18 +3,17 @@
 For each variant the shapes come from its spec (`VariantSpec.bench_cases()`: vision-encoder
 varlen, decoder GQA, decode batch x context grids). Every shape is verified once (one `check`
 case, forward quantities) before anything is timed: a shape whose verification fails gets no
-number. Then `triton.testing.do_bench` (median of repeated runs, same process) times our
-kernel and every baseline this torch and device offer (`attnverify.verify.baselines`; paged
-has none in torch, so its GB/s and % of copy bandwidth stand alone). For paged, a second row
-`attnverify-planned` times the kernel as engines call it: validated and planned once
-(`plan_paged`), then only `launch_paged`; the public function reads block tables on the host
-on every call; `attnverify-graph` replays that launch from a CUDA graph (as engines run decode
+number. Then `triton.testing.do_bench` (median of repeated runs, same process) times our kernel
+and every baseline this torch and device offer (`attnverify.verify.baselines`; for paged, SDPA
+on the same KV gathered contiguously, where SDPA computes the same thing). For paged, a second
+row `attnverify-planned` times the kernel as engines call it: validated and planned once
+(`plan_paged`), then only `launch_paged`; the public function reads block tables on the host on
+every call; `attnverify-graph` replays that launch from a CUDA graph (as engines run decode
 steps; it must match the eager launch bitwise). For varlen, a second row `attnverify-host-cu`
 passes cu_seqlens on the CPU: the call reads them without a device sync (the public row's
-cu_seqlens are on the device); it runs the same kernel, so the public row's verification
-covers it. Where every sequence has the same
-length, `attnverify-dense` runs our gqa kernel on the same tokens as a dense batch (what the
-varlen bookkeeping costs: varlen time over this one).
+cu_seqlens are on the device); it runs the same kernel, so the public row's verification covers
+it. Where every sequence has the same length, `attnverify-dense` runs our gqa kernel on the
+same tokens as a dense batch (what the varlen bookkeeping costs: varlen time over this one).
 
 Backward rows (shape label ending "bwd"): where the spec's `bench_backward` says so (gqa: bf16
 non-causal unmasked shapes, with and without a bias; varlen: D = 128), ours' gradients are

@@ -344,3 +344,62 @@ def test_fp8_baselines_name_the_flex_row_the_targets_read() -> None:
     flex = [i for i in impls if i.name == "flex-compiled-fp8"]
     assert len(flex) == 1 and flex[0].fn is None, [i.name for i in impls]
     assert "flex_attention disabled" in flex[0].reason
+
+
+PAGED_TWO = dataclasses.replace(
+    PAGED,
+    batch=2,
+    seq_lens=(20, 20),
+    num_blocks=5,
+    block_tables=((2, 0), (4, 1)),
+    heads_q=4,
+    heads_k=2,
+)
+
+
+@pytest.mark.parametrize("kv_layout", ["NHD", "HND"])
+def test_paged_sdpa_baselines_attend_the_same_keys(kv_layout: str) -> None:
+    """The paged SDPA baselines (`sdpa-cudnn-contiguous`, `sdpa-flash-contiguous`, the rows
+    ci/targets.py reads) attend the keys and values of the paged cache gathered contiguously:
+    called outside their backend (SDPA math on the CPU) they give the paged oracle's out. A
+    gather that read other pages, or the NaN of unused slots, would not."""
+    from attnverify.reference import paged as ref
+    from attnverify.verify.compare import compare
+    from attnverify.verify.specs import get_spec
+    from attnverify.verify.tolerance import arch_kind, lookup
+
+    spec = get_spec("paged")
+    case = dataclasses.replace(PAGED_TWO, kv_layout=kv_layout)
+    inputs = spec.make_inputs(case, CPU)
+    impls = baselines.baselines(spec, case, inputs)
+    assert [i.name for i in impls] == list(baselines.CONTIGUOUS_SDPA), impls
+    args = {n: inputs[n] for n in ("q", "k_cache", "v_cache", "block_tables", "seq_lens")}
+    flags = {"scale": inputs["scale"], "kv_layout": kv_layout}
+    want = ref.paged_attention(**args, **flags)
+    base = ref.paged_attention(**args, **flags, compute_dtype=torch.float16)
+    rule = lookup("paged", "float16", "out", arch_kind(CPU))
+    for impl in impls:
+        assert impl.fn is not None, impl.reason
+        got = impl.fn()
+        result = compare(f"{impl.name}/out", "out", got, want, base, rule, torch.float16)
+        assert result.passed, str(result)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"lq": 4}, "top-left"),
+        ({"cache_dtype": "float8_e4m3fn"}, "no float8_e4m3fn KV cache"),
+        ({"seq_lens": (20, 17)}, "different lengths"),
+    ],
+    ids=["lq4", "fp8-cache", "unequal"],
+)
+def test_paged_sdpa_baselines_say_why_they_are_missing(change: dict, reason: str) -> None:
+    """Where SDPA would compute something else, both rows are unavailable, with the reason."""
+    from attnverify.verify.specs import get_spec
+
+    spec = get_spec("paged")
+    case = dataclasses.replace(PAGED_TWO, **change)
+    impls = baselines.baselines(spec, case, spec.make_inputs(case, CPU))
+    assert [i.name for i in impls] == list(baselines.CONTIGUOUS_SDPA), impls
+    assert all(i.fn is None and reason in i.reason for i in impls), impls
