@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from attnverify.arch import interpreter_active
 from attnverify.verify import baselines, bench
 from attnverify.verify.case import Case
 
@@ -24,6 +25,11 @@ CPU = torch.device("cpu")
 REAL_FLEX_MODULE = baselines._flex_module  # before the autouse fixture stands it in
 PEAKS = bench.Peaks(matmul_tflops=1.0, copy_gbps=1.0)
 GQA = Case(variant="gqa", dtype="float32", seed=1, heads_q=4, heads_k=2, head_dim=16, lq=24, lk=40)
+# Tests that run our Triton kernels on CPU tensors: on a GPU machine Triton compiles for the GPU
+# (conftest sets TRITON_INTERPRET only without one), so they cannot run there.
+NEEDS_INTERPRETER = pytest.mark.skipif(
+    not interpreter_active(), reason="runs our kernels on CPU tensors: needs TRITON_INTERPRET=1"
+)
 MERGE = Case(variant="merge", dtype="float32", seed=2, head_dim=16, lead_shape=(2, 3), num_states=4)
 
 
@@ -159,6 +165,7 @@ VARLEN = Case(
 )
 
 
+@NEEDS_INTERPRETER
 @pytest.mark.parametrize(
     ("case", "second", "unit"),
     [(PAGED, "attnverify-planned", "GB/s"), (VARLEN, "attnverify-host-cu", "TFLOP/s")],
@@ -184,6 +191,7 @@ def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, u
         assert row.status == "ok" and row.ms is not None and row.unit == unit, row
 
 
+@NEEDS_INTERPRETER
 def test_bench_paged_graph_row_needs_cuda(home: Path) -> None:
     """The paged CUDA-graph row (the planned launch replayed, as engines run decode steps)
     says why it is missing on a CPU instead of timing something else."""
@@ -206,6 +214,7 @@ def _dense_rows(case: Case) -> list[bench.BenchRow]:
 EQUAL = dataclasses.replace(VARLEN, seqlens_q=(6, 6), seqlens_k=(6, 6))
 
 
+@NEEDS_INTERPRETER
 def test_bench_dense_row_for_equal_length_varlen(home: Path) -> None:
     """Equal lengths: our gqa kernel on the same tokens as a dense batch (the varlen
     overhead's reference); mixed lengths have none."""
@@ -215,6 +224,7 @@ def test_bench_dense_row_for_equal_length_varlen(home: Path) -> None:
         assert all(r.status == "ok" and r.ms is not None for r in dense)
 
 
+@NEEDS_INTERPRETER
 def test_bench_dense_row_is_verified_first(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The dense row runs the gqa launch path, not the varlen rows': a wrong gqa kernel gets
     no number there."""
