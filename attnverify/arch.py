@@ -13,6 +13,7 @@ Policies that live here and nowhere else:
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 
@@ -152,6 +153,13 @@ def current_arch(device: torch.device | str | None = None) -> Arch:
     if not torch.cuda.is_available():
         return CPU_INTERPRETER
     index = dev.index if dev is not None and dev.index is not None else torch.cuda.current_device()
+    return _detected(index)
+
+
+@functools.cache
+def _detected(index: int) -> Arch:
+    """The arch of GPU `index`, read from its properties once per process (launch paths ask on
+    every call; the properties do not change)."""
     props = torch.cuda.get_device_properties(index)
     if torch.version.hip:
         gcn = getattr(props, "gcnArchName", "gfx000").split(":")[0]

@@ -3,6 +3,7 @@ the ATTNVERIFY_ARCH override, detection from (faked) device properties, bad name
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -110,6 +111,27 @@ def test_arch_without_gpu_is_the_interpreter(monkeypatch: pytest.MonkeyPatch) ->
     assert current_arch(torch.device("cpu")) == CPU_INTERPRETER
     monkeypatch.setenv(ARCH_ENV, "")
     assert current_arch() == CPU_INTERPRETER
+
+
+@pytest.fixture(autouse=True)
+def fresh_detection() -> Iterator[None]:
+    """`current_arch` reads a GPU's properties once per process; each fake GPU needs a fresh
+    read, and the real one after the test."""
+    arch._detected.cache_clear()
+    yield
+    arch._detected.cache_clear()
+
+
+def test_arch_reads_gpu_properties_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launch paths ask for the arch on every call: the properties are read once per GPU."""
+    fake_gpu(monkeypatch, None, major=9, minor=0, multi_processor_count=132, name="H100")
+    reads = []
+    props = torch.cuda.get_device_properties
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda index: reads.append(index) or props(index)
+    )
+    assert current_arch().name == current_arch().name == "sm90"
+    assert reads == [0]
 
 
 def fake_gpu(monkeypatch: pytest.MonkeyPatch, hip: str | None, **props: object) -> None:
