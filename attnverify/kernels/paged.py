@@ -19,8 +19,10 @@ read once for the whole group. Beyond MAX_BLOCK_M rows (large G * Lq) the rows a
 several tiles, each reading K/V again.
 
 Split-KV (flash-decoding): each request's KV range is cut into `num_splits` chunks (aligned to
-the KV tile); each chunk writes a float32 partial (out, lse) and `merge_attention_states`
-combines them. With one split the kernel writes the final output directly.
+the KV tile); each chunk writes a float32 partial (out, lse) and the merge kernel (that of
+`merge_attention_states`) combines them; on NVIDIA sm90+ the merge is a programmatic dependent
+launch (`PagedConfig.dependent_merge`). With one split the kernel writes the final output
+directly.
 
 This module: configs (`PagedConfig`, `pick_config`, `default_num_splits`), launchers
 (`launch_paged`, `launch_merge`; they read the kernels from this module's globals), input checks
@@ -109,7 +111,9 @@ def pick_config(
     are read as 32-bit words converted in registers (PTX on NVIDIA sm89+, integer operations
     elsewhere), longer ones as fp8 elements (`PagedConfig.fp8_convert`): on an H200
     (2026-11-21 sweep, 4 warps) words beat element loads by 2-4% with pages of 16 keys and
-    lost by 13-15% with pages of 64. Tiles of half the keys for D > 128.
+    lost by 13-15% with pages of 64. Tiles of half the keys for D > 128. NVIDIA sm90+ launches
+    the merge as a programmatic dependent (0.3-0.9 us less per B = 1 call on an H100,
+    ci/notes_paged.md, session 18).
     """
     block_n = 16 if arch.is_interpreter else 64 if head_dim <= 128 else 32
     if block_size >= block_n:
