@@ -32,7 +32,8 @@ OURS = {
     "attnverify-dense",
 }
 BASELINES = ["torch-varlen", "flex-compiled", "sdpa-cudnn", "sdpa-efficient",
-             "sdpa-flash-no-bias", "sdpa-flash-dense", "flex-compiled-fp8"]  # fmt: skip
+             "sdpa-flash-no-bias", "sdpa-flash-dense", "flex-compiled-fp8",
+             "sdpa-cudnn-contiguous", "sdpa-flash-contiguous"]  # fmt: skip
 
 
 @functools.cache
