@@ -47,12 +47,14 @@ import triton
 import triton.runtime.errors
 from triton.testing import do_bench, do_bench_cudagraph
 
+from attnverify.arch import current_arch
 from attnverify.kernels.paged import (
     PagedConfig,
     launch_merge,
     launch_paged,
     merge_attention_states,
     paged_attention,
+    pick_config,
     plan_paged,
 )
 from attnverify.reference import paged as ref
@@ -65,11 +67,14 @@ HQ, HK, D = 32, 8, 128
 def named_config(name: str) -> PagedConfig:
     """ "bn128-w4-s5" -> PagedConfig(block_n=128, num_warps=4, num_stages=5); optional further
     parts: "r128" caps the registers per thread (maxnreg), "cast" / "bits" / "ptx" name how an
-    fp8 cache becomes float16 (`PagedConfig.fp8_convert`; default "ptx")."""
+    fp8 cache becomes float16 (`PagedConfig.fp8_convert`; default "ptx"). The merge launches
+    as `pick_config` has it on this device (`PagedConfig.dependent_merge`), so a setting and
+    the default differ only in what the name says."""
     bn, w, st, *rest = name.split("-")
     maxnreg = next((int(p[1:]) for p in rest if p.startswith("r")), None)
     convert = next((p for p in rest if p in ("cast", "bits", "ptx")), "ptx")
-    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg, convert)
+    dependent = pick_config(64, D, torch.bfloat16, current_arch()).dependent_merge
+    return PagedConfig(int(bn[2:]), int(w[1:]), int(st[1:]), maxnreg, convert, dependent)
 
 
 # Launch settings timed by the sweep, per cache dtype. fp8: K / V read as 32-bit words and
