@@ -49,6 +49,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 from attnverify.arch import current_arch
 from attnverify.kernels.paged import (
+    MIN_BLOCK_M,
     PagedConfig,
     launch_merge,
     launch_paged,
@@ -285,6 +286,10 @@ def correctness(
         alt_name, alt = ALT_CONFIGS[idx % len(ALT_CONFIGS)]
         if head_dim > 128:
             alt = replace(alt, block_n=min(alt.block_n, 64))
+        if group * lq > MIN_BLOCK_M:
+            # as pick_config: the register cap is for one 16-row tile (larger ones need more
+            # registers than the cap: ptxas refuses D 136, 64 rows under 128)
+            alt = replace(alt, maxnreg=None)
         try:
             plan = plan_paged(q, k, v, tables, seq_lens, num_splits=splits, config=alt, **kwargs)
             alt_out, alt_lse = launch_paged(
