@@ -35,7 +35,9 @@ row offset from the work table). 64-bit base offsets; in-tile offsets stay 32-bi
 Numerics: scores in float32, softmax in base 2 (`exp2`, scores pre-multiplied by LOG2E),
 lse stored in natural log (float32). Rows with no visible key: out 0, lse -inf, zero grads.
 Backward is deterministic (no atomics): dk/dv per query head (summed over the group on the
-host when G > 1), dq in its own pass, dbias per query head reduced on the host.
+host when G > 1), dq in its own pass, dbias per query head reduced on the host, or, for a
+full bias that several (batch, query head) pairs share, summed on chip by its own kernel
+(`_flash_dbias`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from attnverify.kernels._common import (
     varlen_work_table,
 )
 from attnverify.kernels._flash_bwd import QDO_DESC_NAMES, _dkdv, _dq, _set_qdo_block_shapes
+from attnverify.kernels._flash_dbias import GROUP_M, _dbias
 from attnverify.kernels._flash_fwd import KV_DESC_NAMES, _fwd, _set_kv_block_shapes
 from attnverify.kernels._flash_mask import _tile_codes_kernel, _tile_lists_kernel
 from attnverify.kernels._flash_tiles import BWD_CONFIGS as BWD_CONFIGS  # re-exported
@@ -64,7 +67,6 @@ from attnverify.kernels._flash_tiles import FWD_CONFIGS as FWD_CONFIGS  # re-exp
 from attnverify.kernels._flash_tiles import (
     INTERPRETER_BLOCK,
     LOG2E,
-    _prune,
     fallback_configs,
 )
 from attnverify.kernels._flash_tma import TMA_ENV as TMA_ENV  # re-exported
@@ -346,16 +348,17 @@ _TUNED_OUT: dict[tuple, int] = {}
 
 def _launch(
     kernel,
-    grid: tuple[int, int, int],
+    grid: tuple[int, int, int] | Callable[[dict], tuple[int, int, int]],
     config: FlashConfig | None,
     *,
     fallback: bool = True,
     **kwargs: object,
 ):
     """Launch `kernel`: its plain jit function with a pinned `config`, else per the autotune
-    policy (`attnverify.kernels._autotune`). The pinning policies ("0", "rotate") launch the
-    policy's pick among the configs `_prune` keeps, or the next one that fits: `_prune`
-    estimates only the pipelined tiles' shared memory, and mask, bias and resident tiles can
+    policy (`attnverify.kernels._autotune`); `grid` may be a function of the config's
+    meta-parameters. The pinning policies ("0", "rotate") launch the policy's pick among the
+    configs the kernel's early pruning keeps (`_prune`, `_prune_dbias`), or the next one that
+    fits: pruning estimates only the pipelined tiles' shared memory, and mask, bias and resident tiles can
     push a config past the device's (on an H200 the first backward config of a gqa case, D=80
     with a bias, asked for 268 KiB of 227). With `fallback`, the small `FALLBACK_CONFIGS` come
     after the kept configs, and autotuning whose every config runs out of shared memory (a
@@ -367,7 +370,7 @@ def _launch(
     Raises:
         OutOfResources: no config fits the device (with `fallback`: not even the smallest).
     """
-    if 0 in grid:
+    if isinstance(grid, tuple) and 0 in grid:
         return
     if config is not None:
         kernel.fn[grid](
@@ -378,7 +381,7 @@ def _launch(
         )
         return
     key = (kernel.fn.__name__, kwargs["Q"].dtype, *(kwargs[name] for name in kernel.keys))
-    kept = _prune(kernel.configs, kwargs)
+    kept = kernel.early_config_prune(kernel.configs, kwargs)
     order = autotune_policy.pinned_order(kept, key)
     fits, first = _PINNED_FITS, 0
     if order is None:
@@ -541,6 +544,58 @@ def _tile_lists(codes: torch.Tensor, problem: FlashProblem, block: int) -> torch
     return lists
 
 
+def _dbias_summed(bias: torch.Tensor, problem: FlashProblem) -> bool:
+    """Whether dbias comes from the summed dbias kernel (`_flash_dbias`): a bias with full
+    query and key dims that several (batch, query head) pairs read (batch 1 < B, or heads
+    1 or Hk < Hq). Other biases take the dk/dv pass's dS buffer (`_dbias_buffer`), which then
+    holds no more than dbias itself or is summed over a size-1 query or key dim."""
+    full = bias.shape[2] != 1 and bias.shape[3] != 1
+    shared = bias.shape[0] < problem.batch or bias.shape[1] < problem.num_q_heads
+    return full and shared
+
+
+def _dbias_outer(dtype: torch.dtype, interpreter: bool) -> int:
+    """Query rows of a summed dbias tile (`_flash_dbias`). Compiled for sm90 (triton 3.6, D =
+    128, no GPU), per DBIAS config: 16-bit inputs at 64 rows use 214-255 registers and spill
+    0-20 bytes; float32 spills 2-21 KB at 64 rows, and at 32 rows 0-24 bytes (2.3 KB at the
+    two widest configs)."""
+    if interpreter:
+        return INTERPRETER_BLOCK
+    return 32 if dtype == torch.float32 else 64
+
+
+def _summed_dbias(
+    shared: dict, problem: FlashProblem, bias: torch.Tensor, common: _Common
+) -> torch.Tensor:
+    """dbias in the bias's shape and dtype from the summed dbias kernel. `shared`: the
+    backward's tensor and stride arguments; `common`: the dq pass's, whose tile codes (its
+    MASK_BLOCK is a multiple of every dbias tile side) the kernel reads as flags."""
+    q = shared["Q"]
+    dbias = torch.empty(bias.shape, dtype=bias.dtype, device=bias.device)
+    interpreter = interpreter_active() or q.device.type == "cpu"
+    outer = _dbias_outer(q.dtype, interpreter)
+    bb, hb = bias.shape[:2]
+    names = [
+        "Mask", "Bias", "Flags", "seqlen_q", "seqlen_k", "group", "mask_head_div", "qk_scale",
+        "HEAD_DIM", "HEAD_D0", "HEAD_D1", "HAS_D1", "MASK_BLOCK", "IS_CAUSAL", "HAS_MASK",
+        "DOT_PREC", *(f"stride_{x}{axis}" for x in "mbf" for axis in "zhmn"),
+    ]  # fmt: skip
+    args = {**shared, **{name: common.kwargs[name] for name in names}}
+    del args["scale"]  # dS needs no softmax scale beyond qk_scale
+    num_m = triton.cdiv(problem.seqlen_q, outer)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (num_m * triton.cdiv(problem.seqlen_k, meta["BLOCK_INNER"]), bb * hb, 1)
+
+    _launch(
+        _dbias, grid, None,
+        DB=dbias, **_stride_kw("db", "zhmn", dbias.stride()), bias_heads=hb,
+        batch_reads=problem.batch // bb, head_reads=problem.num_q_heads // hb,
+        BLOCK_OUTER=outer, GROUP_M=GROUP_M, **args,
+    )  # fmt: skip
+    return dbias
+
+
 def _dbias_buffer(
     q: torch.Tensor, problem: FlashProblem, bias: torch.Tensor, outer: int, masked: bool
 ) -> tuple[torch.Tensor, int]:
@@ -643,7 +698,8 @@ def flash_backward(
     )
     tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq, has_bias=biased)
     common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
-    if need_dbias:
+    summed = need_dbias and _dbias_summed(bias, problem)
+    if need_dbias and not summed:
         outer = common.kwargs["BLOCK_OUTER"]
         db_buf, mode = _dbias_buffer(q, problem, bias, outer, mask is not None)
     else:
@@ -667,7 +723,9 @@ def flash_backward(
         DQ=dq, Work=common.work, **kv_descs, USE_TMA=tma_dq, **_named("dq", dq, vl, al),
         **shared, **common.kwargs,
     )  # fmt: skip
-    if need_dbias:
+    if summed:
+        dbias = _summed_dbias(shared, problem, bias, common)
+    elif need_dbias:
         dbias = _reduce_dbias(db_buf, bias, problem)
     return dq, _sum_group(dk, k, problem), _sum_group(dv, v, problem), dbias
 

@@ -21,6 +21,7 @@ from triton.runtime.errors import OutOfResources
 
 from attnverify.kernels import _autotune, _flash
 from attnverify.kernels._common import split_head_dim
+from attnverify.kernels._flash_dbias import _dbias
 from attnverify.kernels._flash_tiles import FALLBACK_CONFIGS
 from attnverify.kernels.gqa import gqa_attention, gqa_backward, gqa_forward
 from attnverify.reference.gqa import gqa_attention as oracle
@@ -164,10 +165,13 @@ def test_gqa_block_sparse_whole_tiles(judge, causal: bool):
     assert not failures, "\n".join(failures)
 
 
-def test_gqa_strides_and_determinism_bitwise():
+@pytest.mark.parametrize(
+    "bias_shape", [(1, 2, 37, 1), (1, 1, 37, 50)], ids=["keys-summed", "summed-kernel"]
+)
+def test_gqa_strides_and_determinism_bitwise(bias_shape: tuple[int, ...]):
     q, k, v, do = make(2, 4, 2, 37, 50, 40, torch.float16, seed=9)
     mask = (torch.rand(1, 1, 37, 50, generator=torch.Generator().manual_seed(1)) < 0.8).to(DEVICE)
-    bias = torch.randn(1, 2, 37, 1, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    bias = torch.randn(bias_shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     # (B, L, H, D) memory read as (B, H, L, D); an expanded (stride-0) batch dim for the mask
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     mask_expanded = mask.expand(2, 1, 37, 50)  # Bm = B through a stride-0 view: same result
@@ -210,7 +214,7 @@ def test_gqa_every_backward_config_is_steady_on_a_row_bias(outer, inner_warps_st
 
 
 @pytest.mark.parametrize(
-    "bias_shape", [(1, 1, 100, 40), (1, 2, 1, 40), (2, 1, 100, 1), (1, 1, 1, 1)],
+    "bias_shape", [(2, 2, 100, 40), (1, 2, 1, 40), (2, 1, 100, 1), (1, 1, 1, 1)],
     ids=["full", "rows-summed", "keys-summed", "both-summed"],
 )  # fmt: skip
 @pytest.mark.parametrize(("causal", "masked"), [(False, False), (True, False), (False, True)])
@@ -240,6 +244,65 @@ def test_gqa_dbias_buffer_left_uninitialised_is_written_whole(
     monkeypatch.setattr(_flash, "_dbias_buffer", nan_filled)
     got = run(gqa_attention, q, k, v, do, mask, bias, causal)["dbias"]
     assert torch.equal(got, zeroed), "an element of the uninitialised dbias buffer was not written"
+
+
+@pytest.mark.parametrize(
+    ("bias_shape", "summed"),
+    [
+        ((1, 1, 100, 40), True), ((2, 1, 100, 40), True), ((1, 2, 100, 40), True),
+        ((1, 4, 100, 40), True), ((2, 4, 100, 40), False), ((1, 1, 1, 40), False),
+        ((2, 2, 100, 1), False),
+    ],
+    ids=["batch-heads", "heads", "batch-kv-heads", "batch", "per-pair", "rows-1", "keys-1"],
+)  # fmt: skip
+def test_gqa_summed_dbias_kernel_for_a_full_bias_pairs_share(
+    bias_shape: tuple[int, ...], summed: bool
+) -> None:
+    """B = 2, Hq = 4, Hk = 2: a full bias that several (batch, query head) pairs read (batch 1,
+    or 1 or Hk heads) gets its dbias from the summed kernel (`_flash_dbias`), and the dk/dv pass
+    then stores no dS (DBIAS_MODE 0); a bias each pair has to itself, or one with a size-1
+    query or key dim, takes the dk/dv pass's dS buffer and no third launch."""
+    from attnverify.kernels._flash_offline import record_launches
+
+    problem = _flash.FlashProblem(False, 2, 4, 2, False, 0.25, seqlen_q=100, seqlen_k=40)
+    q, k = torch.zeros(2, 4, 100, 16), torch.zeros(2, 2, 40, 16)
+    bias = torch.zeros(bias_shape)
+    assert _flash._dbias_summed(bias, problem) is summed
+    launches = record_launches(
+        lambda: _flash.flash_backward(
+            q, k, k, q, q, torch.zeros(2, 4, 100), None, problem, bias=bias, need_dbias=True
+        )
+    )
+    names = [launch.kernel.fn.__name__ for launch in launches]
+    passes = ["_flash_bwd_dkdv_kernel", "_flash_bwd_dq_kernel"]
+    assert names == passes + ["_flash_dbias_kernel"] * summed, names
+    assert (launches[0].kwargs["DBIAS_MODE"] == 0) is summed, launches[0].kwargs["DBIAS_MODE"]
+
+
+@pytest.mark.parametrize(("causal", "masked"), [(False, False), (True, False), (False, True)])
+def test_gqa_summed_dbias_writes_every_element(
+    monkeypatch: pytest.MonkeyPatch, causal: bool, masked: bool
+) -> None:
+    """The summed dbias kernel's output is allocated uninitialised: NaN-filled before its
+    launch, dbias must come out bitwise as without the poison. Lq > Lk: causal masking hides
+    whole tiles (stored as 0 without a read); the mask hides rows 0-63, keys 0-31 (tiles the
+    kernel skips); 100 x 40 leaves partial tiles on both edges."""
+    q, k, v, do = make(2, 4, 2, 100, 40, 16, torch.float32, seed=15)
+    bias = torch.randn(1, 2, 100, 40, generator=torch.Generator().manual_seed(16)).to(DEVICE)
+    mask = torch.ones(2, 1, 100, 40, dtype=torch.bool, device=DEVICE) if masked else None
+    if masked:
+        mask[..., :64, :32] = False
+    clean = run(gqa_attention, q, k, v, do, mask, bias, causal)["dbias"]
+    launch = _flash._launch
+
+    def poisoned(kernel, grid, config, **kwargs):
+        if kernel is _dbias:
+            kwargs["DB"].fill_(float("nan"))
+        return launch(kernel, grid, config, **kwargs)
+
+    monkeypatch.setattr(_flash, "_launch", poisoned)
+    got = run(gqa_attention, q, k, v, do, mask, bias, causal)["dbias"]
+    assert torch.equal(got, clean), "an element of the summed dbias output was not written"
 
 
 @pytest.mark.parametrize("bias_heads", [1, 2])
@@ -512,8 +575,9 @@ def wide_masked_forward_shared_sm90() -> dict[str, int]:
 def wide_backward_shared_sm90() -> dict[str, int]:
     """Per backward pass, the least shared memory any BWD config asks for, compiled for sm90
     as `flash_backward` launches it on a GPU with TMA loads (bf16, D = 200: 128 + 128 lanes, the
-    widest two-tile split): varlen, and gqa with a (1, 1, L, L) bf16 bias and dbias. Needs a
-    process without TRITON_INTERPRET."""
+    widest two-tile split): varlen, and gqa with a (1, 1, L, L) bf16 bias and dbias; for that
+    one's summed dbias kernel, the least any config its pruning keeps asks for. Needs a process
+    without TRITON_INTERPRET."""
     from attnverify.kernels._flash_offline import Launch, compile_sm90, record_launches
 
     _flash._block_sizes = _gpu_block_sizes
@@ -538,10 +602,17 @@ def wide_backward_shared_sm90() -> dict[str, int]:
         with env(_flash.TMA_ENV, "1"):
             launches = record_launches(call)
         for launch in launches:
-            assert launch.kwargs["USE_TMA"], f"{name}: the backward launch took no TMA"
+            summed = launch.kernel is _dbias
+            assert summed or launch.kwargs["USE_TMA"], f"{name}: the backward launch took no TMA"
             shared = []
-            for inner, warps, stages in _flash.BWD_CONFIGS:
-                launch.kernel.configs[0].pre_hook({**launch.kwargs, "BLOCK_INNER": inner})
+            if summed:  # the configs its pruning keeps: at D = 200 only fallbacks fit
+                kept = launch.kernel.early_config_prune(launch.kernel.configs, launch.kwargs)
+                configs = [(c.kwargs["BLOCK_INNER"], c.num_warps, c.num_stages) for c in kept]
+            else:
+                configs = _flash.BWD_CONFIGS
+            for inner, warps, stages in configs:
+                if not summed:
+                    launch.kernel.configs[0].pre_hook({**launch.kwargs, "BLOCK_INNER": inner})
                 config = _flash.FlashConfig(launch.kwargs["BLOCK_OUTER"], inner, warps, stages)
                 pinned = Launch(launch.kernel, launch.grid, config, launch.kwargs)
                 shared.append(compile_sm90(pinned).metadata.shared)
@@ -560,7 +631,7 @@ def test_gqa_wide_backward_has_a_config_that_fits_sm90_shared_memory() -> None:
     pytest.importorskip("triton.backends.nvidia.compiler")
     code = "import json, test_gqa as t\nprint(json.dumps(t.wide_backward_shared_sm90()))\n"
     least = json.loads(run_jit_process(code, timeout=900).strip().split("\n")[-1])
-    assert len(least) == 4, least
+    assert len(least) == 5, least
     assert all(v <= SM90_SHARED_LIMIT for v in least.values()), least
 
 
