@@ -9,6 +9,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from attnverify.kernels import _autotune, _flash
+from attnverify.kernels._flash_tiles import _prune
 
 
 def test_policies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,6 +66,7 @@ class _FakeAutotuned:
 
     def __init__(self, fn: _FakeJit, configs: list[triton.Config]) -> None:
         self.fn, self.configs, self.keys = fn, configs, ["HEAD_DIM", "HAS_BIAS"]
+        self.early_config_prune = _prune  # the flash passes' pruning
         self.tuned = 0
 
     def __getitem__(self, grid: tuple[int, int, int]):
