@@ -19,6 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnverify.kernels._flash_bwd import _load_row_stats
 from attnverify.kernels._flash_tiles import (
     LOG2E,
     SMEM_BUDGET,
@@ -94,11 +95,11 @@ def _dbias_read(
             k_base, v_base, offs_n, stride_kn, stride_kd, stride_vn, stride_vd,
             offs_d0, offs_d1, cols_ok, d0_ok, d1_ok, MASK_D0, HAS_D1,
         )  # fmt: skip
-        row_stats = _base(Lse, z, h, m0, stride_lz, stride_lh, stride_lm) + offs_m * stride_lm
-        lse = tl.load(row_stats, mask=rows_ok, other=float("inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
-        delta_ptrs = _base(Delta, z, h, m0, stride_lz, stride_lh, stride_lm) + offs_m * stride_lm
-        delta = tl.load(delta_ptrs, mask=rows_ok, other=0.0)
+        lse2, delta = _load_row_stats(
+            _base(Lse, z, h, m0, stride_lz, stride_lh, stride_lm),
+            _base(Delta, z, h, m0, stride_lz, stride_lh, stride_lm), offs_m, len_q - m0,
+            stride_lm,
+        )  # fmt: skip
         # [BLOCK_M, BLOCK_N]
         s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PREC)
         if HAS_D1:
