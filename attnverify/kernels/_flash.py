@@ -358,9 +358,9 @@ def _launch(
     policy (`attnverify.kernels._autotune`); `grid` may be a function of the config's
     meta-parameters. The pinning policies ("0", "rotate") launch the policy's pick among the
     configs the kernel's early pruning keeps (`_prune`, `_prune_dbias`), or the next one that
-    fits: pruning estimates only the pipelined tiles' shared memory, and mask, bias and resident tiles can
-    push a config past the device's (on an H200 the first backward config of a gqa case, D=80
-    with a bias, asked for 268 KiB of 227). With `fallback`, the small `FALLBACK_CONFIGS` come
+    fits: pruning estimates only the pipelined tiles' shared memory, and mask, bias and
+    resident tiles can push a config past the device's (on an H200 the first backward config
+    of a gqa case, D=80 with a bias, asked for 268 KiB of 227). With `fallback`, the small `FALLBACK_CONFIGS` come
     after the kept configs, and autotuning whose every config runs out of shared memory (a
     compiler or a device with less than the configs were chosen for) launches the first of
     them that fits; without, OutOfResources reaches the caller (`flash_forward` first retries
