@@ -95,12 +95,20 @@ class FlashConfig:
     num_stages: int = 1
 
 
-def _outer_block(split: HeadDimSplit, dtype: torch.dtype, interpreter: bool) -> int:
+def _outer_block(
+    split: HeadDimSplit, dtype: torch.dtype, interpreter: bool, rows_are_queries: bool = True
+) -> int:
+    """Rows of a program's own block: query rows (forward, dq pass) or keys (dk/dv pass).
+    The dk/dv pass keeps two float32 [keys, D] accumulators in registers; at 128 keys they
+    spilled at every config (sm90, triton 3.6), and 64 keys with 128-row query tiles ran the
+    bench backward 1.34x faster on an H200 (ci/notes_flash.md, session 20)."""
     if interpreter:
         return INTERPRETER_BLOCK
     if dtype == torch.float32 and split.padded > 128:
         return 32
-    return 64 if dtype == torch.float32 or split.padded > 128 else 128
+    if dtype == torch.float32 or split.padded > 128 or not rows_are_queries:
+        return 64
+    return 128
 
 
 @dataclass(frozen=True)
@@ -234,10 +242,13 @@ def _work_table(
 
 
 def _block_sizes(
-    q: torch.Tensor, split: HeadDimSplit, config: FlashConfig | None
+    q: torch.Tensor, split: HeadDimSplit, config: FlashConfig | None, rows_are_queries: bool
 ) -> tuple[int, int]:
     interpreter = interpreter_active() or q.device.type == "cpu"
-    outer = config.block_outer if config else _outer_block(split, q.dtype, interpreter)
+    if config:
+        outer = config.block_outer
+    else:
+        outer = _outer_block(split, q.dtype, interpreter, rows_are_queries)
     base = INTERPRETER_BLOCK if interpreter else GPU_MASK_BLOCK
     mask_block = max(base, outer, config.block_inner if config else 0)
     return outer, mask_block
@@ -255,7 +266,7 @@ def _prepare(
     """Shared kwargs and the grid of one pass: over query blocks (forward, dq) or key blocks
     (dk/dv). Only that pass's varlen work table is built, last (it reads the lengths)."""
     split = split_head_dim(q.shape[-1])
-    outer, mask_block = _block_sizes(q, split, config)
+    outer, mask_block = _block_sizes(q, split, config, rows_are_queries)
     flags = _tile_codes(mask, problem, mask_block) if mask is not None else None
     kwargs = dict(
         Mask=mask.view(torch.uint8) if mask is not None else q,

@@ -528,9 +528,9 @@ def compile_mask_kernels_sm90() -> dict[str, str]:
     return ptx
 
 
-def _gpu_block_sizes(q, split, config):
+def _gpu_block_sizes(q, split, config, rows_are_queries):
     """`_flash._block_sizes` as on a GPU, for the CPU tensors of an offline sm90 compile."""
-    outer = _flash._outer_block(split, q.dtype, False)
+    outer = _flash._outer_block(split, q.dtype, False, rows_are_queries)
     return outer, max(_flash.GPU_MASK_BLOCK, outer)
 
 
