@@ -99,9 +99,9 @@ def _outer_block(
     split: HeadDimSplit, dtype: torch.dtype, interpreter: bool, rows_are_queries: bool = True
 ) -> int:
     """Rows of a program's own block: query rows (forward, dq pass) or keys (dk/dv pass).
-    The dk/dv pass keeps two float32 [keys, D] accumulators in registers; at 128 keys they
-    spilled at every config (sm90, triton 3.6), and 64 keys with 128-row query tiles ran the
-    bench backward 1.34x faster on an H200 (ci/notes_flash.md, session 20)."""
+    The dk/dv pass keeps two float32 [keys, D] accumulators in registers. At 128 keys it
+    spilled at every config (sm90, triton 3.6). 64 keys with 128-row query tiles ran the bench
+    backward 1.55x faster on an H200, autotuned (ci/notes_flash.md, session 20)."""
     if interpreter:
         return INTERPRETER_BLOCK
     if dtype == torch.float32 and split.padded > 128:

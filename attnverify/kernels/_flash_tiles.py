@@ -44,7 +44,7 @@ FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2), (64, 8, 3))
 # (ci/flash_race_check.py; ci/notes_flash.md). (32, 4, 3) took its place: head dims over 128 in
 # 16 bits with TMA loads need it (sm90, D = 200: the dk/dv pass asks 197 KiB there, 257-321 KiB
 # at the other three, over the 227 KiB limit). (128, 8, 2): 128-row query tiles for the dk/dv
-# pass's 64-key blocks (`_flash._outer_block`), 1.34x the bench backward on an H200.
+# pass's 64-key blocks (`_flash._outer_block`), 1.55x the bench backward on an H200.
 BWD_CONFIGS = ((128, 8, 2), (32, 4, 5), (64, 8, 3), (64, 4, 2), (32, 4, 3))
 # (BLOCK_INNER, num_warps, num_stages), smallest shared memory last
 FALLBACK_CONFIGS = ((32, 4, 2), (32, 4, 1), (16, 4, 1))
