@@ -371,12 +371,12 @@ def _launch(
     configs the kernel's early pruning keeps (`_prune`, `_prune_dbias`), or the next one that
     fits: pruning estimates only the pipelined tiles' shared memory, and mask, bias and
     resident tiles can push a config past the device's (on an H200 the first backward config
-    of a gqa case, D=80 with a bias, asked for 268 KiB of 227). With `fallback`, the small `FALLBACK_CONFIGS` come
-    after the kept configs, and autotuning whose every config runs out of shared memory (a
-    compiler or a device with less than the configs were chosen for) launches the first of
-    them that fits; without, OutOfResources reaches the caller (`flash_forward` first retries
-    with unpipelined mask lists). The config that fitted is remembered per kernel, dtype and
-    autotune key.
+    of a gqa case, D=80 with a bias, asked for 268 KiB of 227). With `fallback`, the small
+    `FALLBACK_CONFIGS` come after the kept configs, and autotuning whose every config runs
+    out of shared memory (a compiler or a device with less than the configs were chosen for)
+    launches the first of them that fits; without, OutOfResources reaches the caller
+    (`flash_forward` first retries with unpipelined mask lists). The config that fitted is
+    remembered per kernel, dtype and autotune key.
 
     Raises:
         OutOfResources: no config fits the device (with `fallback`: not even the smallest).

@@ -22,16 +22,15 @@ import triton.language as tl
 from attnverify.kernels._flash_bwd import _load_row_stats
 from attnverify.kernels._flash_tiles import (
     LOG2E,
-    SMEM_BUDGET,
     _aligned,
     _base,
     _configs,
+    _fitting,
     _lanes,
     _load_pair,
     _tile_active,
     _wide,
 )
-from attnverify.kernels._flash_tiles import fallback_configs as _fallback_configs
 
 # (BLOCK_INNER = key block, num_warps, num_stages); the query block is the host's BLOCK_OUTER
 DBIAS_CONFIGS = ((128, 8, 2), (64, 4, 3), (64, 8, 3), (32, 4, 3))
@@ -42,22 +41,10 @@ _DBIAS_VARYING = ["seqlen_q", "seqlen_k", "group", "mask_head_div", "batch_reads
 
 
 def _prune_dbias(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs whose pipelined tiles cannot fit in shared memory: every step loads Q and
-    dO ([BLOCK_OUTER, D] each) and K and V ([BLOCK_INNER, D] each). With none left, the
-    fitting `FALLBACK_CONFIGS` (or the smallest)."""
+    """Drop configs whose pipelined tiles cannot fit in shared memory (`_fitting`): every
+    step loads Q and dO ([BLOCK_OUTER, D] each) and K and V ([BLOCK_INNER, D] each)."""
     args = {**named_args, **kwargs}
-    width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
-    elem = args["Q"].element_size()
-
-    def smem(c: triton.Config) -> int:
-        rows = 2 * args["BLOCK_OUTER"] + 2 * c.kwargs["BLOCK_INNER"]
-        return max(c.num_stages, 1) * rows * width * elem
-
-    kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
-    if not kept:
-        fallbacks = _fallback_configs(None)
-        kept = [c for c in fallbacks if smem(c) <= SMEM_BUDGET] or fallbacks[-1:]
-    return kept
+    return _fitting(configs, args, lambda c: 2 * args["BLOCK_OUTER"] + 2 * c.kwargs["BLOCK_INNER"])
 
 
 @triton.jit

@@ -61,14 +61,22 @@ def fallback_configs(pre_hook: Callable[[dict], None] | None) -> list[triton.Con
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
-    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory. Fallback
-    configs take the pre-hook of `configs` (the kernel's, shared by all its configs)."""
-    args = {**named_args, **kwargs}
+    """Drop configs whose pipelined K/V (or Q/dO) tiles cannot fit in shared memory
+    (`_fitting`)."""
+    return _fitting(configs, {**named_args, **kwargs}, lambda c: 2 * c.kwargs["BLOCK_INNER"])
+
+
+def _fitting(
+    configs: list[triton.Config], args: dict, rows: Callable[[triton.Config], int]
+) -> list[triton.Config]:
+    """The configs whose pipelined tiles, `rows(config)` rows of the head dim a stage, fit in
+    SMEM_BUDGET; with none left, the fitting `FALLBACK_CONFIGS` (or the smallest), which take
+    the pre-hook of `configs` (the kernel's, shared by all its configs)."""
     width = args["HEAD_D0"] + (args["HEAD_D1"] if args["HAS_D1"] else 0)
     elem = args["Q"].element_size()
 
     def smem(c: triton.Config) -> int:
-        return max(c.num_stages, 1) * 2 * c.kwargs["BLOCK_INNER"] * width * elem
+        return max(c.num_stages, 1) * rows(c) * width * elem
 
     kept = [c for c in configs if smem(c) <= SMEM_BUDGET]
     if not kept:
