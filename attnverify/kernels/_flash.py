@@ -42,6 +42,7 @@ full bias that several (batch, query head) pairs share, summed on chip by its ow
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable
@@ -76,6 +77,7 @@ from attnverify.kernels._flash_tma import (
     _largest_key_block,
     _pair_descriptors,
     _use_tma,
+    device_descriptor_scratch,
     tma_policy,
 )
 
@@ -378,11 +380,27 @@ def _launch(
     (`flash_forward` first retries with unpipelined mask lists). The config that fitted is
     remembered per kernel, dtype and autotune key.
 
+    Varlen launches with TMA loads run inside `_flash_tma.device_descriptor_scratch` (their
+    kernels make descriptors on the device).
+
     Raises:
         OutOfResources: no config fits the device (with `fallback`: not even the smallest).
     """
     if isinstance(grid, tuple) and 0 in grid:
         return
+    scratch = kwargs.get("USE_TMA") and kwargs.get("IS_VARLEN")
+    with device_descriptor_scratch() if scratch else contextlib.nullcontext():
+        _launch_config(kernel, grid, config, fallback, kwargs)
+
+
+def _launch_config(
+    kernel,
+    grid: tuple[int, int, int] | Callable[[dict], tuple[int, int, int]],
+    config: FlashConfig | None,
+    fallback: bool,
+    kwargs: dict[str, object],
+) -> None:
+    """`_launch`'s choice of config and the launch."""
     if config is not None:
         kernel.fn[grid](
             **kwargs,

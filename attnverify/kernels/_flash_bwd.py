@@ -33,6 +33,7 @@ from attnverify.kernels._flash_tiles import (
     _query_block_extras,
     _row_range,
     _scores,
+    _sequence_descs,
     _tile_active,
     _wide,
 )
@@ -102,14 +103,14 @@ def _dkdv_tile(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """One query tile of the dk/dv pass (and the dS tile for dbias). TMA: Q and dO through
-    the descriptors at packed query row `row` (`_flash_tiles._pair_tiles`)."""
+    the descriptors at query row `row` (`_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         rows_ok = rows < len_q
         # [BLOCK_M, D0], [BLOCK_M, D1]
         q0, q1, do0, do1 = _pair_tiles(
             q_ptrs, do_ptrs, q_off0, q_off1, do_off0, do_off1, Q_desc0, Q_desc1, DO_desc0,
             DO_desc1, z, h, row, rows_ok, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_M, True,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_M,
         )  # fmt: skip
         lse2, delta = _load_row_stats(l_base, d_base, rows, len_q, stride_lm)
         # [BLOCK_M, BLOCK_N]
@@ -196,6 +197,11 @@ def _flash_bwd_dkdv_kernel(
         k_base, v_base, offs_n, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_d0, offs_d1, cols_ok, d0_ok, d1_ok, MASK_D0, HAS_D1,
     )  # fmt: skip
+    if USE_TMA and IS_VARLEN:
+        Q_desc0, DO_desc0, Q_desc1, DO_desc1 = _sequence_descs(
+            Q, DO, h, start_q, len_q, stride_qh, stride_qm, stride_doh, stride_dom, HEAD_DIM,
+            HEAD_D0, HEAD_D1, HAS_D1, BLOCK_M,
+        )  # fmt: skip
     q_base = _base(Q, z, h, start_q, stride_qz, stride_qh, stride_qm)
     do_base = _base(DO, z, h, start_q, stride_doz, stride_doh, stride_dom)
     q_off0, q_off1 = _offsets(offs_m, stride_qm, stride_qd, offs_d0, offs_d1)
@@ -225,7 +231,7 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, m0, l_base, d_base,
             m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
@@ -238,7 +244,7 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, m0, l_base, d_base,
             m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
@@ -251,7 +257,7 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, m0, l_base, d_base,
             m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
@@ -291,13 +297,13 @@ def _dq_tile(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One KV tile of the dq pass: dq += dS @ K. TMA: K and V through the descriptors at
-    packed key row `row` (`_flash_tiles._pair_tiles`)."""
+    key row `row` (`_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         # [BLOCK_N, D0], [BLOCK_N, D1]
         k0, k1, v0, v1 = _pair_tiles(
             k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
             V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N, True,
+            HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
         )  # fmt: skip
         _, ds = _bwd_probs(
             q0, q1, do0, do1, k0, k1, v0, v1, lse2, delta, rows, cols, len_q, len_k,
@@ -365,6 +371,11 @@ def _flash_bwd_dq_kernel(
     l_base = _base(Lse, z, h, start_q + m0, stride_lz, stride_lh, stride_lm)
     d_base = _base(Delta, z, h, start_q + m0, stride_lz, stride_lh, stride_lm)
     lse2, delta = _load_row_stats(l_base, d_base, local, len_q - m0, stride_lm)
+    if USE_TMA and IS_VARLEN:
+        K_desc0, V_desc0, K_desc1, V_desc1 = _sequence_descs(
+            K, V, hk, start_k, len_k, stride_kh, stride_kn, stride_vh, stride_vn, HEAD_DIM,
+            HEAD_D0, HEAD_D1, HAS_D1, BLOCK_N,
+        )  # fmt: skip
     k_base = _base(K, z, hk, start_k, stride_kz, stride_kh, stride_kn)
     v_base = _base(V, z, hk, start_k, stride_vz, stride_vh, stride_vn)
     k_off0, k_off1 = _offsets(offs_n, stride_kn, stride_kd, offs_d0, offs_d1)
@@ -384,7 +395,7 @@ def _flash_bwd_dq_kernel(
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, n0,
             m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,
@@ -396,7 +407,7 @@ def _flash_bwd_dq_kernel(
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, n0,
             m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,

@@ -32,6 +32,7 @@ from attnverify.kernels._flash_tiles import (
     _query_block_extras,
     _row_range,
     _scores,
+    _sequence_descs,
     _wide,
 )
 
@@ -50,14 +51,14 @@ def _fwd_tile(
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
-    TMA: K and V through the descriptors at packed key row `row` (`_pair_tiles`). HAS_MASK:
+    TMA: K and V through the descriptors at key row `row` (`_pair_tiles`). HAS_MASK:
     a tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are
     read only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
     k0, k1, v0, v1 = _pair_tiles(
         k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
         V_desc1, z, hk, row, cols < len_k, d0_ok, d1_ok, MASKED, TMA, IS_VARLEN, HEAD_DIM,
-        HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N, False,
+        HEAD_D0, HEAD_D1, HAS_D1, MASK_D0, MASK_D1, BLOCK_N,
     )  # fmt: skip
     # [BLOCK_M, BLOCK_N]
     s = _scores(
@@ -145,6 +146,11 @@ def _flash_fwd_kernel(
     if HAS_D1:
         q1 = _load_tile(q_base + q_rows + offs_d1[None, :] * stride_qd, rows_ok, d1_ok, True, False)
         q1 = tl.where(d1_ok[None, :], q1, 0.0)
+    if USE_TMA and IS_VARLEN:
+        K_desc0, V_desc0, K_desc1, V_desc1 = _sequence_descs(
+            K, V, hk, start_k, len_k, stride_kh, stride_kn, stride_vh, stride_vn, HEAD_DIM,
+            HEAD_D0, HEAD_D1, HAS_D1, BLOCK_N,
+        )  # fmt: skip
     k_base = _base(K, z, hk, start_k, stride_kz, stride_kh, stride_kn)
     v_base = _base(V, z, hk, start_k, stride_vz, stride_vh, stride_vn)
     k_off0, k_off1 = _offsets(offs_n, stride_kn, stride_kd, offs_d0, offs_d1)
@@ -173,7 +179,7 @@ def _flash_fwd_kernel(
                 acc0, acc1, m_i, l_i = _fwd_tile(
                     acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                     v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                    V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                    V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
                     b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
                     shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
                     MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
@@ -190,7 +196,7 @@ def _flash_fwd_kernel(
                 acc0, acc1, m_i, l_i = _fwd_tile(
                     acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                     v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                    V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                    V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
                     b_base + n64 * stride_bn + b_off, code % 2, rows, n0 + offs_n, len_q,
                     len_k, shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, True, HAS_BIAS,
                     HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM,
@@ -203,7 +209,7 @@ def _flash_fwd_kernel(
             acc0, acc1, m_i, l_i = _fwd_tile(
                 acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                 v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
                 b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
                 shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
                 MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
@@ -214,7 +220,7 @@ def _flash_fwd_kernel(
             acc0, acc1, m_i, l_i = _fwd_tile(
                 acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                 v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
+                V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
                 b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
                 shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
                 MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,

@@ -39,13 +39,14 @@ def _configs(
 # (64, 8, 3): with a (1, 1, L, L) bias, 1.2x the fastest other config on an H200
 # (ci/notes_flash.md)
 FWD_CONFIGS = ((128, 8, 3), (64, 4, 3), (128, 4, 2), (64, 8, 2), (64, 8, 3))
-# (32, 8, 3) was dropped: on an H200 (triton 3.6) its dk/dv pass at BLOCK_OUTER = 128 gave dk
-# rows that were wrong and moved between identical runs, a compiler race
-# (ci/flash_race_check.py; ci/notes_flash.md). (32, 4, 3) took its place: head dims over 128 in
-# 16 bits with TMA loads need it (sm90, D = 200: the dk/dv pass asks 197 KiB there, 257-321 KiB
-# at the other three, over the 227 KiB limit). (128, 8, 2): 128-row query tiles for the dk/dv
-# pass's 64-key blocks (`_flash._outer_block`), 1.55x the bench backward on an H200.
-BWD_CONFIGS = ((128, 8, 2), (32, 4, 5), (64, 8, 3), (64, 4, 2), (32, 4, 3))
+# Two configs were dropped for a compiler race (dk rows wrong and moving between identical
+# runs; ci/flash_race_check.py, ci/notes_flash.md), both on an H200 with triton 3.6: (32, 8, 3)
+# in the dk/dv pass at BLOCK_OUTER = 128, and (32, 4, 5) in the dk/dv pass at 64 keys with
+# pointer loads (bf16, D = 128: dk off by 0.099 against 0.006, session 21). (32, 4, 3): head
+# dims over 128 in 16 bits need it (sm90, D = 200: with TMA loads only it and the fallbacks fit
+# the dk/dv pass's shared memory). (128, 8, 2): 128-row query tiles for the dk/dv pass's
+# 64-key blocks (`_flash._outer_block`), 1.55x the bench backward on an H200.
+BWD_CONFIGS = ((128, 8, 2), (64, 8, 3), (64, 4, 2), (32, 4, 3))
 # (BLOCK_INNER, num_warps, num_stages), smallest shared memory last
 FALLBACK_CONFIGS = ((32, 4, 2), (32, 4, 1), (16, 4, 1))
 SMEM_BUDGET = 200 * 1024
@@ -194,11 +195,52 @@ def _load_tile(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.co
 
 
 @triton.jit
-def _desc_tile(desc, z, h, row, col, BLOCK: tl.constexpr, WIDTH: tl.constexpr):
-    """TMA load of rows [row, row + BLOCK), columns [col, col + WIDTH) of head h of batch z
-    from a (Z, H, rows, D) descriptor (box [1, 1, BLOCK, WIDTH]); whatever lies outside the
-    tensor reads 0. [BLOCK, WIDTH]"""
-    return desc.load([z, h, row, col]).reshape([BLOCK, WIDTH])
+def _desc_tile(desc, z, h, row, col, IS_VARLEN: tl.constexpr, BLOCK: tl.constexpr,
+               WIDTH: tl.constexpr):  # fmt: skip
+    """TMA load of rows [row, row + BLOCK), columns [col, col + WIDTH): varlen, from one
+    sequence's device descriptor (`_sequence_desc`, rows counted from the sequence's start);
+    dense, of head h of batch z from a host (Z, H, rows, D) descriptor (box [1, 1, BLOCK,
+    WIDTH]). Whatever lies outside the descriptor's shape reads 0. [BLOCK, WIDTH]"""
+    if IS_VARLEN:
+        x = desc.load([row, col])
+    else:
+        x = desc.load([z, h, row, col]).reshape([BLOCK, WIDTH])
+    return x
+
+
+@triton.jit
+def _sequence_desc(X, h, start, length, stride_h, stride_r, HEAD_DIM: tl.constexpr,
+                   BLOCK: tl.constexpr, WIDTH: tl.constexpr):  # fmt: skip
+    """Device-side TMA descriptor over head h of one packed varlen sequence: X's rows
+    [start, start + length) as a [length, HEAD_DIM] tensor, box [BLOCK, WIDTH]. Rows past the
+    sequence read 0 like rows past a tensor's end, so a sequence's partial last tile needs no
+    zeroing (a host descriptor over all packed rows would read the next sequence there). Made
+    once per program in the launch's global scratch (`_flash_tma.device_descriptor_scratch`);
+    a zero-length sequence gets a one-row shape its program never loads from."""
+    base = X + h.to(tl.int64) * stride_h + start.to(tl.int64) * stride_r
+    return tl.make_tensor_descriptor(
+        base, shape=[tl.maximum(length, 1), HEAD_DIM], strides=[stride_r, 1],
+        block_shape=[BLOCK, WIDTH],
+    )  # fmt: skip
+
+
+@triton.jit
+def _sequence_descs(
+    X, Y, h, start, length, stride_xh, stride_xr, stride_yh, stride_yr,
+    HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr,
+    HAS_D1: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The device descriptors (`_sequence_desc`) a varlen program's inner loop loads x and y
+    through, in both lane tiles: (x tile 0, y tile 0, x tile 1, y tile 1), the tile-1 ones
+    the tile-0 ones without a tile 1 (never loaded from then)."""
+    x0 = _sequence_desc(X, h, start, length, stride_xh, stride_xr, HEAD_DIM, BLOCK, HEAD_D0)
+    y0 = _sequence_desc(Y, h, start, length, stride_yh, stride_yr, HEAD_DIM, BLOCK, HEAD_D0)
+    x1 = x0
+    y1 = y0
+    if HAS_D1:
+        x1 = _sequence_desc(X, h, start, length, stride_xh, stride_xr, HEAD_DIM, BLOCK, HEAD_D1)
+        y1 = _sequence_desc(Y, h, start, length, stride_yh, stride_yr, HEAD_DIM, BLOCK, HEAD_D1)
+    return x0, y0, x1, y1
 
 
 @triton.jit
@@ -207,35 +249,31 @@ def _pair_tiles(
     z, h, row, rows_ok, d0_ok, d1_ok,
     MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
-    MASK_D1: tl.constexpr, BLOCK: tl.constexpr, ZERO_X: tl.constexpr,
+    MASK_D1: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """The two operands of one inner-loop tile, packed rows [row, row + BLOCK) of head h,
-    batch z, in both lane tiles: K and V of a key tile (forward, dq pass), Q and dO of a query
-    tile (dk/dv pass). x0, x1, y0, y1: [BLOCK, D0], [BLOCK, D1] (x1 = x0, y1 = y0 without
-    tile 1).
+    """The two operands of one inner-loop tile, rows [row, row + BLOCK) of head h, batch z
+    (varlen: of the program's sequence, counted from its start), in both lane tiles: K and V
+    of a key tile (forward, dq pass), Q and dO of a query tile (dk/dv pass). x0, x1, y0, y1:
+    [BLOCK, D0], [BLOCK, D1] (x1 = x0, y1 = y0 without tile 1).
 
     Pointer loads: rows past the sequence (MASKED, rows_ok False) and lanes past D (MASK_D0)
-    read 0. TMA loads give the same values where they matter (the launcher takes them only
-    where D >= D0): rows past the tensor's end (gqa: past Lq or Lk) read 0 from the
-    descriptor, but a varlen tile's rows past its sequence are the next sequence's, finite or
-    not. Those rows reach a result through a product with a zero, and 0 * NaN is NaN, so y's
-    are always zeroed here, and x's when ZERO_X: forward, P @ V reads every row of V (K's
-    need nothing there: `_scores` replaces every score of a column past len_k by -inf);
-    dq pass, dS = P * (dO V^T - delta) reads every row of V and dq += dS K every row of K;
-    dk/dv pass, dv += P^T dO and dk += dS^T Q read every row of dO and Q. Zeroing costs a
-    register round trip in the masked tiles only; masked pointer loads instead would keep
-    their [BLOCK, D] offsets live across the full-tile loop (sm90, forward D = 72: 233
-    registers against 200)."""
+    read 0. TMA loads read the same values (the launcher takes them only where D >= D0): rows
+    past a descriptor's shape read 0, and a varlen descriptor ends where its sequence ends
+    (`_sequence_desc`), so the next sequence's rows, finite or not, never enter a tile. They
+    must not: they would reach a result through a product with a zero (P @ V, dS @ K,
+    P^T @ dO, dS^T @ Q), and 0 * NaN is NaN. Zeroing them in registers after a load through
+    one descriptor over all packed rows cost the dk/dv pass a shared-memory copy of Q and dO
+    and spills (sm90, D = 128, (64, 128, 8, 2): 230 KB and 92 B against 199 KB and none)."""
     x0, y0 = _lane_tiles(
         x_ptrs, y_ptrs, x_off0, y_off0, X_desc0, Y_desc0, z, h, row, 0, rows_ok, d0_ok,
-        MASKED, TMA, IS_VARLEN, MASK_D0, BLOCK, HEAD_D0, ZERO_X,
+        MASKED, TMA, IS_VARLEN, MASK_D0, BLOCK, HEAD_D0,
     )  # fmt: skip
     x1 = x0
     y1 = y0
     if HAS_D1:
         x1, y1 = _lane_tiles(
             x_ptrs, y_ptrs, x_off1, y_off1, X_desc1, Y_desc1, z, h, row, HEAD_DIM - HEAD_D1,
-            rows_ok, d1_ok, MASKED, TMA, IS_VARLEN, MASK_D1, BLOCK, HEAD_D1, ZERO_X,
+            rows_ok, d1_ok, MASKED, TMA, IS_VARLEN, MASK_D1, BLOCK, HEAD_D1,
         )  # fmt: skip
     return x0, x1, y0, y1
 
@@ -244,19 +282,14 @@ def _pair_tiles(
 def _lane_tiles(
     x_ptrs, y_ptrs, x_off, y_off, X_desc, Y_desc, z, h, row, col, rows_ok, d_ok,
     MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, MASK_D: tl.constexpr,
-    BLOCK: tl.constexpr, WIDTH: tl.constexpr, ZERO_X: tl.constexpr,
+    BLOCK: tl.constexpr, WIDTH: tl.constexpr,
 ):  # fmt: skip
     """One lane tile (columns [col, col + WIDTH)) of both operands of `_pair_tiles`: through
-    the descriptors (TMA; a varlen masked tile's rows past its sequence zeroed in y, and in x
-    when ZERO_X) or the pointers (base + in-tile offsets, added here: pointer tensors formed
-    by the caller were hoisted out of its loop, 64-bit and live). [BLOCK, WIDTH] each."""
+    the descriptors (TMA) or the pointers (base + in-tile offsets, added here: pointer tensors
+    formed by the caller were hoisted out of its loop, 64-bit and live). [BLOCK, WIDTH] each."""
     if TMA:
-        x = _desc_tile(X_desc, z, h, row, col, BLOCK, WIDTH)
-        y = _desc_tile(Y_desc, z, h, row, col, BLOCK, WIDTH)
-        if MASKED and IS_VARLEN:
-            if ZERO_X:
-                x = tl.where(rows_ok[:, None], x, 0.0)
-            y = tl.where(rows_ok[:, None], y, 0.0)
+        x = _desc_tile(X_desc, z, h, row, col, IS_VARLEN, BLOCK, WIDTH)
+        y = _desc_tile(Y_desc, z, h, row, col, IS_VARLEN, BLOCK, WIDTH)
     else:
         x = _load_tile(x_ptrs + x_off, rows_ok, d_ok, MASKED, MASK_D)
         y = _load_tile(y_ptrs + y_off, rows_ok, d_ok, MASKED, MASK_D)
