@@ -218,7 +218,9 @@ def check_varlen_values(
     """The value checks of `check_varlen_inputs`, after `check_varlen_layout`: one host read of
     both cu_seqlens (a device sync unless both are on the CPU), their values, and the maxima
     against the lengths."""
-    if cu_seqlens_q.device == cu_seqlens_k.device:
+    if cu_seqlens_k is cu_seqlens_q:  # self-attention's usual call: one read of one tensor
+        values = cu_seqlens_q.tolist() * 2
+    elif cu_seqlens_q.device == cu_seqlens_k.device:
         values = torch.cat([cu_seqlens_q, cu_seqlens_k]).tolist()
     else:  # one on the CPU: its read costs no sync, the other's one
         values = cu_seqlens_q.tolist() + cu_seqlens_k.tolist()

@@ -27,12 +27,13 @@ from attnverify.kernels._gate import enforce_verified
 from attnverify.reference.varlen import cu_seqlens_from_grid_thw
 from attnverify.validation import check_varlen_layout, check_varlen_values, resolve_scale
 
-# The maxima `varlen_attention` was given, for the op call it is making: (cu_seqlens_q,
-# cu_seqlens_k, max_seqlen_q, max_seqlen_k). The op's schema has no maxima; its implementation
-# checks these when it reads cu_seqlens, for the very same tensor objects. Set only around that
-# one eager call; torch.compile'd graphs, opcheck and the backward check the lengths alone.
-_MAXIMA: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
-    "attnverify_varlen_maxima", default=None
+# What `varlen_attention` hands the op call it is making: (q, k, v, cu_seqlens_q, cu_seqlens_k,
+# max_seqlen_q, max_seqlen_k), the five tensors' layout already checked. The op's schema has no
+# maxima; its implementation checks these when it reads cu_seqlens, and skips the layout
+# checks, for the very same tensor objects. Set only around that one eager call;
+# torch.compile'd graphs, opcheck and the backward check the layout and lengths alone.
+_HANDED: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "attnverify_varlen_handed", default=None
 )
 
 # ------------------------------------------------------------------ launchers
@@ -47,14 +48,17 @@ def _problem(
     causal: bool,
     scale: float,
 ) -> FlashProblem:
-    """Validate what needs no tensor values and describe the call for the flash core. The
-    values of cu_seqlens (and the maxima `varlen_attention` was given) are checked by
-    `FlashProblem.lengths`, the one host read, which the launchers make right before their
-    launch: a device sync, after which the GPU idles until the launch."""
-    check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k)
-    handed = _MAXIMA.get()
-    mine = handed is not None and handed[0] is cu_seqlens_q and handed[1] is cu_seqlens_k
-    max_q, max_k = handed[2:] if mine else (None, None)
+    """Validate what needs no tensor values (unless `varlen_attention` just did, for these very
+    tensors) and describe the call for the flash core. The values of cu_seqlens (and the
+    maxima `varlen_attention` was given) are checked by `FlashProblem.lengths`, the one host
+    read, which the launchers make right before their launch: a device sync unless cu_seqlens
+    are on the CPU, after which the GPU idles until the launch."""
+    handed = _HANDED.get()
+    tensors = (q, k, v, cu_seqlens_q, cu_seqlens_k)
+    mine = handed is not None and all(a is b for a, b in zip(handed[:5], tensors, strict=True))
+    if not mine:
+        check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    max_q, max_k = handed[5:] if mine else (None, None)
 
     @functools.cache
     def lengths() -> VarlenLengths:
@@ -244,14 +248,14 @@ def varlen_attention(
     check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = resolve_scale(scale, q.shape[-1])
     enforce_verified("varlen", q.device)
-    token = _MAXIMA.set((cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    token = _HANDED.set((q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     try:
         if call_directly(q, k, v, cu_seqlens_q, cu_seqlens_k):  # the op's own implementation
             out, lse = varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
         else:
             out, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     finally:
-        _MAXIMA.reset(token)
+        _HANDED.reset(token)
     return (out, lse) if return_lse else out
 
 

@@ -335,9 +335,12 @@ def test_varlen_forward_reads_cu_seqlens_once_and_reuses_its_work_table(monkeypa
     with pytest.raises(ValueError, match="cu_seqlens_q"):
         torch.ops.attnverify.varlen_fwd(q, k, v, bad, c, False, 0.25)
     assert events[-1] == "read" and "launch" not in events, f"bad cu_seqlens: {events}"
+    # ... and checks the layout `varlen_attention` checks for the tensors it hands over
+    with pytest.raises(ValueError, match="cu_seqlens_k must be int32"):
+        torch.ops.attnverify.varlen_fwd(q, k, v, c, c.long(), False, 0.25)
     with pytest.raises(ValueError, match="max_seqlen_k"):
         varlen_attention(q, k, v, c, c, max_seqlen_k=50)
-    assert varlen_mod._MAXIMA.get() is None, "the hand-over outlived its call"
+    assert varlen_mod._HANDED.get() is None, "the hand-over outlived its call"
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="a device sync exists only on a GPU")
