@@ -118,7 +118,7 @@ def _varlen_targets() -> list[Target]:
         Target(5, "backward D=128 >= 1.1x SDPA flash backward, dense", "speedup",
                v(_equal(128, 1), OURS, True), 1.1, v(_equal(128, 1), "sdpa-flash-dense", True)),
     ]  # fmt: skip
-    for d, n, length in ((72, 8, 1024), (128, 1, 8192)):
+    for d, n, length in ((72, 8, 1024), (72, 16, 1024), (128, 1, 8192)):
         out.append(
             Target(5, f"D={d} {n} x {length}: within 5% of the same dense batch", "speedup",
                    v(_equal(d, n)), 0.95, v(_equal(d, n), "attnverify-dense"))

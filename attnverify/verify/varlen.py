@@ -218,9 +218,10 @@ class VarlenSpec(VariantSpec):
 
     def bench_cases(self) -> list[Case]:
         """Vision-encoder shapes: Hq = Hk = 16, D = 80 (Qwen2-VL ViT) and 72 (SigLIP-so400m),
-        per-image sequences of 1k-8k patches, non-causal, bf16 and fp16; then D = 128 (bf16,
-        the mixed batch and one 8k image), the power-of-two reference for the other two."""
-        images = [(1024, 2304, 4096, 8192), (1024,) * 8, (8192,)]
+        per-image sequences of 1k-8k patches (8 and 16 images of 1k: 8k and 16k tokens, the
+        floor of #5's batches), non-causal, bf16 and fp16; then D = 128 (bf16, the mixed batch
+        and one 8k image), the power-of-two reference for the other two."""
+        images = [(1024, 2304, 4096, 8192), (1024,) * 8, (8192,), (1024,) * 16]
         shapes = [(dtype, d, lens) for dtype in ("bfloat16", "float16") for d in (80, 72)
                   for lens in images]  # fmt: skip
         shapes += [("bfloat16", 128, images[0]), ("bfloat16", 128, images[2])]
