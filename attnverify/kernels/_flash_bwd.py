@@ -164,9 +164,11 @@ def _flash_bwd_dkdv_kernel(
 
     DBIAS_MODE: 0 none; 1 full dS tiles; 2 summed over query rows (Lqm == 1); 3 summed over
     the keys of this block (Lkm == 1); 4 both.
-    USE_TMA: the query tiles' Q and dO through the host TMA descriptors Q_desc* / DO_desc*
-    (over Q and dO as (Z, Hq, rows, D), boxes [1, 1, BLOCK_M, D0] and [1, 1, BLOCK_M, D1];
-    None otherwise), the same values as the pointer loads (`_flash_tiles._pair_tiles`).
+    USE_TMA: the query tiles' Q and dO through TMA descriptors, the same values as the
+    pointer loads (`_flash_tiles._pair_tiles`): dense, the host's Q_desc* / DO_desc* (over Q
+    and dO as (Z, Hq, rows, D), boxes [1, 1, BLOCK_M, D0] and [1, 1, BLOCK_M, D1]); varlen, one
+    per sequence made here (`_flash_tiles._sequence_descs`; the arguments are None, as
+    without TMA).
     HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`).
     """
     BLOCK_N: tl.constexpr = BLOCK_OUTER
@@ -337,10 +339,11 @@ def _flash_bwd_dq_kernel(
     ALIGN: tl.constexpr, USE_TMA: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):  # fmt: skip
     """dq: one program per (query block, query head, batch), no atomics. USE_TMA: the key
-    tiles' K and V through the host TMA descriptors K_desc* / V_desc* (over K and V as
-    (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise), the
-    same values as the pointer loads (`_flash_tiles._pair_tiles`). HEADS_FIRST: grid axes 0 and 1
-    swapped (`_flash_tiles._program`)."""
+    tiles' K and V through TMA descriptors, the same values as the pointer loads
+    (`_flash_tiles._pair_tiles`): dense, the host's K_desc* / V_desc* (over K and V as
+    (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]); varlen, one per
+    sequence made here (`_flash_tiles._sequence_descs`; the arguments are None, as without
+    TMA). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)

@@ -115,11 +115,13 @@ def _flash_fwd_kernel(
     RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
     Flags (HAS_MASK): per query block of MASK_BLOCK rows, the key-tile lists of
     `_flash._tile_lists`, not the tile codes the backward reads.
-    USE_TMA: K and V tiles through the host TMA descriptors K_desc* / V_desc* (over K and V
-    as (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]; None otherwise),
-    the same values as the pointer loads (`_flash_tiles._pair_tiles`). HEADS_FIRST: grid axes 0
-    and 1 swapped (`_flash_tiles._program`). CLEAN_STAGES, REST_STAGES (HAS_MASK): pipeline
-    stages of the two list loops, None meaning the config's (`_flash._list_stages`)."""
+    USE_TMA: K and V tiles through TMA descriptors, the same values as the pointer loads
+    (`_flash_tiles._pair_tiles`): dense, the host's K_desc* / V_desc* (over K and V as
+    (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]); varlen, one per
+    sequence made here (`_flash_tiles._sequence_descs`; the arguments are None, as without
+    TMA). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`). CLEAN_STAGES,
+    REST_STAGES (HAS_MASK): pipeline stages of the two list loops, None meaning the config's
+    (`_flash._list_stages`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
