@@ -25,9 +25,10 @@ bias); the differences are constexpr flags, never copies of a kernel:
   with D0 zeroed), see `_common.HeadDimSplit`; row strides reach the kernels divided by 8 so
   the compiler knows rows are 16-byte aligned (D = 72 loads vectorize).
 Any Lq / Lk: interior tiles run unmasked, boundary and diagonal tiles masked.
-- Forward K/V loads: TMA descriptors over K and V as (Z, Hk, rows, D) on NVIDIA sm90+ where the
-  layout allows (`tma_policy`, `$ATTNVERIFY_FLASH_TMA`), else pointers; bitwise the same out
-  and lse either way. The backward's inner-loop tiles (Q and dO of the dk/dv pass, K and V of
+- Forward K/V loads: TMA descriptors on NVIDIA sm90+ where the layout allows (`tma_policy`,
+  `$ATTNVERIFY_FLASH_TMA`), else pointers; bitwise the same out and lse either way. Dense:
+  host descriptors over K and V as (Z, Hk, rows, D); varlen: one per sequence, made by the
+  kernel (`_flash_tiles._sequence_desc`). The backward's inner-loop tiles (Q and dO of the dk/dv pass, K and V of
   the dq pass) likewise, under the same policy; bitwise the same dq, dk, dv and dbias.
 
 Layout handled here: every tensor as (z, h, row, d) with explicit strides (varlen: z stride 0,

@@ -88,8 +88,10 @@ def _tma_view(x: torch.Tensor, is_varlen: bool, block_n: int) -> tuple[list[int]
     fine (zero fill); CUDA's encoder is not relied on for boxes larger than a whole dim.
     Varlen (T, Hk, D) is (1, Hk, T, D); the size-1 Z dim gets the stride T * stride_t (never
     stepped along). The kernels then make a descriptor per sequence over the same strides
-    (`_flash_tiles._sequence_desc`), which these checks cover too: every head's and every
-    row's start is 16-byte aligned."""
+    (`_flash_tiles._sequence_desc`): the alignment checks cover it (every head's and every
+    row's start is 16-byte aligned), but its box may pass its sequence's rows, so the row
+    minimum here only keeps tiny packed batches on pointer loads (boxes of 128 rows over
+    sequences of 0, 5, 64 and 77 rows ran correctly on an H200, ci/notes_flash.md)."""
     if x.dtype not in TMA_DTYPES or x.numel() == 0:
         return None
     shape, strides = _tma_geometry(x, is_varlen)
@@ -158,10 +160,12 @@ def _pair_descriptors(
     pass: Q and dO (`_flash_bwd.QDO_DESC_NAMES`). Block shapes are placeholders until the
     kernel's pre-hook (`_flash_fwd._set_kv_block_shapes`, `_flash_bwd._set_qdo_block_shapes`)
     runs."""
-    geometry = {id(t): _tma_geometry(t, is_varlen) for t in (x, y)}
+    if is_varlen:
+        return dict.fromkeys(names)
+    geometry = {id(t): _tma_geometry(t, False) for t in (x, y)}
     descs: dict[str, object] = {}
     for name, t in zip(names, (x, y, x, y), strict=True):
-        if is_varlen or (name.endswith("1") and not split.has_d1):
+        if name.endswith("1") and not split.has_d1:
             descs[name] = None
             continue
         shape, strides = geometry[id(t)]
