@@ -12,8 +12,13 @@ every call; `attnverify-graph` replays that launch from a CUDA graph (as engines
 steps; it must match the eager launch bitwise). For varlen, a second row `attnverify-host-cu`
 passes cu_seqlens on the CPU: the call reads them without a device sync (the public row's
 cu_seqlens are on the device); it runs the same kernel, so the public row's verification covers
-it. Where every sequence has the same length, `attnverify-dense` runs our gqa kernel on the
-same tokens as a dense batch (what the varlen bookkeeping costs: varlen time over this one).
+it; `attnverify-graph` replays that call from a CUDA graph. Where every sequence has the same
+length, `attnverify-dense` runs our gqa kernel on the same tokens as a dense batch (what the
+varlen bookkeeping costs: varlen time over this one), and `attnverify-dense-graph` replays it
+from a graph. The graph rows time the GPU alone: where one call's host work (validation,
+Triton's launch) outlasts its kernel, as at 8k-16k tokens of 1024-token images, the
+stream-launched rows time the host instead, and a varlen / dense ratio of two such rows
+compares two Python paths.
 
 Backward rows (shape label ending "bwd"): where the spec's `bench_backward` says so (gqa: bf16
 non-causal unmasked shapes, with and without a bias; varlen: D = 128), ours' gradients are
@@ -270,15 +275,18 @@ def _bench_shape(
         if case.variant == "paged" and ours_name == OURS and passed:
             ms, status = _time(Impl(f"{OURS}-planned", _paged_planned(inputs)), timer)
             rows.append(_row(spec, case, f"{OURS}-planned", ms, status, peaks))
-            ms, status = _paged_graph_time(inputs, timer)
+            # as engines run decode steps (`launch_paged` documents it)
+            ms, status = _graph_time(f"{OURS}-graph", _paged_planned(inputs), device, timer)
             rows.append(_row(spec, case, f"{OURS}-graph", ms, status, peaks))
         if case.variant == "varlen" and ours_name == OURS and passed:
             call = _varlen_host_cu(spec, ours, inputs)
             ms, status = _time(Impl(f"{OURS}-host-cu", call), timer)
             rows.append(_row(spec, case, f"{OURS}-host-cu", ms, status, peaks))
+            ms, status = _graph_time(f"{OURS}-graph", call, device, timer)
+            rows.append(_row(spec, case, f"{OURS}-graph", ms, status, peaks))
             dense = dense_of_varlen(case, inputs)
             if dense is not None:
-                rows.append(_dense_row(spec, case, dense, device, timer, peaks, replay_dir))
+                rows.extend(_dense_rows(spec, case, dense, device, timer, peaks, replay_dir))
     rows.extend(_baseline_rows(spec, case, baselines(spec, case, inputs), ours_ms, timer, peaks))
     if spec.bench_backward(case):
         rows.extend(
@@ -386,7 +394,7 @@ def shortened(case: Any, length: int) -> Any:
     )
 
 
-def _dense_row(
+def _dense_rows(
     spec: Any,
     case: Any,
     dense: dict[str, Any],
@@ -394,10 +402,12 @@ def _dense_row(
     timer: Timer,
     peaks: Peaks | None,
     replay_dir: Path | None,
-) -> BenchRow:
+) -> list[BenchRow]:
     """Our gqa kernel on a varlen shape's tokens as a dense equal-length batch
-    (`dense_of_varlen`; the varlen row's overhead is its time over this one's), verified
-    first as the gqa case of that batch: another launch path than the varlen rows'."""
+    (`dense_of_varlen`; the varlen rows' overhead is their time over these), verified first
+    as the gqa case of that batch: another launch path than the varlen rows'. Two rows, as
+    the varlen call has: `attnverify-dense` launched from the stream, and, once verified,
+    `attnverify-dense-graph` replayed from a CUDA graph (GPU time alone)."""
     from attnverify.kernels import gqa_attention
     from attnverify.verify.specs import get_spec
 
@@ -408,10 +418,14 @@ def _dense_row(
         seqlens_q=(), seqlens_k=(),
     )  # fmt: skip
     call = call_of(get_spec("gqa"), gqa_attention, dense)
-    ms, status, _ = _verified_time(
+    ms, status, passed = _verified_time(
         gqa_case, gqa_attention, call, device, timer, name, replay_dir, grads=False
     )
-    return _row(spec, case, name, ms, status, peaks)
+    rows = [_row(spec, case, name, ms, status, peaks)]
+    if passed:
+        ms, status = _graph_time(f"{name}-graph", call, device, timer)
+        rows.append(_row(spec, case, f"{name}-graph", ms, status, peaks))
+    return rows
 
 
 def _paged_planned(inputs: dict[str, Any]) -> Callable[[], Any]:
@@ -441,25 +455,30 @@ def _paged_planned(inputs: dict[str, Any]) -> Callable[[], Any]:
     )
 
 
-def _paged_graph_time(inputs: dict[str, Any], timer: Timer) -> tuple[float | None, str]:
-    """The planned launch captured once in a CUDA graph, its replay timed: how serving
-    engines run decode steps (`launch_paged` documents it), free of the Python launch cost
-    that the stream-launched planned row pays on every call. The replay must give the eager
-    launch's output bitwise, else the row is an error."""
-    if inputs["q"].device.type != "cuda":
+def _graph_time(
+    name: str, launch: Callable[[], Any], device: torch.device, timer: Timer
+) -> tuple[float | None, str]:
+    """`launch` captured once in a CUDA graph, its replay timed: the call's GPU time, free of
+    the host's Python and Triton launch cost, which a stream-launched call pays every time
+    and which is the whole measurement where it exceeds the kernel's time. The replay must
+    give the eager launch's output (its first tensor) bitwise, else the row is an error."""
+    if device.type != "cuda":
         return None, "unavailable: CUDA graphs need a CUDA device"
-    launch = _paged_planned(inputs)
+
+    def first(result: Any) -> torch.Tensor:
+        return result[0] if isinstance(result, tuple | list) else result
+
     try:
-        eager = launch()[0].clone()
+        eager = first(launch()).clone()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            captured = launch()[0]
+            captured = first(launch())
         graph.replay()
     except Exception as exc:
         return None, f"error: capture failed: {type(exc).__name__}: {str(exc)[:160]}"
     if not torch.equal(captured, eager):
         return None, "error: the graph replay differs from the eager launch"
-    return _time(Impl(f"{OURS}-graph", graph.replay), timer)
+    return _time(Impl(name, graph.replay), timer)
 
 
 def _varlen_host_cu(

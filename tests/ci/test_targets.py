@@ -30,6 +30,7 @@ OURS = {
     "attnverify-planned",
     "attnverify-graph",
     "attnverify-dense",
+    "attnverify-dense-graph",
 }
 BASELINES = ["torch-varlen", "flex-compiled", "sdpa-cudnn", "sdpa-efficient",
              "sdpa-flash-no-bias", "sdpa-flash-dense", "flex-compiled-fp8",

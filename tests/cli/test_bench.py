@@ -192,15 +192,27 @@ def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, u
 
 
 @NEEDS_INTERPRETER
-def test_bench_paged_graph_row_needs_cuda(home: Path) -> None:
-    """The paged CUDA-graph row (the planned launch replayed, as engines run decode steps)
-    says why it is missing on a CPU instead of timing something else."""
+@pytest.mark.parametrize(
+    ("case", "graphs"),
+    [
+        (PAGED, {"attnverify-graph"}),
+        (dataclasses.replace(VARLEN, seqlens_q=(6, 6), seqlens_k=(6, 6)),
+         {"attnverify-graph", "attnverify-dense-graph"}),
+    ],
+    ids=["paged", "varlen"],
+)  # fmt: skip
+def test_bench_graph_rows_need_cuda(home: Path, case: Case, graphs: set[str]) -> None:
+    """The CUDA-graph rows (paged: the planned launch replayed, as engines run decode steps;
+    varlen: the host-cu call and the dense call replayed, GPU time alone) say why they are
+    missing on a CPU instead of timing something else."""
     rows = bench.bench_variant(
-        "paged", target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
-        out=io.StringIO(), cases=[PAGED],
+        case.variant, target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
+        out=io.StringIO(), cases=[case],
     )  # fmt: skip
-    graph = next(r for r in rows if r.impl == "attnverify-graph")
-    assert graph.ms is None and graph.status == "unavailable: CUDA graphs need a CUDA device"
+    graph_rows = [r for r in rows if r.impl.endswith("-graph")]
+    assert {r.impl for r in graph_rows} == graphs, rows
+    for row in graph_rows:
+        assert row.ms is None and row.status == "unavailable: CUDA graphs need a CUDA device"
 
 
 def _dense_rows(case: Case) -> list[bench.BenchRow]:
