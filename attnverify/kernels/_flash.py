@@ -26,10 +26,12 @@ bias); the differences are constexpr flags, never copies of a kernel:
   the compiler knows rows are 16-byte aligned (D = 72 loads vectorize).
 Any Lq / Lk: interior tiles run unmasked, boundary and diagonal tiles masked.
 - Forward K/V loads: TMA descriptors on NVIDIA sm90+ where the layout allows (`tma_policy`,
-  `$ATTNVERIFY_FLASH_TMA`), else pointers; bitwise the same out and lse either way. Dense:
-  host descriptors over K and V as (Z, Hk, rows, D); varlen: one per sequence, made by the
-  kernel (`_flash_tiles._sequence_desc`). The backward's inner-loop tiles (Q and dO of the dk/dv pass, K and V of
-  the dq pass) likewise, under the same policy; bitwise the same dq, dk, dv and dbias.
+  `$ATTNVERIFY_FLASH_TMA`), else pointers; bitwise the same out and lse either way. Host
+  descriptors over K and V as (Z, Hk, rows, D), varlen (1, Hk, T, D); varlen masked tiles
+  (a sequence's partial last tile, causal diagonal tiles) load through pointers, as the
+  descriptor would read the next sequence there. The backward's inner-loop tiles (Q and dO
+  of the dk/dv pass, K and V of the dq pass) likewise, under the same policy; bitwise the
+  same dq, dk, dv and dbias.
 
 Layout handled here: every tensor as (z, h, row, d) with explicit strides (varlen: z stride 0,
 row offset from the work table). 64-bit base offsets; in-tile offsets stay 32-bit.
@@ -43,7 +45,6 @@ full bias that several (batch, query head) pairs share, summed on chip by its ow
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 from collections.abc import Callable
@@ -78,7 +79,6 @@ from attnverify.kernels._flash_tma import (
     _largest_key_block,
     _pair_descriptors,
     _use_tma,
-    device_descriptor_scratch,
     tma_policy,
 )
 
@@ -381,27 +381,11 @@ def _launch(
     (`flash_forward` first retries with unpipelined mask lists). The config that fitted is
     remembered per kernel, dtype and autotune key.
 
-    Varlen launches with TMA loads run inside `_flash_tma.device_descriptor_scratch` (their
-    kernels make descriptors on the device).
-
     Raises:
         OutOfResources: no config fits the device (with `fallback`: not even the smallest).
     """
     if isinstance(grid, tuple) and 0 in grid:
         return
-    scratch = kwargs.get("USE_TMA") and kwargs.get("IS_VARLEN")
-    with device_descriptor_scratch() if scratch else contextlib.nullcontext():
-        _launch_config(kernel, grid, config, fallback, kwargs)
-
-
-def _launch_config(
-    kernel,
-    grid: tuple[int, int, int] | Callable[[dict], tuple[int, int, int]],
-    config: FlashConfig | None,
-    fallback: bool,
-    kwargs: dict[str, object],
-) -> None:
-    """`_launch`'s choice of config and the launch."""
     if config is not None:
         kernel.fn[grid](
             **kwargs,

@@ -33,7 +33,6 @@ from attnverify.kernels._flash_tiles import (
     _query_block_extras,
     _row_range,
     _scores,
-    _sequence_descs,
     _tile_active,
     _wide,
 )
@@ -103,7 +102,7 @@ def _dkdv_tile(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """One query tile of the dk/dv pass (and the dS tile for dbias). TMA: Q and dO through
-    the descriptors at query row `row` (`_flash_tiles._pair_tiles`)."""
+    the descriptors at query row `row` (varlen: packed; `_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         rows_ok = rows < len_q
         # [BLOCK_M, D0], [BLOCK_M, D1]
@@ -164,15 +163,17 @@ def _flash_bwd_dkdv_kernel(
 
     DBIAS_MODE: 0 none; 1 full dS tiles; 2 summed over query rows (Lqm == 1); 3 summed over
     the keys of this block (Lkm == 1); 4 both.
-    USE_TMA: the query tiles' Q and dO through TMA descriptors, the same values as the
-    pointer loads (`_flash_tiles._pair_tiles`): dense, the host's Q_desc* / DO_desc* (over Q
-    and dO as (Z, Hq, rows, D), boxes [1, 1, BLOCK_M, D0] and [1, 1, BLOCK_M, D1]); varlen, one
-    per sequence made here (`_flash_tiles._sequence_descs`; the arguments are None, as
-    without TMA).
+    USE_TMA: the query tiles' Q and dO through the host's TMA descriptors Q_desc* / DO_desc*
+    (over Q and dO as (Z, Hq, rows, D), varlen (1, Hq, T, D); boxes [1, 1, BLOCK_M, D0] and
+    [1, 1, BLOCK_M, D1]), the same values as the pointer loads (`_flash_tiles._pair_tiles`;
+    varlen masked tiles load through pointers).
     HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`).
     """
     BLOCK_N: tl.constexpr = BLOCK_OUTER
     BLOCK_M: tl.constexpr = BLOCK_INNER
+    # varlen TMA: masked tiles load through pointers, unpipelined (pipelined pointer loads keep
+    # [BLOCK, D] 64-bit pointers of later stages live; `_flash_tiles._pair_tiles`)
+    MASKED_STAGES: tl.constexpr = 1 if USE_TMA and IS_VARLEN else None
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
     stride_kz, stride_kh, stride_kn = _aligned(stride_kz, stride_kh, stride_kn, ALIGN)
     stride_vz, stride_vh, stride_vn = _aligned(stride_vz, stride_vh, stride_vn, ALIGN)
@@ -199,11 +200,6 @@ def _flash_bwd_dkdv_kernel(
         k_base, v_base, offs_n, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_d0, offs_d1, cols_ok, d0_ok, d1_ok, MASK_D0, HAS_D1,
     )  # fmt: skip
-    if USE_TMA and IS_VARLEN:
-        Q_desc0, DO_desc0, Q_desc1, DO_desc1 = _sequence_descs(
-            Q, DO, h, start_q, len_q, stride_qh, stride_qm, stride_doh, stride_dom, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, BLOCK_M,
-        )  # fmt: skip
     q_base = _base(Q, z, h, start_q, stride_qz, stride_qh, stride_qm)
     do_base = _base(DO, z, h, start_q, stride_doz, stride_doh, stride_dom)
     q_off0, q_off1 = _offsets(offs_m, stride_qm, stride_qd, offs_d0, offs_d1)
@@ -228,12 +224,12 @@ def _flash_bwd_dkdv_kernel(
     dbq = tl.zeros([BLOCK_N], tl.float32)
     shift = len_k - len_q
     m_lo, a, b, m_end = _col_range(n0, len_q, len_k, BLOCK_M, BLOCK_N, IS_CAUSAL)
-    for m0 in range(m_lo, a, BLOCK_M):
+    for m0 in tl.range(m_lo, a, BLOCK_M, num_stages=MASKED_STAGES):
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, m0, l_base, d_base,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
             m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
@@ -246,7 +242,7 @@ def _flash_bwd_dkdv_kernel(
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, m0, l_base, d_base,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
             m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
@@ -254,12 +250,12 @@ def _flash_bwd_dkdv_kernel(
             False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DBIAS_MODE, DOT_PREC,
             USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_M,
         )  # fmt: skip
-    for m0 in range(b, m_end, BLOCK_M):
+    for m0 in tl.range(b, m_end, BLOCK_M, num_stages=MASKED_STAGES):
         m64 = _wide(m0)
         dk0, dk1, dv0, dv1, dbq = _dkdv_tile(
             dk0, dk1, dv0, dv1, dbq, k0, k1, v0, v1, q_base + m64 * stride_qm,
             do_base + m64 * stride_dom, q_off0, q_off1, do_off0, do_off1,
-            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, m0, l_base, d_base,
+            Q_desc0, Q_desc1, DO_desc0, DO_desc1, z, h, start_q + m0, l_base, d_base,
             m_base + m64 * stride_mm + m_off, b_base + m64 * stride_bm + b_off,
             f_base + (m0 // MASK_BLOCK) * stride_fm, db_base + m64 * stride_dbm + db_off,
             m0 + offs_m, cols, len_q, len_k, shift, qk_scale, d0_ok, d1_ok,
@@ -299,7 +295,7 @@ def _dq_tile(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One KV tile of the dq pass: dq += dS @ K. TMA: K and V through the descriptors at
-    key row `row` (`_flash_tiles._pair_tiles`)."""
+    key row `row` (varlen: packed; `_flash_tiles._pair_tiles`)."""
     if _tile_active(flag_ptr, HAS_MASK):
         # [BLOCK_N, D0], [BLOCK_N, D1]
         k0, k1, v0, v1 = _pair_tiles(
@@ -339,13 +335,15 @@ def _flash_bwd_dq_kernel(
     ALIGN: tl.constexpr, USE_TMA: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):  # fmt: skip
     """dq: one program per (query block, query head, batch), no atomics. USE_TMA: the key
-    tiles' K and V through TMA descriptors, the same values as the pointer loads
-    (`_flash_tiles._pair_tiles`): dense, the host's K_desc* / V_desc* (over K and V as
-    (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]); varlen, one per
-    sequence made here (`_flash_tiles._sequence_descs`; the arguments are None, as without
-    TMA). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`)."""
+    tiles' K and V through the host's TMA descriptors K_desc* / V_desc* (over K and V as
+    (Z, Hk, rows, D), varlen (1, Hk, T, D); boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N,
+    D1]), the same values as the pointer loads (`_flash_tiles._pair_tiles`; varlen masked
+    tiles load through pointers). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
+    # varlen TMA: masked tiles load through pointers, unpipelined (pipelined pointer loads keep
+    # [BLOCK, D] 64-bit pointers of later stages live; `_flash_tiles._pair_tiles`)
+    MASKED_STAGES: tl.constexpr = 1 if USE_TMA and IS_VARLEN else None
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
     stride_kz, stride_kh, stride_kn = _aligned(stride_kz, stride_kh, stride_kn, ALIGN)
     stride_vz, stride_vh, stride_vn = _aligned(stride_vz, stride_vh, stride_vn, ALIGN)
@@ -374,11 +372,6 @@ def _flash_bwd_dq_kernel(
     l_base = _base(Lse, z, h, start_q + m0, stride_lz, stride_lh, stride_lm)
     d_base = _base(Delta, z, h, start_q + m0, stride_lz, stride_lh, stride_lm)
     lse2, delta = _load_row_stats(l_base, d_base, local, len_q - m0, stride_lm)
-    if USE_TMA and IS_VARLEN:
-        K_desc0, V_desc0, K_desc1, V_desc1 = _sequence_descs(
-            K, V, hk, start_k, len_k, stride_kh, stride_kn, stride_vh, stride_vn, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, BLOCK_N,
-        )  # fmt: skip
     k_base = _base(K, z, hk, start_k, stride_kz, stride_kh, stride_kn)
     v_base = _base(V, z, hk, start_k, stride_vz, stride_vh, stride_vn)
     k_off0, k_off1 = _offsets(offs_n, stride_kn, stride_kd, offs_d0, offs_d1)
@@ -398,19 +391,19 @@ def _flash_bwd_dq_kernel(
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, n0,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
             m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,
             False, IS_CAUSAL, HAS_MASK, HAS_BIAS, HAS_D1, MASK_D0, MASK_D1, DOT_PREC,
             USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0, HEAD_D1, BLOCK_N,
         )  # fmt: skip
-    for n0 in range(n_full, n_end, BLOCK_N):
+    for n0 in tl.range(n_full, n_end, BLOCK_N, num_stages=MASKED_STAGES):
         n64 = _wide(n0)
         dq0, dq1 = _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base + n64 * stride_kn,
             v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1,
-            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, n0,
+            K_desc0, K_desc1, V_desc0, V_desc1, z, hk, start_k + n0,
             m_base + n64 * stride_mn + m_off, b_base + n64 * stride_bn + b_off,
             f_base + (n0 // MASK_BLOCK) * stride_fn, rows, n0 + offs_n, len_q, len_k, shift,
             qk_scale, d0_ok, d1_ok,

@@ -32,7 +32,6 @@ from attnverify.kernels._flash_tiles import (
     _query_block_extras,
     _row_range,
     _scores,
-    _sequence_descs,
     _wide,
 )
 
@@ -51,7 +50,8 @@ def _fwd_tile(
 ):  # fmt: skip
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
-    TMA: K and V through the descriptors at key row `row` (`_pair_tiles`). HAS_MASK:
+    TMA: K and V through the descriptors at key row `row` (varlen: packed; `_pair_tiles`).
+    HAS_MASK:
     a tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are
     read only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
@@ -115,15 +115,17 @@ def _flash_fwd_kernel(
     RAW_MAX (host: no bias and scale > 0) takes row maxima before scaling, see `_fwd_tile`.
     Flags (HAS_MASK): per query block of MASK_BLOCK rows, the key-tile lists of
     `_flash._tile_lists`, not the tile codes the backward reads.
-    USE_TMA: K and V tiles through TMA descriptors, the same values as the pointer loads
-    (`_flash_tiles._pair_tiles`): dense, the host's K_desc* / V_desc* (over K and V as
-    (Z, Hk, rows, D), boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N, D1]); varlen, one per
-    sequence made here (`_flash_tiles._sequence_descs`; the arguments are None, as without
-    TMA). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`). CLEAN_STAGES,
+    USE_TMA: K and V tiles through the host's TMA descriptors K_desc* / V_desc* (over K and V
+    as (Z, Hk, rows, D), varlen (1, Hk, T, D); boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N,
+    D1]), the same values as the pointer loads (`_flash_tiles._pair_tiles`; varlen masked
+    tiles load through pointers). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`). CLEAN_STAGES,
     REST_STAGES (HAS_MASK): pipeline stages of the two list loops, None meaning the config's
     (`_flash._list_stages`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
+    # varlen TMA: masked tiles load through pointers, unpipelined (pipelined pointer loads keep
+    # [BLOCK, D] 64-bit pointers of later stages live; `_flash_tiles._pair_tiles`)
+    MASKED_STAGES: tl.constexpr = 1 if USE_TMA and IS_VARLEN else None
     stride_qz, stride_qh, stride_qm = _aligned(stride_qz, stride_qh, stride_qm, ALIGN)
     stride_kz, stride_kh, stride_kn = _aligned(stride_kz, stride_kh, stride_kn, ALIGN)
     stride_vz, stride_vh, stride_vn = _aligned(stride_vz, stride_vh, stride_vn, ALIGN)
@@ -148,11 +150,6 @@ def _flash_fwd_kernel(
     if HAS_D1:
         q1 = _load_tile(q_base + q_rows + offs_d1[None, :] * stride_qd, rows_ok, d1_ok, True, False)
         q1 = tl.where(d1_ok[None, :], q1, 0.0)
-    if USE_TMA and IS_VARLEN:
-        K_desc0, V_desc0, K_desc1, V_desc1 = _sequence_descs(
-            K, V, hk, start_k, len_k, stride_kh, stride_kn, stride_vh, stride_vn, HEAD_DIM,
-            HEAD_D0, HEAD_D1, HAS_D1, BLOCK_N,
-        )  # fmt: skip
     k_base = _base(K, z, hk, start_k, stride_kz, stride_kh, stride_kn)
     v_base = _base(V, z, hk, start_k, stride_vz, stride_vh, stride_vn)
     k_off0, k_off1 = _offsets(offs_n, stride_kn, stride_kd, offs_d0, offs_d1)
@@ -181,7 +178,7 @@ def _flash_fwd_kernel(
                 acc0, acc1, m_i, l_i = _fwd_tile(
                     acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                     v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                    V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
+                    V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
                     b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
                     shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
                     MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
@@ -198,7 +195,7 @@ def _flash_fwd_kernel(
                 acc0, acc1, m_i, l_i = _fwd_tile(
                     acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                     v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                    V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
+                    V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
                     b_base + n64 * stride_bn + b_off, code % 2, rows, n0 + offs_n, len_q,
                     len_k, shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, True, HAS_BIAS,
                     HAS_D1, MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM,
@@ -211,18 +208,18 @@ def _flash_fwd_kernel(
             acc0, acc1, m_i, l_i = _fwd_tile(
                 acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                 v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
+                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
                 b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
                 shift, qk_scale, d0_ok, d1_ok, False, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
                 MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,
                 HEAD_D1, BLOCK_N,
             )  # fmt: skip
-        for n0 in range(n_full, n_end, BLOCK_N):
+        for n0 in tl.range(n_full, n_end, BLOCK_N, num_stages=MASKED_STAGES):
             n64 = _wide(n0)
             acc0, acc1, m_i, l_i = _fwd_tile(
                 acc0, acc1, m_i, l_i, q0, q1, k_base + n64 * stride_kn,
                 v_base + n64 * stride_vn, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1,
-                V_desc0, V_desc1, z, hk, n0, m_base + n64 * stride_mn + m_off,
+                V_desc0, V_desc1, z, hk, start_k + n0, m_base + n64 * stride_mn + m_off,
                 b_base + n64 * stride_bn + b_off, 0, rows, n0 + offs_n, len_q, len_k,
                 shift, qk_scale, d0_ok, d1_ok, True, IS_CAUSAL, False, HAS_BIAS, HAS_D1,
                 MASK_D0, MASK_D1, DOT_PREC, RAW_MAX, USE_TMA, IS_VARLEN, HEAD_DIM, HEAD_D0,

@@ -195,52 +195,11 @@ def _load_tile(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.co
 
 
 @triton.jit
-def _desc_tile(desc, z, h, row, col, IS_VARLEN: tl.constexpr, BLOCK: tl.constexpr,
-               WIDTH: tl.constexpr):  # fmt: skip
-    """TMA load of rows [row, row + BLOCK), columns [col, col + WIDTH): varlen, from one
-    sequence's device descriptor (`_sequence_desc`, rows counted from the sequence's start);
-    dense, of head h of batch z from a host (Z, H, rows, D) descriptor (box [1, 1, BLOCK,
-    WIDTH]). Whatever lies outside the descriptor's shape reads 0. [BLOCK, WIDTH]"""
-    if IS_VARLEN:
-        x = desc.load([row, col])
-    else:
-        x = desc.load([z, h, row, col]).reshape([BLOCK, WIDTH])
-    return x
-
-
-@triton.jit
-def _sequence_desc(X, h, start, length, stride_h, stride_r, HEAD_DIM: tl.constexpr,
-                   BLOCK: tl.constexpr, WIDTH: tl.constexpr):  # fmt: skip
-    """Device-side TMA descriptor over head h of one packed varlen sequence: X's rows
-    [start, start + length) as a [length, HEAD_DIM] tensor, box [BLOCK, WIDTH]. Rows past the
-    sequence read 0 like rows past a tensor's end, so a sequence's partial last tile needs no
-    zeroing (a host descriptor over all packed rows would read the next sequence there). Made
-    once per program in the launch's global scratch (`_flash_tma.device_descriptor_scratch`);
-    a zero-length sequence gets a one-row shape its program never loads from."""
-    base = X + h.to(tl.int64) * stride_h + start.to(tl.int64) * stride_r
-    return tl.make_tensor_descriptor(
-        base, shape=[tl.maximum(length, 1), HEAD_DIM], strides=[stride_r, 1],
-        block_shape=[BLOCK, WIDTH],
-    )  # fmt: skip
-
-
-@triton.jit
-def _sequence_descs(
-    X, Y, h, start, length, stride_xh, stride_xr, stride_yh, stride_yr,
-    HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr,
-    HAS_D1: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """The device descriptors (`_sequence_desc`) a varlen program's inner loop loads x and y
-    through, in both lane tiles: (x tile 0, y tile 0, x tile 1, y tile 1), the tile-1 ones
-    the tile-0 ones without a tile 1 (never loaded from then)."""
-    x0 = _sequence_desc(X, h, start, length, stride_xh, stride_xr, HEAD_DIM, BLOCK, HEAD_D0)
-    y0 = _sequence_desc(Y, h, start, length, stride_yh, stride_yr, HEAD_DIM, BLOCK, HEAD_D0)
-    x1 = x0
-    y1 = y0
-    if HAS_D1:
-        x1 = _sequence_desc(X, h, start, length, stride_xh, stride_xr, HEAD_DIM, BLOCK, HEAD_D1)
-        y1 = _sequence_desc(Y, h, start, length, stride_yh, stride_yr, HEAD_DIM, BLOCK, HEAD_D1)
-    return x0, y0, x1, y1
+def _desc_tile(desc, z, h, row, col, BLOCK: tl.constexpr, WIDTH: tl.constexpr):
+    """TMA load of rows [row, row + BLOCK), columns [col, col + WIDTH) of head h of batch z
+    from a host (Z, H, rows, D) descriptor (box [1, 1, BLOCK, WIDTH]; varlen: Z = 1 and rows
+    are packed rows); whatever lies outside the tensor reads 0. [BLOCK, WIDTH]"""
+    return desc.load([z, h, row, col]).reshape([BLOCK, WIDTH])
 
 
 @triton.jit
@@ -251,29 +210,36 @@ def _pair_tiles(
     HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr, HAS_D1: tl.constexpr, MASK_D0: tl.constexpr,
     MASK_D1: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """The two operands of one inner-loop tile, rows [row, row + BLOCK) of head h, batch z
-    (varlen: of the program's sequence, counted from its start), in both lane tiles: K and V
-    of a key tile (forward, dq pass), Q and dO of a query tile (dk/dv pass). x0, x1, y0, y1:
-    [BLOCK, D0], [BLOCK, D1] (x1 = x0, y1 = y0 without tile 1).
+    """The two operands of one inner-loop tile of head h, batch z, in both lane tiles: K and V
+    of a key tile (forward, dq pass), Q and dO of a query tile (dk/dv pass). Pointer loads
+    start at x_ptrs, y_ptrs; TMA loads at descriptor row `row` (varlen: the packed row, the
+    sequence's start plus the tile's row in it). x0, x1, y0, y1: [BLOCK, D0], [BLOCK, D1]
+    (x1 = x0, y1 = y0 without tile 1).
 
     Pointer loads: rows past the sequence (MASKED, rows_ok False) and lanes past D (MASK_D0)
     read 0. TMA loads read the same values (the launcher takes them only where D >= D0): rows
-    past a descriptor's shape read 0, and a varlen descriptor ends where its sequence ends
-    (`_sequence_desc`), so the next sequence's rows, finite or not, never enter a tile. They
-    must not: they would reach a result through a product with a zero (P @ V, dS @ K,
-    P^T @ dO, dS^T @ Q), and 0 * NaN is NaN. Zeroing them in registers after a load through
-    one descriptor over all packed rows cost the dk/dv pass a shared-memory copy of Q and dO
-    and spills (sm90, D = 128, (64, 128, 8, 2): 230 KB and 92 B against 199 KB and none)."""
+    past the tensor's end (gqa: past Lq or Lk) read 0 from the descriptor. A varlen
+    descriptor spans every packed row, so a tile reaching past its sequence would read the
+    next sequence's rows, finite or not, and they would reach a result through a product with
+    a zero (P @ V, dS @ K, P^T @ dO, dS^T @ Q): 0 * NaN is NaN. So varlen masked tiles (the
+    partial last tile, and causal diagonal tiles) take pointer loads, whose masks read 0
+    there, unpipelined (the kernels' MASKED_STAGES: pipelined, the later stages' [BLOCK, D]
+    pointers stayed live and the sm90 dk/dv pass spilled 380 B instead of 20 at (64, 4, 2));
+    full tiles never leave their sequence and take TMA. Two other ways were measured
+    on sm90 and dropped (ci/notes_flash.md): zeroing those rows in registers after the load
+    cost the dk/dv pass a shared-memory copy of Q and dO and spills; a device-side descriptor
+    per sequence, made by every program, cost the forward 10% at 1024-token images (H200)."""
     x0, y0 = _lane_tiles(
         x_ptrs, y_ptrs, x_off0, y_off0, X_desc0, Y_desc0, z, h, row, 0, rows_ok, d0_ok,
-        MASKED, TMA, IS_VARLEN, MASK_D0, BLOCK, HEAD_D0,
+        MASKED, TMA and not (IS_VARLEN and MASKED), MASK_D0, BLOCK, HEAD_D0,
     )  # fmt: skip
     x1 = x0
     y1 = y0
     if HAS_D1:
         x1, y1 = _lane_tiles(
             x_ptrs, y_ptrs, x_off1, y_off1, X_desc1, Y_desc1, z, h, row, HEAD_DIM - HEAD_D1,
-            rows_ok, d1_ok, MASKED, TMA, IS_VARLEN, MASK_D1, BLOCK, HEAD_D1,
+            rows_ok, d1_ok, MASKED, TMA and not (IS_VARLEN and MASKED), MASK_D1, BLOCK,
+            HEAD_D1,
         )  # fmt: skip
     return x0, x1, y0, y1
 
@@ -281,15 +247,15 @@ def _pair_tiles(
 @triton.jit
 def _lane_tiles(
     x_ptrs, y_ptrs, x_off, y_off, X_desc, Y_desc, z, h, row, col, rows_ok, d_ok,
-    MASKED: tl.constexpr, TMA: tl.constexpr, IS_VARLEN: tl.constexpr, MASK_D: tl.constexpr,
-    BLOCK: tl.constexpr, WIDTH: tl.constexpr,
+    MASKED: tl.constexpr, TMA: tl.constexpr, MASK_D: tl.constexpr, BLOCK: tl.constexpr,
+    WIDTH: tl.constexpr,
 ):  # fmt: skip
     """One lane tile (columns [col, col + WIDTH)) of both operands of `_pair_tiles`: through
     the descriptors (TMA) or the pointers (base + in-tile offsets, added here: pointer tensors
     formed by the caller were hoisted out of its loop, 64-bit and live). [BLOCK, WIDTH] each."""
     if TMA:
-        x = _desc_tile(X_desc, z, h, row, col, IS_VARLEN, BLOCK, WIDTH)
-        y = _desc_tile(Y_desc, z, h, row, col, IS_VARLEN, BLOCK, WIDTH)
+        x = _desc_tile(X_desc, z, h, row, col, BLOCK, WIDTH)
+        y = _desc_tile(Y_desc, z, h, row, col, BLOCK, WIDTH)
     else:
         x = _load_tile(x_ptrs + x_off, rows_ok, d_ok, MASKED, MASK_D)
         y = _load_tile(y_ptrs + y_off, rows_ok, d_ok, MASKED, MASK_D)

@@ -5,28 +5,20 @@ descriptors, and the descriptors.
 arch, the layout: `_tma_view`); `_pair_descriptors` builds a kernel's descriptor arguments and
 `_bwd_descriptors` makes a backward pass's decision. The forward loads K and V this way, the
 dk/dv pass Q and dO, the dq pass K and V (`_flash_tiles._pair_tiles`); the launchers are in
-`_flash`. Dense launches take host descriptors; varlen kernels make one per sequence on the
-device (`_flash_tiles._sequence_desc`), in the scratch `device_descriptor_scratch` provides.
+`_flash`. Varlen masked tiles load through pointers whatever the policy (a varlen
+descriptor spans every packed row; `_flash_tiles._pair_tiles`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
-import triton.language as tl
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # triton without host TMA descriptors: pointer loads only
     TensorDescriptor = None
-
-try:
-    from triton.runtime import _allocation
-except ImportError:  # a triton without launch-time scratch allocators
-    _allocation = None
 
 from attnverify.arch import current_arch, interpreter_active
 from attnverify.kernels._common import HeadDimSplit, env_choice, split_head_dim
@@ -39,26 +31,6 @@ if TYPE_CHECKING:
 TMA_ENV = "ATTNVERIFY_FLASH_TMA"
 TMA_POLICIES = ("auto", "0", "1")
 TMA_DTYPES = (torch.float16, torch.bfloat16)
-# varlen TMA needs device-side descriptors and a launch-time scratch allocator to hold them
-DEVICE_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor") and hasattr(_allocation, "_allocator")
-
-
-def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
-    """Triton's launch-time allocator protocol: `size` bytes on the current CUDA device (torch
-    allocations are 256-byte aligned, more than the 128 a descriptor needs)."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-@contextlib.contextmanager
-def device_descriptor_scratch() -> Iterator[None]:
-    """Inside the block, launches that make device-side TMA descriptors (varlen with TMA) get
-    their global scratch from torch; the caller's allocator, if any, comes back after. Triton
-    asks for one 128-byte descriptor slot per descriptor and program at every launch."""
-    token = _allocation._allocator.set(_scratch)
-    try:
-        yield
-    finally:
-        _allocation._allocator.reset(token)
 
 
 def tma_policy() -> str:
@@ -86,12 +58,8 @@ def _tma_view(x: torch.Tensor, is_varlen: bool, block_n: int) -> tuple[list[int]
     tensor (at least `block_n` rows, the largest key block the launch may take, and D at least
     the lane tile D0: D = 8 keeps pointer loads). Boxes reaching past the end of the rows are
     fine (zero fill); CUDA's encoder is not relied on for boxes larger than a whole dim.
-    Varlen (T, Hk, D) is (1, Hk, T, D); the size-1 Z dim gets the stride T * stride_t (never
-    stepped along). The kernels then make a descriptor per sequence over the same strides
-    (`_flash_tiles._sequence_desc`): the alignment checks cover it (every head's and every
-    row's start is 16-byte aligned), but its box may pass its sequence's rows, so the row
-    minimum here only keeps tiny packed batches on pointer loads (boxes of 128 rows over
-    sequences of 0, 5, 64 and 77 rows ran correctly on an H200, ci/notes_flash.md)."""
+    Varlen (T, Hk, D) is (1, Hk, T, D) over every packed row; the size-1 Z dim gets the
+    stride T * stride_t (never stepped along)."""
     if x.dtype not in TMA_DTYPES or x.numel() == 0:
         return None
     shape, strides = _tma_geometry(x, is_varlen)
@@ -117,7 +85,7 @@ def _use_tma(
     """Whether this forward loads K and V through TMA descriptors (`tma_policy`); `block_n`:
     the largest key block the launch may take (`_largest_key_block`)."""
     mode = tma_policy()
-    if mode == "0" or TensorDescriptor is None or (is_varlen and not DEVICE_DESCRIPTORS):
+    if mode == "0" or TensorDescriptor is None:
         return False
     if _tma_view(k, is_varlen, block_n) is None or _tma_view(v, is_varlen, block_n) is None:
         return False
@@ -155,14 +123,11 @@ def _pair_descriptors(
 ) -> dict[str, object]:
     """A kernel's descriptor arguments over its inner-loop operands x and y as (Z, H, rows, D)
     (`_tma_geometry`; the caller has checked them with `_use_tma`): names are (x tile 0, y tile
-    0, x tile 1, y tile 1), the tile-1 ones None without a tile 1, and all None for varlen (its
-    kernels make theirs per sequence). Forward and dq pass: K and V (KV_DESC_NAMES); dk/dv
-    pass: Q and dO (`_flash_bwd.QDO_DESC_NAMES`). Block shapes are placeholders until the
-    kernel's pre-hook (`_flash_fwd._set_kv_block_shapes`, `_flash_bwd._set_qdo_block_shapes`)
-    runs."""
-    if is_varlen:
-        return dict.fromkeys(names)
-    geometry = {id(t): _tma_geometry(t, False) for t in (x, y)}
+    0, x tile 1, y tile 1), the tile-1 ones None without a tile 1. Forward and dq pass: K and
+    V (KV_DESC_NAMES); dk/dv pass: Q and dO (`_flash_bwd.QDO_DESC_NAMES`). Block shapes are
+    placeholders until the kernel's pre-hook (`_flash_fwd._set_kv_block_shapes`,
+    `_flash_bwd._set_qdo_block_shapes`) runs."""
+    geometry = {id(t): _tma_geometry(t, is_varlen) for t in (x, y)}
     descs: dict[str, object] = {}
     for name, t in zip(names, (x, y, x, y), strict=True):
         if name.endswith("1") and not split.has_d1:
@@ -195,4 +160,4 @@ def _bwd_descriptors(
     return True, _pair_descriptors(x, y, names, split_head_dim(q.shape[-1]), is_varlen)
 
 
-__all__ = ["TMA_ENV", "TMA_POLICIES", "device_descriptor_scratch", "tma_policy"]
+__all__ = ["TMA_ENV", "TMA_POLICIES", "tma_policy"]

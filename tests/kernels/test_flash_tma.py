@@ -169,9 +169,10 @@ def test_flash_tma_every_launch_path_sets_the_block_shapes(launch: str) -> None:
 
 
 def test_flash_tma_next_sequence_nan_stays_out(judge) -> None:
-    """A varlen sequence's last, partial tile has its TMA box reach past the sequence into the
-    next one's rows: NaN / inf in the K and V rows right after sequence 0 never reach
-    sequence 0's out or lse (its descriptor ends with it, `_flash_tiles._sequence_desc`)."""
+    """A varlen descriptor spans every packed row, so a TMA box over sequence 0's last,
+    partial tile would reach the next one's rows: NaN / inf in the K and V rows right after
+    sequence 0 never reach sequence 0's out or lse (masked tiles load through pointers,
+    `_flash_tiles._pair_tiles`)."""
     g = torch.Generator().manual_seed(9)
     lens = [40, MIN_ROWS]
     q, k, v = (randn(sum(lens), 2, 72, g=g) for _ in range(3))
@@ -189,39 +190,6 @@ def test_flash_tma_next_sequence_nan_stays_out(judge) -> None:
     base = varlen_oracle(*x, return_lse=True, compute_dtype=q.dtype)
     failures = judge("varlen", got, ref, dict(zip(("out", "lse"), base, strict=True)), q.dtype)
     assert not failures, failures
-
-
-def test_flash_tma_varlen_launch_lends_scratch_and_restores_the_callers_allocator(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Varlen kernels with TMA make their descriptors on the device, in scratch that Triton asks
-    the current allocator for: during the launch that is ours (torch memory), after it the
-    caller's again. A dense launch and a varlen one without TMA leave the allocator alone."""
-    allocation = pytest.importorskip("triton.runtime._allocation")
-    seen: list[object] = []
-    real = _flash._launch_config
-
-    def spy(*args: object) -> None:
-        seen.append(allocation._allocator.get())
-        real(*args)
-
-    def caller(size: int, alignment: int, stream: int | None) -> torch.Tensor:
-        raise AssertionError("the caller's allocator was asked for the launch's scratch")
-
-    monkeypatch.setattr(_flash, "_launch_config", spy)
-    token = allocation._allocator.set(caller)
-    try:
-        g = torch.Generator().manual_seed(4)
-        lens = [30, MIN_ROWS]
-        q, k, v = (randn(sum(lens), 2, 16, g=g) for _ in range(3))
-        for mode in ("1", "0"):
-            with env(_flash.TMA_ENV, mode):
-                varlen_attention(q, k, v, cu(lens), cu(lens))
-                gqa_attention(*(x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)))
-        assert allocation._allocator.get() is caller
-    finally:
-        allocation._allocator.reset(token)
-    assert seen == [_flash_tma._scratch, caller, caller, caller], seen
 
 
 # ------------------------------------------------------------------ backward
@@ -401,10 +369,9 @@ def test_flash_tma_backward_passes_decide_alone() -> None:
 
 
 def test_flash_tma_backward_next_sequence_nan_stays_out(judge) -> None:
-    """A varlen sequence's last, partial tiles have their TMA boxes reach into the next
-    sequence's rows: NaN / inf in the Q, dO (dk/dv pass) and K, V (dq pass) rows right after
-    sequence 0 never reach sequence 0's dq, dk or dv, which match the pointer path and the
-    oracle."""
+    """A TMA box over a varlen sequence's last, partial tile would reach the next sequence's
+    rows: NaN / inf in the Q, dO (dk/dv pass) and K, V (dq pass) rows right after sequence 0
+    never reach sequence 0's dq, dk or dv, which match the pointer path and the oracle."""
     g = torch.Generator().manual_seed(10)
     lens, n = [40, MIN_BWD_ROWS], 40
     q, k, v, do = (randn(sum(lens), 2, 72, g=g) for _ in range(4))
@@ -557,8 +524,9 @@ def compile_sm90_ptx(d: int, is_varlen: bool, tma: bool) -> str:
 def test_flash_tma_forward_compiles_for_sm90() -> None:
     """The interpreter cannot catch what only the compiler rejects (descriptor block shapes,
     TMA lowering): D = 72 dense and D = 80 varlen compile for sm90 with TMA copies
-    (cp.async.bulk.tensor) and no pointer copies (cp.async.cg) of K and V, full and masked
-    tiles alike."""
+    (cp.async.bulk.tensor) of K and V and no pipelined pointer copies (cp.async.cg): dense
+    masked tiles load through TMA too, varlen ones through unpipelined pointer loads
+    (`_flash_tiles._pair_tiles`)."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     code = (
         "import test_flash_tma as t\n"
@@ -590,8 +558,9 @@ def compile_sm90_backward_ptx(d: int, is_varlen: bool, tma: bool) -> dict[str, s
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU compiles the kernel in other tests")
 def test_flash_tma_backward_compiles_for_sm90() -> None:
     """Both backward passes, D = 72 dense and D = 80 varlen, compile for sm90 with TMA copies
-    (cp.async.bulk.tensor) of their inner-loop tiles and no pointer copies (cp.async.cg), full
-    and masked tiles alike; with TMA off, pointer copies and no TMA."""
+    (cp.async.bulk.tensor) of their inner-loop tiles and no pipelined pointer copies
+    (cp.async.cg): dense masked tiles load through TMA too, varlen ones through unpipelined
+    pointer loads (`_flash_tiles._pair_tiles`); with TMA off, pointer copies and no TMA."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     code = (
         "import test_flash_tma as t\n"
