@@ -196,15 +196,16 @@ def test_bench_times_a_second_row_of_ours(home: Path, case: Case, second: str, u
     ("case", "graphs"),
     [
         (PAGED, {"attnverify-graph"}),
+        (GQA, {"attnverify-graph"}),
         (dataclasses.replace(VARLEN, seqlens_q=(6, 6), seqlens_k=(6, 6)),
          {"attnverify-graph", "attnverify-dense-graph"}),
     ],
-    ids=["paged", "varlen"],
+    ids=["paged", "gqa", "varlen"],
 )  # fmt: skip
 def test_bench_graph_rows_need_cuda(home: Path, case: Case, graphs: set[str]) -> None:
     """The CUDA-graph rows (paged: the planned launch replayed, as engines run decode steps;
-    varlen: the host-cu call and the dense call replayed, GPU time alone) say why they are
-    missing on a CPU instead of timing something else."""
+    gqa: the public call; varlen: the host-cu call and the dense call; GPU time alone) say
+    why they are missing on a CPU instead of timing something else."""
     rows = bench.bench_variant(
         case.variant, target="attnverify", device=CPU, timer=wall_timer, peaks=PEAKS,
         out=io.StringIO(), cases=[case],

@@ -437,9 +437,23 @@ def test_gqa_opcheck():
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_gqa_tile_codes_summarise_mask_tiles():
+class _ForcedWide:
+    """`_tile_codes_kernel` launched with WIDE (64-bit in-tile offsets) whatever the host
+    decided: a mask whose BLOCK x stride passes 2^31 needs gigabytes."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.kernel[grid](*args, **{**kw, "WIDE": True})
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_gqa_tile_codes_summarise_mask_tiles(wide: bool, monkeypatch: pytest.MonkeyPatch):
     from attnverify.kernels._flash_mask import TILE_ALL, TILE_NONE, TILE_SOME
 
+    if wide:
+        monkeypatch.setattr(_flash, "_tile_codes_kernel", _ForcedWide(_flash._tile_codes_kernel))
     mask = torch.zeros(1, 1, 70, 64, dtype=torch.bool, device=DEVICE)
     mask[0, 0, 33, 39] = True  # tile (1, 1) of 32x32 tiles: some
     mask[0, 0, 69, 0] = True  # tile (2, 0): the cut last row tile, some
@@ -451,6 +465,9 @@ def test_gqa_tile_codes_summarise_mask_tiles():
     want[0, 0, 1, 1] = want[0, 0, 2, 0] = TILE_SOME
     want[0, 0, 0, 0] = want[0, 0, 2, 1] = TILE_ALL
     assert torch.equal(codes.cpu(), want), f"{codes.tolist()} != {want.tolist()}"
+    # the same mask column-major (key stride 70, query stride 1)
+    codes = _flash._tile_codes(mask.transpose(2, 3).contiguous().transpose(2, 3), problem, 32)
+    assert torch.equal(codes.cpu(), want), f"column-major: {codes.tolist()} != {want.tolist()}"
     # broadcast query rows: one row of codes; a broadcast key dim repeats its column
     rows = torch.ones(2, 1, 1, 1, dtype=torch.bool, device=DEVICE)
     rows[1] = False
@@ -511,7 +528,7 @@ def compile_mask_kernels_sm90() -> dict[str, str]:
 
     ptx = {
         "codes": build(_flash_mask._tile_codes_kernel, {"Mask": "*u8", "Codes": "*u8"},
-                       {"BLOCK": 128}),
+                       {"BLOCK": 128, "WIDE": False}),
         "lists": build(_flash_mask._tile_lists_kernel, {"Codes": "*u8", "Lists": "*i32"},
                        {"BLOCK": 128, "NUM_TILES_P2": 64, "IS_CAUSAL": True}),
     }  # fmt: skip
