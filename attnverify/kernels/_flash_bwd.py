@@ -338,7 +338,8 @@ def _flash_bwd_dq_kernel(
     tiles' K and V through the host's TMA descriptors K_desc* / V_desc* (over K and V as
     (Z, Hk, rows, D), varlen (1, Hk, T, D); boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N,
     D1]), the same values as the pointer loads (`_flash_tiles._pair_tiles`; varlen masked
-    tiles load through pointers). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`)."""
+    tiles load through pointers). HEADS_FIRST: grid axes 0 and 1 swapped
+    (`_flash_tiles._program`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     # varlen TMA: masked tiles load through pointers, unpipelined (pipelined pointer loads keep

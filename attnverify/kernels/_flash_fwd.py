@@ -51,9 +51,8 @@ def _fwd_tile(
     """One KV tile of the online softmax: update acc, running max m_i and sum l_i. RAW_MAX: no
     bias and scale > 0 (the row max of q.k, scaled, is the row max of the scaled scores).
     TMA: K and V through the descriptors at key row `row` (varlen: packed; `_pair_tiles`).
-    HAS_MASK:
-    a tile of the query block's "rest" list (`_flash._tile_lists`); its mask elements are
-    read only when `mask_partial` is 1 (the tile is not all True)."""
+    HAS_MASK: a tile of the query block's "rest" list (`_flash._tile_lists`); its mask
+    elements are read only when `mask_partial` is 1 (the tile is not all True)."""
     # [BLOCK_N, D0], [BLOCK_N, D1]
     k0, k1, v0, v1 = _pair_tiles(
         k_ptrs, v_ptrs, k_off0, k_off1, v_off0, v_off1, K_desc0, K_desc1, V_desc0,
@@ -118,9 +117,9 @@ def _flash_fwd_kernel(
     USE_TMA: K and V tiles through the host's TMA descriptors K_desc* / V_desc* (over K and V
     as (Z, Hk, rows, D), varlen (1, Hk, T, D); boxes [1, 1, BLOCK_N, D0] and [1, 1, BLOCK_N,
     D1]), the same values as the pointer loads (`_flash_tiles._pair_tiles`; varlen masked
-    tiles load through pointers). HEADS_FIRST: grid axes 0 and 1 swapped (`_flash_tiles._program`). CLEAN_STAGES,
-    REST_STAGES (HAS_MASK): pipeline stages of the two list loops, None meaning the config's
-    (`_flash._list_stages`)."""
+    tiles load through pointers). HEADS_FIRST: grid axes 0 and 1 swapped
+    (`_flash_tiles._program`). CLEAN_STAGES, REST_STAGES (HAS_MASK): pipeline stages of the
+    two list loops, None meaning the config's (`_flash._list_stages`)."""
     BLOCK_M: tl.constexpr = BLOCK_OUTER
     BLOCK_N: tl.constexpr = BLOCK_INNER
     # varlen TMA: masked tiles load through pointers, unpipelined (pipelined pointer loads keep
