@@ -707,11 +707,8 @@ def flash_backward(
         **_named("q", q, vl, al), **_named_kv("k", k, vl, al), **_named_kv("v", v, vl, al),
         **_named("do", do, vl, al), **lse_strides, scale=problem.scale,
     )  # fmt: skip
-    biased = bias is not None
-    tma_dkdv, qdo_descs = _bwd_descriptors(
-        q, do, q, QDO_DESC_NAMES, vl, config_dkdv, has_bias=biased
-    )
-    tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq, has_bias=biased)
+    tma_dkdv, qdo_descs = _bwd_descriptors(q, do, q, QDO_DESC_NAMES, vl, config_dkdv)
+    tma_dq, kv_descs = _bwd_descriptors(k, v, q, KV_DESC_NAMES, vl, config_dq)
     common = _prepare(q, problem, mask, bias, config_dkdv, rows_are_queries=False)
     summed = need_dbias and _dbias_summed(bias, problem)
     if need_dbias and not summed:

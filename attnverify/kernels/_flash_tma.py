@@ -38,8 +38,7 @@ def tma_policy() -> str:
     the dk/dv pass, K, V in the dq pass), from `$ATTNVERIFY_FLASH_TMA` (read at every call):
 
     - unset or "auto": TMA descriptors on NVIDIA sm90+ (`attnverify.arch`) outside the
-      interpreter, where the layout allows them (`_tma_view`), else pointer loads; the
-      backward of a call with a bias keeps pointer loads (measured faster there);
+      interpreter, where the layout allows them (`_tma_view`), else pointer loads;
     - "0": pointer loads always;
     - "1": TMA wherever the layout allows, on any device, the interpreter included (tests,
       compile checks on a machine without a GPU, and the TMA-vs-pointer device comparison;
@@ -145,17 +144,14 @@ def _bwd_descriptors(
     names: tuple[str, str, str, str],
     is_varlen: bool,
     config: FlashConfig | None,
-    *,
-    has_bias: bool,
 ) -> tuple[bool, dict[str, object]]:
     """(USE_TMA, descriptor arguments) of one backward pass whose inner loop loads x and y
     (`tma_policy`, `_use_tma`; `config`: the pass's pinned config, which bounds its inner
-    block, else BWD_LARGEST_INNER_BLOCK); the arguments are None with pointer loads. Under
-    "auto" a call with a bias keeps pointer loads: measured on an H200 (ci/notes_flash.md),
-    TMA made the backward 1.06-1.09x faster without a bias but 0.86x with a (1, 1, L, L) bias
-    and its dbias."""
+    block, else BWD_LARGEST_INNER_BLOCK); the arguments are None with pointer loads. With a
+    (1, 1, L, L) bias (B = 1, Hq = 16, L = 8192, D = 128, H200, ci/notes_flash.md session 23)
+    TMA ran the dk/dv pass 1.35x and the dq pass 1.19x faster than pointer loads."""
     block = config.block_inner if config is not None else BWD_LARGEST_INNER_BLOCK
-    if (has_bias and tma_policy() == "auto") or not _use_tma(q, x, y, is_varlen, block):
+    if not _use_tma(q, x, y, is_varlen, block):
         return False, dict.fromkeys(names)
     return True, _pair_descriptors(x, y, names, split_head_dim(q.shape[-1]), is_varlen)
 

@@ -215,7 +215,7 @@ def both_backward_paths(
     really take TMA (the layout is TMA-legal)."""
     with env(_flash.TMA_ENV, "1"):
         for x, y, names in ((q, do, _flash.QDO_DESC_NAMES), (k, v, _flash.KV_DESC_NAMES)):
-            taken, _ = _flash_tma._bwd_descriptors(x, y, q, names, is_varlen, None, has_bias=False)
+            taken, _ = _flash_tma._bwd_descriptors(x, y, q, names, is_varlen, None)
             assert taken, "test inputs must be TMA-legal"
     results = []
     for mode in ("0", "1"):
@@ -278,7 +278,7 @@ def test_flash_tma_backward_varlen_bitwise_equals_pointer(
     d=st.sampled_from(BWD_HEAD_DIMS),
     causal=st.booleans(),
     with_mask=st.booleans(),
-    bias_shape=st.sampled_from(["none", "full", "row", "col"]),
+    bias_shape=st.sampled_from(["none", "full", "shared", "row", "col"]),
 )
 @example(hk=2, group=2, lq=MIN_BWD_ROWS + 7, lk=MIN_BWD_ROWS + 21, d=72, causal=True,
          with_mask=True, bias_shape="full")  # fmt: skip
@@ -286,13 +286,16 @@ def test_flash_tma_backward_varlen_bitwise_equals_pointer(
          with_mask=True, bias_shape="row")  # fmt: skip
 @example(hk=1, group=1, lq=MIN_BWD_ROWS, lk=MIN_BWD_ROWS + 33, d=16, causal=False,
          with_mask=False, bias_shape="col")  # fmt: skip
+@example(hk=2, group=1, lq=MIN_BWD_ROWS + 11, lk=MIN_BWD_ROWS + 2, d=80, causal=True,
+         with_mask=True, bias_shape="shared")  # fmt: skip
 def test_flash_tma_backward_gqa_bitwise_equals_pointer(
     hk: int, group: int, lq: int, lk: int, d: int, causal: bool, with_mask: bool,
     bias_shape: str,
 ) -> None:  # fmt: skip
     """Dense launches with mask and bias: dq, dk, dv and dbias (rows past Lq / Lk read 0
-    from the descriptors, as from the pointer loads). bias_shape: (B, Hk, Lq, Lk) full, or
-    broadcast over keys (row) or over queries (col)."""
+    from the descriptors, as from the pointer loads). bias_shape: (B, Hk, Lq, Lk) full,
+    (1, 1, Lq, Lk) shared by every (batch, head) pair (the summed dbias kernel, as is full
+    with G = 2), or broadcast over keys (row) or over queries (col)."""
     g = torch.Generator().manual_seed(lq * 100 + lk + d)
     b, hq = 2, hk * group
     x = {
@@ -305,7 +308,12 @@ def test_flash_tma_backward_gqa_bitwise_equals_pointer(
     if with_mask:
         mask = (torch.rand(b, 1, lq, lk, generator=g) < 0.8).to(DEVICE)
         mask[..., :, 0] = True  # every row keeps a key
-    shapes = {"full": (b, hk, lq, lk), "row": (1, hq, lq, 1), "col": (b, 1, 1, lk)}
+    shapes = {
+        "full": (b, hk, lq, lk),
+        "shared": (1, 1, lq, lk),
+        "row": (1, hq, lq, 1),
+        "col": (b, 1, 1, lk),
+    }
     x["bias"] = randn(*shapes[bias_shape], g=g) if bias_shape != "none" else None
 
     def fn(q, k, v, bias):
@@ -353,7 +361,7 @@ def test_flash_tma_backward_passes_decide_alone() -> None:
     do = randn(1, 2, lq, 72, g=g)
     with env(_flash.TMA_ENV, "1"):
         passes = [
-            _flash_tma._bwd_descriptors(a, b, x["q"], names, False, None, has_bias=False)
+            _flash_tma._bwd_descriptors(a, b, x["q"], names, False, None)
             for a, b, names in (
                 (x["q"], do, _flash.QDO_DESC_NAMES),
                 (x["k"], x["v"], _flash.KV_DESC_NAMES),
@@ -422,12 +430,12 @@ def test_flash_tma_auto_policy_follows_the_arch(
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_flash_tma_auto_backward_keeps_pointers_with_a_bias(
+def test_flash_tma_auto_backward_takes_tma_with_or_without_a_bias(
     with_bias: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On an sm90 under "auto", the backward of a gqa call with a bias launches both passes
-    with pointer loads (measured faster there), without a bias with TMA; kernels stood in (the
-    summed dbias kernel that a bias shared by both heads adds always loads through pointers)."""
+    """On an sm90 under "auto", the backward of a gqa call launches both passes with TMA, a
+    bias or not (the summed dbias kernel that a bias shared by both heads adds loads through
+    pointers); kernels stood in, Lq = Lk = the passes' largest inner block."""
     _gpu_policy(monkeypatch, "sm90")
     launched: dict[str, bool] = {}
 
@@ -437,15 +445,13 @@ def test_flash_tma_auto_backward_keeps_pointers_with_a_bias(
 
     monkeypatch.setattr(_flash, "_launch", record)
     monkeypatch.setattr(_flash, "_tile_codes", lambda *a: None)
-    q = torch.randn(1, 2, 64, 72, dtype=torch.bfloat16)
-    bias = torch.randn(1, 1, 64, 64, dtype=torch.bfloat16) if with_bias else None
-    problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=64, seqlen_k=64)
-    lse = torch.zeros(1, 2, 64)
+    n = MIN_BWD_ROWS
+    q = torch.randn(1, 2, n, 72, dtype=torch.bfloat16)
+    bias = torch.randn(1, 1, n, n, dtype=torch.bfloat16) if with_bias else None
+    problem = _flash.FlashProblem(False, 1, 2, 2, False, 0.1, seqlen_q=n, seqlen_k=n)
+    lse = torch.zeros(1, 2, n)
     _flash.flash_backward(q, q, q, q, q, lse, None, problem, bias=bias, need_dbias=with_bias)
-    assert launched == {
-        "_flash_bwd_dkdv_kernel": not with_bias,
-        "_flash_bwd_dq_kernel": not with_bias,
-    }, launched
+    assert launched == {"_flash_bwd_dkdv_kernel": True, "_flash_bwd_dq_kernel": True}, launched
 
 
 def test_flash_tma_auto_policy_is_off_under_the_interpreter(
