@@ -301,13 +301,23 @@ def _prepare(
     if problem.is_varlen:
         work = _work_table(problem, outer, rows_are_queries, q.device)
         grid = (work.shape[0], 1, 1)
+        lengths = problem.lengths()  # memoized: read by the work table
+        longest = max((*lengths.seqlens_q, *lengths.seqlens_k), default=0)
     else:
         work = q
         length = problem.seqlen_q if rows_are_queries else problem.seqlen_k
         grid = (triton.cdiv(length, outer), problem.num_q_heads, problem.batch)
         if heads_first:
             grid = (grid[1], grid[0], grid[2])
+        longest = max(problem.seqlen_q, problem.seqlen_k)
+    kwargs["len_bucket"] = _len_bucket(longest)
     return _Common(kwargs, grid, work)
+
+
+def _len_bucket(longest: int) -> int:
+    """The autotune key's length class (`_flash_tiles.AUTOTUNE_KEY`): the bit length of the
+    longest query or key sequence, capped at 16384 (15 classes)."""
+    return min(max(longest, 1), 16384).bit_length()
 
 
 def _heads_first(
@@ -591,7 +601,8 @@ def _summed_dbias(
     outer = _dbias_outer(q.dtype, interpreter)
     bb, hb = bias.shape[:2]
     names = [
-        "Mask", "Bias", "Flags", "seqlen_q", "seqlen_k", "group", "mask_head_div", "qk_scale",
+        "Mask", "Bias", "Flags", "seqlen_q", "seqlen_k", "len_bucket", "group", "mask_head_div",
+        "qk_scale",
         "HEAD_DIM", "HEAD_D0", "HEAD_D1", "HAS_D1", "MASK_BLOCK", "IS_CAUSAL", "HAS_MASK",
         "DOT_PREC", *(f"stride_{x}{axis}" for x in "mbf" for axis in "zhmn"),
     ]  # fmt: skip

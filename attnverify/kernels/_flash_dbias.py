@@ -34,10 +34,12 @@ from attnverify.kernels._flash_tiles import (
 
 # (BLOCK_INNER = key block, num_warps, num_stages); the query block is the host's BLOCK_OUTER
 DBIAS_CONFIGS = ((128, 8, 2), (64, 4, 3), (64, 8, 3), (32, 4, 3))
-DBIAS_AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "BLOCK_OUTER"]
+DBIAS_AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "BLOCK_OUTER", "len_bucket"]
 GROUP_M = 8  # query blocks per band of grid axis 0
 # lengths and the read counts vary per call and gain nothing from specialisation
-_DBIAS_VARYING = ["seqlen_q", "seqlen_k", "group", "mask_head_div", "batch_reads", "head_reads"]
+_DBIAS_VARYING = [
+    "seqlen_q", "seqlen_k", "len_bucket", "group", "mask_head_div", "batch_reads", "head_reads",
+]  # fmt: skip
 
 
 def _prune_dbias(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
@@ -115,7 +117,8 @@ def _flash_dbias_kernel(
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_fz, stride_fh, stride_fm, stride_fn,
-    seqlen_q, seqlen_k, group, mask_head_div, bias_heads, batch_reads, head_reads, qk_scale,
+    seqlen_q, seqlen_k, len_bucket, group, mask_head_div, bias_heads, batch_reads, head_reads,
+    qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr,
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,

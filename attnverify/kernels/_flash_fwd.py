@@ -102,7 +102,7 @@ def _flash_fwd_kernel(
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_bz, stride_bh, stride_bm, stride_bn,
     stride_fz, stride_fh, stride_fm, stride_fn,
-    seqlen_q, seqlen_k, group, mask_head_div, bias_head_div, qk_scale,
+    seqlen_q, seqlen_k, len_bucket, group, mask_head_div, bias_head_div, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_D0: tl.constexpr, HEAD_D1: tl.constexpr,
     HAS_D1: tl.constexpr, BLOCK_OUTER: tl.constexpr, BLOCK_INNER: tl.constexpr,
     MASK_BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, IS_CAUSAL: tl.constexpr,

@@ -86,7 +86,14 @@ def _fitting(
     return kept
 
 
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER"]
+# len_bucket: the bit length of the longest sequence, capped at 16384 (`_flash._len_bucket`; an
+# argument the kernels do not read), so that a config tuned on a short first call is not
+# reused for long sequences: the bench verifies its backward at 1024 tokens before timing
+# 8192, and the dk/dv pass with a bias then ran a config 1.24x slower than its best
+# (ci/notes_flash.md, session 23).
+AUTOTUNE_KEY = [
+    "HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_BIAS", "IS_VARLEN", "BLOCK_OUTER", "len_bucket",
+]  # fmt: skip
 # The forward also tunes per K/V load path (TMA and pointer loads pipeline differently) and per
 # stages of its mask-list loops (`_flash._list_stages`; a retry with (1, 1) tunes anew).
 FWD_AUTOTUNE_KEY = [*AUTOTUNE_KEY, "USE_TMA", "CLEAN_STAGES", "REST_STAGES"]
@@ -97,6 +104,7 @@ FWD_AUTOTUNE_KEY = [*AUTOTUNE_KEY, "USE_TMA", "CLEAN_STAGES", "REST_STAGES"]
 _VARYING = [
     "seqlen_q",
     "seqlen_k",
+    "len_bucket",
     "group",
     "mask_head_div",
     "bias_head_div",
