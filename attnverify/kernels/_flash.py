@@ -602,9 +602,8 @@ def _summed_dbias(
     bb, hb = bias.shape[:2]
     names = [
         "Mask", "Bias", "Flags", "seqlen_q", "seqlen_k", "len_bucket", "group", "mask_head_div",
-        "qk_scale",
-        "HEAD_DIM", "HEAD_D0", "HEAD_D1", "HAS_D1", "MASK_BLOCK", "IS_CAUSAL", "HAS_MASK",
-        "DOT_PREC", *(f"stride_{x}{axis}" for x in "mbf" for axis in "zhmn"),
+        "qk_scale", "HEAD_DIM", "HEAD_D0", "HEAD_D1", "HAS_D1", "MASK_BLOCK", "IS_CAUSAL",
+        "HAS_MASK", "DOT_PREC", *(f"stride_{x}{axis}" for x in "mbf" for axis in "zhmn"),
     ]  # fmt: skip
     args = {**shared, **{name: common.kwargs[name] for name in names}}
     del args["scale"]  # dS needs no softmax scale beyond qk_scale

@@ -165,3 +165,40 @@ def test_bad_policy_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_autotune.ENV, "fast")
     with pytest.raises(ValueError, match=r"\$ATTNVERIFY_AUTOTUNE must be one of 1, 0, rotate"):
         _autotune.select(["a", "b"], ())
+
+
+def test_flash_kernels_tune_per_length_class() -> None:
+    """Every flash-core kernel keys its tuning on the longest sequence's length class, so a
+    config tuned on a short call is not reused for a long one; the launches carry it (dense:
+    max(Lq, Lk); varlen: the longest sequence), the passes of one call the same class."""
+    from attnverify.kernels._flash_offline import record_launches
+
+    for kernel in (_flash._fwd, _flash._dkdv, _flash._dq, _flash._dbias):
+        assert "len_bucket" in kernel.keys, kernel.fn.__name__
+    assert [_flash._len_bucket(n) for n in (0, 1, 100, 1024, 1025, 8192, 10**6)] == [
+        1, 1, 7, 11, 11, 14, 15,
+    ]  # fmt: skip
+
+    def buckets(lq: int, lk: int) -> set[int]:
+        problem = _flash.FlashProblem(False, 1, 2, 1, False, 0.1, seqlen_q=lq, seqlen_k=lk)
+        q, k = torch.randn(1, 2, lq, 16), torch.randn(1, 1, lk, 16)
+        bias = torch.randn(1, 1, lq, lk)
+        lse = torch.zeros(1, 2, lq)
+
+        def call() -> None:
+            _flash.flash_forward(q, k, k, problem, bias=bias)
+            _flash.flash_backward(q, q, k, k, q, lse, None, problem, bias=bias, need_dbias=True)
+
+        launches = record_launches(call)
+        assert len(launches) == 4  # forward, dk/dv, dq, summed dbias
+        return {launch.kwargs["len_bucket"] for launch in launches}
+
+    assert buckets(40, 300) == {9}
+    assert buckets(3000, 20) == {12}
+
+    lens = (5, 700, 64)
+    layout = _flash.VarlenLengths.from_seqlens(lens, lens)
+    problem = _flash.FlashProblem(True, 1, 2, 2, False, 0.1, lengths=lambda: layout)
+    q = torch.randn(sum(lens), 2, 16)
+    launches = record_launches(lambda: _flash.flash_forward(q, q, q, problem))
+    assert [launch.kwargs["len_bucket"] for launch in launches] == [10]
