@@ -27,7 +27,9 @@ kernels and flags), then the backward alone is timed (`baselines.backward_call_o
 and `baselines.backward_baselines`, at BACKWARD_WORK x the forward's FLOPs.
 
 Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
-the bf16 matmul peak measured at the start of the run; GB/s (`spec.bytes_moved(case)`) for
+the matmul peak measured at the start of the run in the kernel's own precision (bf16; fp8 rows:
+the e4m3 `torch._scaled_mm` peak, none where the device has no fp8 GEMM, since an fp8 kernel
+over the bf16 peak reads above 100%); GB/s (`spec.bytes_moved(case)`) for
 paged and merge, as % of the measured device copy bandwidth. `speedup` is time(baseline) /
 time(ours) at the same shape, measured in the same process.
 
@@ -92,24 +94,46 @@ class Peaks:
     Attributes:
         matmul_tflops: bf16 (N x N) @ (N x N) matmul, TFLOP/s.
         copy_gbps: device-to-device copy, GB/s counting the read and the write.
+        fp8_matmul_tflops: float8_e4m3fn (N x N) @ (N x N) by `torch._scaled_mm` (per-tensor
+            scales, bf16 out), TFLOP/s; None where the device or torch has no fp8 GEMM.
     """
 
     matmul_tflops: float
     copy_gbps: float
+    fp8_matmul_tflops: float | None = None
 
 
 def measure_peaks(device: torch.device, timer: Timer = do_bench_timer) -> Peaks:
-    """Measure the bf16 matmul peak and the copy bandwidth of `device`."""
+    """Measure the bf16 and fp8 matmul peaks and the copy bandwidth of `device`."""
     n = PEAK_MATMUL_N
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     ms = timer(lambda: torch.matmul(a, b))
     matmul = 2.0 * n**3 / (ms * 1e-3) / 1e12
+    fp8 = _fp8_matmul_tflops(a, b, timer)
     src = torch.empty(PEAK_COPY_BYTES, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = timer(lambda: dst.copy_(src))
     copy = 2.0 * PEAK_COPY_BYTES / (ms * 1e-3) / 1e9
-    return Peaks(matmul_tflops=matmul, copy_gbps=copy)
+    return Peaks(matmul_tflops=matmul, copy_gbps=copy, fp8_matmul_tflops=fp8)
+
+
+def _fp8_matmul_tflops(a: torch.Tensor, b: torch.Tensor, timer: Timer) -> float | None:
+    """TFLOP/s of a @ b (n x n) in float8_e4m3fn by `torch._scaled_mm` (b column-major, as it
+    requires), or None where torch or the device has no fp8 GEMM."""
+    n = a.shape[0]
+    a8 = a.to(torch.float8_e4m3fn)
+    b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()
+    one = torch.ones((), device=a.device)
+
+    def mm() -> torch.Tensor:
+        return torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+    try:
+        mm()
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+    return 2.0 * n**3 / (timer(mm) * 1e-3) / 1e12
 
 
 @dataclass
@@ -190,6 +214,14 @@ def _time(impl: Impl, timer: Timer) -> tuple[float | None, str]:
         return None, f"error: {type(exc).__name__}: {first[:200]}"
 
 
+def _peak_of(variant: str, peaks: Peaks) -> float | None:
+    """The ceiling a variant's rows are a % of: copy bandwidth (paged, merge), the fp8 matmul
+    peak (fp8; None when unmeasured), else the bf16 matmul peak."""
+    if variant in BYTES_VARIANTS:
+        return peaks.copy_gbps
+    return peaks.fp8_matmul_tflops if variant == "fp8" else peaks.matmul_tflops
+
+
 def _row(
     spec: Any,
     case: Any,
@@ -207,8 +239,9 @@ def _row(
         work = spec.bytes_moved(case) if is_bytes else spec.flops(case)
         work *= BACKWARD_WORK if backward else 1.0
         value = work / (ms * 1e-3) / (1e9 if is_bytes else 1e12)
-        if peaks is not None:
-            pct = 100.0 * value / (peaks.copy_gbps if is_bytes else peaks.matmul_tflops)
+        peak = None if peaks is None else _peak_of(case.variant, peaks)
+        if peak is not None:
+            pct = 100.0 * value / peak
     return BenchRow(
         case.variant,
         shape_label(case) + (" bwd" if backward else ""),
@@ -679,8 +712,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     meta = bench_meta(device)
     out.write(
         f"{meta['device_name']} ({meta['arch']}), torch {meta['torch']}, triton {meta['triton']}\n"
-        f"measured peaks: bf16 matmul {peaks.matmul_tflops:.0f} TFLOP/s, "
-        f"copy {peaks.copy_gbps:.0f} GB/s\n"
+        f"measured peaks: bf16 matmul {peaks.matmul_tflops:.0f} TFLOP/s, fp8 matmul "
+        f"{_num(peaks.fp8_matmul_tflops, '.0f')} TFLOP/s, copy {peaks.copy_gbps:.0f} GB/s\n"
     )
     rows: list[BenchRow] = []
     for variant in dict.fromkeys(args.variant or records.VARIANTS):

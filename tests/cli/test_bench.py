@@ -132,7 +132,7 @@ def test_bench_json_rows_carry_device_versions_and_time(home: Path, tmp_path: Pa
     (tmp_path / "b.json").write_text("{}")  # an earlier variant's file: replaced whole
     body = json.loads(bench.write_json(tmp_path / "b.json", rows, meta, PEAKS).read_text())
     assert [f.name for f in tmp_path.iterdir()] == ["b.json"], "a partial file was left"
-    assert body["peaks"] == {"matmul_tflops": 1.0, "copy_gbps": 1.0}
+    assert body["peaks"] == {"matmul_tflops": 1.0, "copy_gbps": 1.0, "fp8_matmul_tflops": None}
     for row in body["rows"]:
         assert {"device", "device_name", "torch", "triton", "git_sha", "time"} <= set(row["meta"])
         assert row["case"]["variant"] == "merge"
@@ -163,6 +163,36 @@ VARLEN = Case(
     seqlens_q=(5, 0, 9),
     seqlens_k=(5, 0, 9),
 )
+
+
+FP8 = Case(
+    variant="fp8", dtype="float8_e4m3fn", seed=5, heads_q=2, heads_k=1, head_dim=32, lq=8, lk=8
+)
+
+
+class FixedWork:
+    """A spec stand-in: 2e12 FLOPs or 4e9 bytes per call, whatever the case."""
+
+    def flops(self, case: Case) -> float:
+        return 2e12
+
+    def bytes_moved(self, case: Case) -> float:
+        return 4e9
+
+
+@pytest.mark.parametrize(
+    ("case", "fp8_peak", "pct"),
+    [(FP8, 1600.0, 50.0), (FP8, None, None), (GQA, 1600.0, 100.0), (PAGED, 1600.0, 40.0)],
+    ids=["fp8-of-fp8-peak", "fp8-unmeasured", "gqa-of-bf16-peak", "paged-of-copy"],
+)
+def test_bench_pct_peak_is_of_the_kernels_own_ceiling(
+    case: Case, fp8_peak: float | None, pct: float | None
+) -> None:
+    """2.5 ms: 800 TFLOP/s or 1600 GB/s. fp8 rows are a % of the fp8 matmul peak, none when it
+    was not measured (never of the bf16 peak: an fp8 kernel would read over 100%)."""
+    peaks = bench.Peaks(matmul_tflops=800.0, copy_gbps=4000.0, fp8_matmul_tflops=fp8_peak)
+    row = bench._row(FixedWork(), case, "attnverify", 2.5, "ok", peaks)
+    assert row.pct_peak == (None if pct is None else pytest.approx(pct))
 
 
 @NEEDS_INTERPRETER
