@@ -27,9 +27,10 @@ kernels and flags), then the backward alone is timed (`baselines.backward_call_o
 and `baselines.backward_baselines`, at BACKWARD_WORK x the forward's FLOPs.
 
 Units: TFLOP/s (`spec.flops(case)`: 4 * visible pairs * Hq * D) for varlen, gqa, fp8, as % of
-the matmul peak measured at the start of the run in the kernel's own precision (bf16; fp8 rows:
-the e4m3 `torch._scaled_mm` peak, none where the device has no fp8 GEMM, since an fp8 kernel
-over the bf16 peak reads above 100%); GB/s (`spec.bytes_moved(case)`) for
+the matmul peak measured at the start of the run: bf16, and for every row of the fp8 variant
+(its bf16 SDPA baseline too: the shape's work is fp8 attention) the e4m3 `torch._scaled_mm`
+peak, none where the device has no fp8 GEMM (an fp8 kernel over the bf16 peak reads above
+100%); GB/s (`spec.bytes_moved(case)`) for
 paged and merge, as % of the measured device copy bandwidth. `speedup` is time(baseline) /
 time(ours) at the same shape, measured in the same process.
 
